@@ -1,0 +1,174 @@
+"""Compile a validated model into an ONNX inference graph."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import onnx
+from onnx import helper, numpy_helper
+
+from compiler.context import Compilation, LayerRecord, ParamInfo
+from compiler.features import lower_features
+from compiler.graph import ONNX_DTYPES, Graph
+from compiler.init import InitPolicy
+from compiler.necks import NECKS, fpn
+from compiler.opset import IR_VERSION, OPSET
+from compiler.tensor import Tensor, show
+from compiler.walk import Walker
+from spec import model as m
+from spec.errors import CompileError, SpecError
+from spec.loader import Program
+from spec.version import __version__
+
+CLASSIFICATION_LOSSES = ("cross_entropy", "bce_with_logits")
+
+
+@dataclass
+class Compiled:
+    model: m.Model
+    onnx: onnx.ModelProto
+    records: list[LayerRecord]
+    params: list[ParamInfo]
+    output: Tensor
+    spec_hash: str
+
+
+def compile_model(prog: Program, name: str | None = None, seed: int | None = None) -> Compiled:
+    """The inference graph of a model: raw inputs -> features -> backbone -> neck -> head."""
+    model = prog.model(name)
+    train = prog.train(model.name)
+    policy = InitPolicy(rules=train.init if train else (),
+                        seed=seed if seed is not None else (train.seed if train else 0))
+    comp = Compilation(Graph(), policy)
+    inputs = [_input(t) for t in model.inputs]
+    if not inputs:
+        raise SpecError(f"model '{model.name}' declares no input (input x: float32[N, ...])",
+                        model.name_span)
+    values = {t.name: t for t in inputs}
+    if model.features is not None:
+        values = lower_features(comp.g, model.features, values)
+    w = Walker(prog.blocks, comp)
+    xs = [_network_input(comp.g, model, values)]
+    if model.backbone is None and model.head is None:
+        raise SpecError(f"model '{model.name}' has no backbone and no head: nothing to compile",
+                        model.name_span)
+    for sec in (model.backbone, model.neck, model.head):
+        if sec is None:
+            continue
+        if sec.form == "call" and sec.call is not None and sec.call.name in NECKS:
+            if sec.role != "neck":
+                raise SpecError(f"{sec.call.name} is a neck; use it as `neck {sec.call.name}(...)`",
+                                sec.call.span)
+            xs = fpn(w, sec.call)
+        else:
+            xs = w.section(sec, xs)
+    last = model.head or model.neck or model.backbone
+    assert last is not None
+    if len(xs) != 1:
+        raise CompileError(f"the {last.role} gives {len(xs)} tensors "
+                           f"({', '.join(show(x.shape) for x in xs)}); the model needs one output: "
+                           "end it with concat, add or a head", last.span)
+    out = _finish(comp, model, xs[0], last)
+    policy.check_all_used([p.name for p in comp.params], [r.kind for r in comp.records])
+    spec_hash = hashlib.sha256((model.model_dump_json() + (train.model_dump_json() if train else "")
+                                + str(policy.seed)).encode()).hexdigest()[:16]
+    proto = _model_proto(comp, model, inputs, out, spec_hash)
+    return Compiled(model, proto, comp.records, comp.params, out, spec_hash)
+
+
+def _input(t: m.TensorDecl) -> Tensor:
+    dims = t.shape
+    if not dims or not isinstance(dims[0], str):
+        raise SpecError(f"the first dimension of '{t.name}' must be the symbolic batch size, "
+                        f"e.g. {t.dtype}[N, ...]", t.span)
+    for d in dims[1:]:
+        if isinstance(d, str) or d < 1:
+            raise SpecError(f"dimension '{d}' of '{t.name}': only the batch dimension may be "
+                            "symbolic; the others are whole numbers >= 1", t.span)
+    return Tensor(t.name, (None,) + tuple(int(d) for d in dims[1:]), t.dtype)
+
+
+def _network_input(g: Graph, model: m.Model, values: dict[str, Tensor]) -> Tensor:
+    """One value goes in as it is; several tabular values ([N] or [N, k]) are stacked as columns."""
+    used = list(values.values())
+    if len(used) == 1:
+        t = used[0]
+        return t if t.dtype == "float32" else Tensor(g.op1("Cast", [t.name], "input", to=1), t.shape)
+    g.where = f"{model.name_span} inputs"
+    cols = []
+    for t in used:
+        if t.rank > 2:
+            raise SpecError(f"cannot combine input '{t.name}' {show(t.shape)} with other inputs: "
+                            "several inputs are stacked as table columns and must be [N] or [N, k]",
+                            model.name_span)
+        name = t.name if t.dtype == "float32" else g.op1("Cast", [t.name], "input", to=1)
+        if t.rank == 1:
+            name = g.op1("Unsqueeze", [name, g.ints([1])], "input")
+        cols.append((name, 1 if t.rank == 1 else int(t.shape[1] or 0)))
+    x = g.op1("Concat", [c for c, _ in cols], "input", axis=1)
+    return Tensor(x, (None, sum(n for _, n in cols)))
+
+
+def output_name(model: m.Model) -> str:
+    if model.loss is None:
+        return "output"
+    kinds = {t.loss.kind for t in model.loss.terms}
+    return "logits" if kinds & set(CLASSIFICATION_LOSSES) else "prediction"
+
+
+def _finish(comp: Compilation, model: m.Model, y: Tensor, last: m.Section) -> Tensor:
+    """Match the head's output to the targets and the loss; name it."""
+    g = comp.g
+    targets = {t.name: t for t in model.targets}
+    if model.loss is not None:
+        for term in model.loss.terms:
+            tname = term.target or (model.targets[0].name if len(model.targets) == 1 else None)
+            if tname is None:
+                raise SpecError("this loss needs target=NAME: the model has "
+                                f"{len(model.targets)} targets", term.span)
+            if tname not in targets:
+                raise SpecError(f"loss target '{tname}' is not a declared target", term.span)
+            y = _check_loss(g, term, y, _input(targets[tname]), last)
+    name = output_name(model)
+    g.nodes.append(helper.make_node("Identity", [y.name], [name], name="output/Identity"))
+    return Tensor(name, y.shape)
+
+
+def _check_loss(g: Graph, term: m.LossTerm, y: Tensor, t: Tensor, last: m.Section) -> Tensor:
+    kind = term.loss.kind
+    if kind == "cross_entropy":
+        if y.rank != 2 or t.rank != 1 or not t.dtype.startswith("int"):
+            raise CompileError(f"cross_entropy needs [N, classes] scores and an integer [N] target; "
+                               f"the {last.role} gives {show(y.shape)} and target '{t.name}' is "
+                               f"{t.dtype}{show(t.shape)}", term.span)
+        weights = getattr(term.loss, "weight", None)
+        if weights is not None and len(weights) != y.shape[1]:
+            raise SpecError(f"cross_entropy has {len(weights)} class weights for {y.shape[1]} "
+                            "classes", term.span)
+        return y
+    if y.shape == t.shape:
+        return y
+    if y.rank == t.rank + 1 and y.shape[-1] == 1 and y.shape[:-1] == t.shape:
+        return Tensor(g.op1("Squeeze", [y.name, g.ints([-1])], "output"), t.shape)
+    raise CompileError(f"{kind} compares the {last.role}'s output {show(y.shape)} with target "
+                       f"'{t.name}' {show(t.shape)}: the shapes must match", term.span)
+
+
+def _value_info(t: Tensor) -> onnx.ValueInfoProto:
+    dims = ["N" if d is None else d for d in t.shape]
+    return helper.make_tensor_value_info(t.name, ONNX_DTYPES[t.dtype], dims)
+
+
+def _model_proto(comp: Compilation, model: m.Model, inputs: list[Tensor], out: Tensor,
+                 spec_hash: str) -> onnx.ModelProto:
+    g = comp.g
+    inits = [numpy_helper.from_array(v, name=k) for k, v in g.initializers.items()]
+    graph = helper.make_graph(g.nodes, model.name, [_value_info(t) for t in inputs],
+                              [_value_info(out)], initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              ir_version=IR_VERSION, producer_name="dlspec",
+                              producer_version=__version__)
+    helper.set_model_props(proto, {"dlspec_version": __version__, "spec_hash": spec_hash,
+                                   "opset": str(OPSET), "model": model.name})
+    return proto

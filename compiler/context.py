@@ -1,0 +1,83 @@
+"""State shared while one model is compiled, and the per-layer view of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from compiler import init
+from compiler.graph import Graph
+from compiler.tensor import Shape
+from spec.errors import CompileError, Span
+from spec.model import Initializer
+
+
+@dataclass
+class LayerRecord:
+    """One row of `dlspec check`: a layer, its output shapes, parameters and FLOPs."""
+
+    path: str
+    kind: str
+    shapes: list[Shape]
+    params: int
+    flops: int
+    span: Span | None
+
+
+@dataclass
+class ParamInfo:
+    name: str
+    shape: tuple[int, ...]
+    layer: str
+    state: bool  # running statistics: updated by the forward pass, not by gradients
+
+
+@dataclass
+class Compilation:
+    g: Graph
+    policy: init.InitPolicy
+    training: bool = False
+    records: list[LayerRecord] = field(default_factory=list)
+    params: list[ParamInfo] = field(default_factory=list)
+
+
+class LayerCtx:
+    """What a layer's `build` sees: the graph, its own path and span, and parameter makers."""
+
+    def __init__(self, comp: Compilation, path: str, kind: str, span: Span | None,
+                 next_kind: str | None, init_override: Initializer | None):
+        self.comp = comp
+        self.g = comp.g
+        self.path = path
+        self.kind = kind
+        self.span = span
+        self.next_kind = next_kind
+        self.init_override = init_override
+        self.training = comp.training
+        self.flops = 0
+        self.n_params = 0
+        comp.g.where = f"{span} {path}" if span else path
+
+    def error(self, message: str) -> CompileError:
+        return CompileError(f"{self.kind} at {self.path}: {message}", self.span)
+
+    def _add(self, suffix: str, value: np.ndarray, state: bool) -> str:
+        name = f"{self.path}.{suffix}"
+        self.comp.params.append(ParamInfo(name, tuple(value.shape), self.path, state))
+        if not state:
+            self.n_params += int(value.size)
+        return self.g.param(name, value)
+
+    def weight(self, suffix: str, shape: Sequence[int], fan_in: int, fan_out: int) -> str:
+        policy = self.comp.policy
+        chosen = self.init_override or policy.choose(f"{self.path}.{suffix}", self.kind)
+        value = init.make(chosen, shape, fan_in, fan_out, policy.rng(f"{self.path}.{suffix}"))
+        return self._add(suffix, value, state=False)
+
+    def zeros(self, suffix: str, shape: Sequence[int], state: bool = False) -> str:
+        return self._add(suffix, np.zeros(shape, np.float32), state)
+
+    def ones(self, suffix: str, shape: Sequence[int], state: bool = False) -> str:
+        return self._add(suffix, np.ones(shape, np.float32), state)

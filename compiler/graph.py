@@ -1,0 +1,59 @@
+"""A small typed layer over onnx.helper: nodes, parameters and constants with unique names."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler.opset import DOMAIN
+
+ONNX_DTYPES = {
+    "float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "float16": TensorProto.FLOAT16,
+    "int64": TensorProto.INT64, "int32": TensorProto.INT32, "int8": TensorProto.INT8,
+    "uint8": TensorProto.UINT8, "bool": TensorProto.BOOL,
+}
+
+
+class Graph:
+    """Collects nodes and initializers; every name it hands out is unique."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, np.ndarray] = {}
+        self._names: dict[str, int] = {}
+        self.where = ""  # "file:line:col path" of the layer being lowered, stamped on its nodes
+
+    def fresh(self, hint: str) -> str:
+        n = self._names.get(hint, 0)
+        self._names[hint] = n + 1
+        return hint if n == 0 else f"{hint}_{n}"
+
+    def op(self, op_type: str, inputs: Sequence[str], hint: str, n_out: int = 1,
+           **attrs: Any) -> list[str]:
+        """Add one node; returns its output names."""
+        outs = [self.fresh(f"{hint}:{op_type}" if n_out == 1 else f"{hint}:{op_type}.{i}")
+                for i in range(n_out)]
+        node = helper.make_node(op_type, list(inputs), outs, name=self.fresh(f"{hint}/{op_type}"),
+                                domain=DOMAIN, doc_string=self.where or None,
+                                **{k: v for k, v in attrs.items() if v is not None})
+        self.nodes.append(node)
+        return outs
+
+    def op1(self, op_type: str, inputs: Sequence[str], hint: str, **attrs: Any) -> str:
+        return self.op(op_type, inputs, hint, **attrs)[0]
+
+    def param(self, name: str, value: np.ndarray) -> str:
+        assert name not in self.initializers, f"parameter {name} defined twice"
+        self.initializers[name] = value
+        return name
+
+    def const(self, value: Any, dtype: str = "float32", hint: str = "const") -> str:
+        arr = np.asarray(value, dtype=np.dtype(dtype))
+        tensor = numpy_helper.from_array(arr)
+        return self.op1("Constant", [], hint, value=tensor)
+
+    def ints(self, values: Sequence[int], hint: str = "shape") -> str:
+        return self.const(list(values), "int64", hint)

@@ -1,0 +1,86 @@
+"""Weight initialisation: seeded per parameter name, rules chosen by specificity."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from spec.errors import CompileError, did_you_mean
+from spec.model import Initializer, InitRule
+
+# Defaults per layer kind, the habits of torchvision: He init for convolutions
+# (they feed ReLUs), Glorot for the dense layers of heads.
+DEFAULTS = {"conv": "kaiming_normal", "linear": "xavier_uniform"}
+
+
+def make(init: Initializer, shape: Sequence[int], fan_in: int, fan_out: int,
+         rng: np.random.Generator) -> np.ndarray:
+    """One initial weight tensor (float32)."""
+    kind, g = init.kind, init.gain
+    if kind == "xavier_normal":  # Var = 2 / (n_in + n_out)
+        out = rng.normal(0.0, g * np.sqrt(2.0 / (fan_in + fan_out)), shape)
+    elif kind == "xavier_uniform":  # U(-a, a), a = sqrt(6 / (n_in + n_out)): same variance
+        a = g * np.sqrt(6.0 / (fan_in + fan_out))
+        out = rng.uniform(-a, a, shape)
+    elif kind == "kaiming_normal":  # Var = 2 / n_in keeps ReLU activations' scale
+        out = rng.normal(0.0, g * np.sqrt(2.0 / fan_in), shape)
+    elif kind == "kaiming_uniform":
+        a = g * np.sqrt(6.0 / fan_in)
+        out = rng.uniform(-a, a, shape)
+    elif kind == "normal":
+        out = rng.normal(0.0, init.std, shape)
+    elif kind == "uniform":
+        out = rng.uniform(-init.limit, init.limit, shape)
+    elif kind == "zeros":
+        out = np.zeros(shape)
+    elif kind == "ones":
+        out = np.ones(shape)
+    else:
+        out = np.full(shape, init.value)
+    return np.asarray(out, dtype=np.float32)
+
+
+@dataclass
+class InitPolicy:
+    """Chooses the initializer of each weight from the train block's `init` rules."""
+
+    rules: Sequence[InitRule] = ()
+    seed: int = 0
+    used: set[int] = field(default_factory=set)
+
+    def choose(self, path: str, layer_kind: str) -> Initializer:
+        best: tuple[int, int] | None = None
+        for i, rule in enumerate(self.rules):
+            t = rule.target
+            if t is None:
+                score = 0
+            elif t == layer_kind:
+                score = 1
+            elif path == t or path.startswith(t + "."):
+                score = 2 + t.count(".")
+            else:
+                continue
+            if best is None or (score, i) >= best:
+                best = (score, i)
+        if best is None:
+            return Initializer(kind=DEFAULTS.get(layer_kind, "xavier_uniform"))  # type: ignore[arg-type]
+        self.used.add(best[1])
+        return self.rules[best[1]].init
+
+    def rng(self, name: str) -> np.random.Generator:
+        """Each parameter draws from its own stream: adding a layer leaves the others as they were."""
+        return np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+
+    def check_all_used(self, param_names: Sequence[str], kinds: Sequence[str]) -> None:
+        """A rule that matches nothing is a typo: say so instead of ignoring it."""
+        for i, rule in enumerate(self.rules):
+            if i in self.used or rule.target is None:
+                continue
+            if rule.target in kinds or any(p.startswith(rule.target + ".") for p in param_names):
+                continue  # matched, but every match was won by a more specific rule
+            known = sorted(set(kinds) | {p.rsplit(".", 1)[0] for p in param_names})
+            raise CompileError(f"init rule '{rule.target}' matches no layer"
+                               f"{did_you_mean(rule.target, known)}", rule.span)

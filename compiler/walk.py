@@ -1,0 +1,303 @@
+"""Walk a model's sections, blocks and chains, naming every layer by its spec path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from compiler.context import Compilation, LayerCtx, LayerRecord
+from compiler.layers import LAYERS, Layer, _same_shapes
+from compiler.tensor import Tensor, show
+from spec import model as m
+from spec.constexpr import Symbol, evaluate
+from spec.errors import CompileError, Span, SpecError, did_you_mean
+
+Env = dict[str, Any]
+COMMON_ARGS = ("from", "init")
+
+
+@dataclass
+class Scope:
+    """A naming scope: `backbone.stage1.0`; counts layers per kind (conv1, conv2, bn1...)."""
+
+    path: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def child(self, kind: str) -> str:
+        n = self.counts.get(kind, 0) + 1
+        self.counts[kind] = n
+        return f"{self.path}.{kind}{n}"
+
+    def sub(self, name: str) -> Scope:
+        return Scope(f"{self.path}.{name}")
+
+    def index(self) -> Scope:
+        """The next positional child (0, 1, ...): block calls and repeated copies, as in nn.Sequential."""
+        n = self.counts.get("", 0)
+        self.counts[""] = n + 1
+        return self.sub(str(n))
+
+
+class Walker:
+    def __init__(self, blocks: dict[str, m.BlockDef], comp: Compilation):
+        self.blocks = blocks
+        self.comp = comp
+        self.visible: dict[str, list[Tensor]] = {}  # named stages that `from=` can refer to
+        self.visible_in: dict[str, str] = {}
+
+    # ---- sections ----
+    def section(self, sec: m.Section, xs: list[Tensor]) -> list[Tensor]:
+        scope = Scope(sec.role)
+        if sec.form == "call":
+            assert sec.call is not None
+            return self.element(sec.call, xs, scope, {}, sole=True, next_kind=None, stages=sec.role)
+        assert sec.body is not None
+        return self.body(sec.body, xs, scope, {}, stages=sec.role)
+
+    def body(self, body: m.Body, xs: list[Tensor], scope: Scope, env: Env,
+             stages: str | None) -> list[Tensor]:
+        for st in body.stages:
+            inner = scope.sub(st.name) if st.name else scope
+            xs = self.chain(st.chain, xs, inner, env, stages if st.name is None else None, top=True)
+            if st.name and stages is not None:
+                if st.name in self.visible:
+                    raise SpecError(f"stage name '{st.name}' is already used in the "
+                                    f"{self.visible_in[st.name]}", st.name_span)
+                self.visible[st.name] = xs
+                self.visible_in[st.name] = stages
+        return xs
+
+    # ---- chains ----
+    def chain(self, chain: m.Chain, xs: list[Tensor], scope: Scope, env: Env,
+              stages: str | None = None, top: bool = False) -> list[Tensor]:
+        """`top`: the chain is a stage's whole body, so a lone block call shares the stage's scope."""
+        items = chain.items
+        for i, el in enumerate(items):
+            nxt = self._kind_of(items[i + 1], env) if i + 1 < len(items) else None
+            xs = self.element(el, xs, scope, env, sole=top and len(items) == 1, next_kind=nxt,
+                              stages=stages if len(items) == 1 else None)
+        return xs
+
+    def _kind_of(self, el: m.Element, env: Env) -> str | None:
+        if isinstance(el, m.Call):
+            bound = env.get(el.name)
+            return str(bound) if isinstance(bound, Symbol) else el.name
+        return None
+
+    def element(self, el: m.Element, xs: list[Tensor], scope: Scope, env: Env, sole: bool,
+                next_kind: str | None, stages: str | None) -> list[Tensor]:
+        if isinstance(el, m.Call):
+            return self.call(el, xs, scope, env, sole, next_kind, stages)
+        if isinstance(el, m.Group):
+            return self.chain(el.body, xs, scope, env)
+        if isinstance(el, m.ForEach):
+            items = evaluate(el.iter, env)
+            if not isinstance(items, list):
+                raise SpecError(f"for expects a list, got {items!r}", el.iter.span)
+            for item in items:
+                xs = self.chain(el.body, xs, scope, {**env, el.var: item})
+            return xs
+        if isinstance(el, m.Residual):
+            return self.residual(el, xs, scope, env)
+        times = evaluate(el.times, env)
+        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+            raise SpecError(f"a repeat count must be a whole number >= 1, got {times!r}", el.times.span)
+        for _ in range(times):
+            xs = self.element(el.body, xs, scope.index(), env, sole=True, next_kind=next_kind,
+                              stages=None)
+        return xs
+
+    # ---- calls: layers and blocks ----
+    def call(self, call: m.Call, xs: list[Tensor], scope: Scope, env: Env, sole: bool,
+             next_kind: str | None, stages: str | None) -> list[Tensor]:
+        name = call.name
+        bound = env.get(name)
+        if isinstance(bound, Symbol):
+            name = str(bound)
+        if "from" in call.kwargs:
+            xs = self._from(call, env)
+        if name in LAYERS:
+            return self.layer(LAYERS[name], call, xs, scope, env, next_kind)
+        if name in self.blocks:
+            blk = self.blocks[name]
+            if "init" in call.kwargs:
+                raise SpecError("init= applies to single layers; set it on the layers inside "
+                                f"block '{name}' or in the train block", call.arg_spans["init"])
+            inner = scope if sole else scope.index()
+            return self.body(blk.body, xs, inner, self._bind(blk, call, env),
+                             stages if sole else None)
+        known = list(LAYERS) + list(self.blocks)
+        raise SpecError(f"unknown layer or block '{name}'{did_you_mean(name, known)}",
+                        call.name_span or call.span)
+
+    def _from(self, call: m.Call, env: Env) -> list[Tensor]:
+        refs = evaluate(call.kwargs["from"], env)
+        refs = refs if isinstance(refs, list) else [refs]
+        out: list[Tensor] = []
+        for ref in refs:
+            if str(ref) not in self.visible:
+                known = ", ".join(self.visible) or "none yet"
+                raise SpecError(f"no stage named '{ref}'{did_you_mean(str(ref), self.visible)}; "
+                                f"stages defined so far: {known}", call.arg_spans["from"])
+            out += self.visible[str(ref)]
+        return out
+
+    def _bind(self, blk: m.BlockDef, call: m.Call, env: Env) -> Env:
+        names = [p.name for p in blk.params]
+        sig = f"{blk.name}({', '.join(p.name + ('=...' if p.default else '') for p in blk.params)})"
+        if len(call.args) > len(names):
+            raise SpecError(f"block '{blk.name}' takes {len(names)} argument(s), got "
+                            f"{len(call.args)}: {sig}", call.args[len(names)].span)
+        given: Env = {n: evaluate(a, env) for n, a in zip(names, call.args)}
+        for key, expr in call.kwargs.items():
+            if key == "from":
+                continue
+            if key not in names:
+                raise SpecError(f"block '{blk.name}' has no argument '{key}'"
+                                f"{did_you_mean(key, names)}: {sig}", call.arg_spans.get(key))
+            if key in given:
+                raise SpecError(f"argument '{key}' of block '{blk.name}' is given twice",
+                                call.arg_spans.get(key))
+            given[key] = evaluate(expr, env)
+        bound: Env = {}
+        for p in blk.params:
+            if p.name in given:
+                bound[p.name] = given[p.name]
+            elif p.default is not None:
+                bound[p.name] = evaluate(p.default, bound)
+            else:
+                raise SpecError(f"block '{blk.name}' needs argument '{p.name}': {sig}", call.span)
+        return bound
+
+    def layer(self, cls: type[Layer], call: m.Call, xs: list[Tensor], scope: Scope, env: Env,
+              next_kind: str | None) -> list[Tensor]:
+        args = self._layer_args(cls, call, env)
+        override = self._init_override(call, env) if "init" in call.kwargs else None
+        path = scope.child(cls.kind)
+        ctx = LayerCtx(self.comp, path, cls.kind, call.span, next_kind, override)
+        out = args.build_many(ctx, xs)
+        self.comp.records.append(LayerRecord(path, cls.kind, [t.shape for t in out], ctx.n_params,
+                                             ctx.flops, call.span))
+        return out
+
+    def _layer_args(self, cls: type[Layer], call: m.Call, env: Env) -> Layer:
+        pos = cls.positional
+        if len(call.args) > len(pos):
+            extra = call.args[len(pos)]
+            raise SpecError(f"{cls.kind} takes {len(pos)} positional argument(s)"
+                            f"{' (' + ', '.join(pos) + ')' if pos else ''}; name the others (key=value)",
+                            extra.span)
+        data: dict[str, Any] = {}
+        spans: dict[str, Span | None] = {}
+        for key, expr in zip(pos, call.args):
+            data[key], spans[key] = _plain(evaluate(expr, env)), expr.span
+        for key, expr in call.kwargs.items():
+            if key in COMMON_ARGS:
+                continue
+            if key in data:
+                raise SpecError(f"argument '{key}' of {cls.kind} is given twice", call.arg_spans.get(key))
+            data[key], spans[key] = _plain(evaluate(expr, env)), call.arg_spans.get(key)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            e = err.errors()[0]
+            key = str(e["loc"][0]) if e["loc"] else ""
+            fields = [f for f in cls.model_fields] + list(COMMON_ARGS)
+            if e["type"] == "extra_forbidden":
+                raise SpecError(f"{cls.kind} has no argument '{key}'{did_you_mean(key, fields)}; "
+                                f"it takes: {', '.join(fields)}", spans.get(key) or call.span) from None
+            if e["type"] == "missing":
+                raise SpecError(f"{cls.kind} needs argument '{key}' ({cls.__doc__.splitlines()[0] if cls.__doc__ else ''})",
+                                call.span) from None
+            msg = e["msg"][0].lower() + e["msg"][1:]
+            raise SpecError(f"invalid value {e['input']!r} for '{key}' of {cls.kind}: {msg}",
+                            spans.get(key) or call.span) from None
+
+    def _init_override(self, call: m.Call, env: Env) -> m.Initializer:
+        expr = call.kwargs["init"]
+        span = call.arg_spans.get("init")
+        if isinstance(expr, m.Name):
+            data: dict[str, Any] = {"kind": expr.id}
+        elif isinstance(expr, m.Func) and len(expr.args) <= 1:
+            key = {"constant": "value", "normal": "std", "uniform": "limit"}.get(expr.name, "gain")
+            data = {"kind": expr.name, **({key: evaluate(expr.args[0], env)} if expr.args else {})}
+        else:
+            raise SpecError("init= takes an initializer such as xavier_uniform or normal(0.01)", span)
+        try:
+            return m.Initializer.model_validate(data)
+        except ValidationError:
+            kinds = list(m.Initializer.model_fields["kind"].annotation.__args__)  # type: ignore[union-attr]
+            raise SpecError(f"unknown initializer '{data['kind']}'{did_you_mean(data['kind'], kinds)}; "
+                            f"expected one of: {', '.join(kinds)}", span) from None
+
+    # ---- residual blocks ----
+    def residual(self, el: m.Residual, xs: list[Tensor], scope: Scope, env: Env) -> list[Tensor]:
+        if len(xs) != 1:
+            raise SpecError(f"residual takes one tensor but gets {len(xs)}", el.span)
+        for key in el.kwargs:
+            if key != "shortcut":
+                raise SpecError(f"residual has no argument '{key}'; it takes: shortcut",
+                                el.arg_spans.get(key))
+        mode = str(evaluate(el.kwargs["shortcut"], env)) if "shortcut" in el.kwargs else "auto"
+        if mode not in ("auto", "identity", "conv"):
+            raise SpecError(f"shortcut must be auto, identity or conv, got '{mode}'",
+                            el.arg_spans.get("shortcut"))
+        x = xs[0]
+        body = self.chain(el.body, xs, scope, env)
+        if len(body) != 1:
+            raise SpecError(f"the residual body gives {len(body)} tensors; it must give one", el.span)
+        y = body[0]
+        short = x
+        if mode == "conv" or (mode == "auto" and y.shape != x.shape):
+            short = self._projection(el, x, y, scope)
+        elif y.shape != x.shape:
+            raise CompileError(f"residual: the body gives {show(y.shape)} but the shortcut is "
+                               f"{show(x.shape)} (channel mismatch); use shortcut=auto to project",
+                               el.span)
+        with_ctx = LayerCtx(self.comp, scope.path + ".add", "add", el.span, None, None)
+        return [Tensor(with_ctx.g.op1("Add", [y.name, short.name], with_ctx.path), y.shape)]
+
+    def _projection(self, el: m.Residual, x: Tensor, y: Tensor, scope: Scope) -> Tensor:
+        """1x1 conv (stride = the body's downsampling) + bn: the ResNet projection shortcut."""
+        if x.rank != 4 or y.rank != 4:
+            if x.rank == 2 and y.rank == 2:
+                return self._apply(LAYERS["linear"].model_validate({"out": y.shape[1], "bias": False}),
+                                   "linear", [x], scope.sub("shortcut"), el.span, None)[0]
+            raise CompileError(f"residual: cannot project {show(x.shape)} to {show(y.shape)}", el.span)
+        hs, ws = x.shape[2], x.shape[3]
+        ho, wo = y.shape[2], y.shape[3]
+        assert hs and ws and ho and wo
+        if hs % ho or ws % wo:
+            raise CompileError(f"residual: the body turns {show(x.shape)} into {show(y.shape)}; a "
+                               "shortcut needs a whole-number stride", el.span)
+        stride = [hs // ho, ws // wo]
+        sc = scope.sub("shortcut")
+        conv = LAYERS["conv"].model_validate({"out": y.shape[1], "k": 1, "stride": stride,
+                                              "padding": 0, "bias": False})
+        t = self._apply(conv, "conv", [x], sc, el.span, "bn")
+        t = self._apply(LAYERS["bn"].model_validate({}), "bn", t, sc, el.span, None)
+        _same_shapes(LayerCtx(self.comp, sc.path, "residual", el.span, None, None), [t[0], y],
+                     "residual shortcut")
+        return t[0]
+
+    def _apply(self, args: Layer, kind: str, xs: list[Tensor], scope: Scope, span: Span | None,
+               next_kind: str | None) -> list[Tensor]:
+        path = f"{scope.path}.{kind}"
+        ctx = LayerCtx(self.comp, path, args.kind, span, next_kind, None)
+        out = args.build_many(ctx, xs)
+        self.comp.records.append(LayerRecord(path, args.kind, [t.shape for t in out], ctx.n_params,
+                                             ctx.flops, span))
+        return out
+
+
+def _plain(v: Any) -> Any:
+    """Symbols become plain strings for Pydantic."""
+    if isinstance(v, list):
+        return [_plain(i) for i in v]
+    return str(v) if isinstance(v, Symbol) else v
+
+
+def names_of(xs: Sequence[Tensor]) -> list[str]:
+    return [x.name for x in xs]

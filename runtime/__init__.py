@@ -1,0 +1,1 @@
+"""Running dlspec models: the CLI, onnxruntime sessions, files."""

@@ -1,0 +1,141 @@
+"""The dlspec command line: check, compile, predict (and what later releases add)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+from rich.console import Console
+from rich.table import Table
+
+from compiler.compile import Compiled, compile_model
+from compiler.tensor import show
+from runtime.files import atomic_write
+from runtime.predict import predict
+from spec.errors import DlspecError, SpecError
+from spec.loader import load
+from spec.version import __version__
+
+
+def _compile(args: argparse.Namespace) -> Compiled:
+    return compile_model(load(args.spec), args.model, args.seed)
+
+
+def cmd_check(args: argparse.Namespace, out: Console) -> int:
+    c = _compile(args)
+    table = Table(title=f"model {c.model.name}", title_justify="left")
+    for col, justify in (("layer", "left"), ("kind", "left"), ("output", "left"),
+                         ("params", "right"), ("FLOPs", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in c.records:
+        table.add_row(r.path, r.kind, " ".join(show(s) for s in r.shapes), f"{r.params:,}", _si(r.flops))
+    params = sum(r.params for r in c.records)
+    flops = sum(r.flops for r in c.records)
+    table.add_section()
+    table.add_row("total", "", f"{c.output.name} {show(c.output.shape)}", f"{params:,}", _si(flops))
+    out.print(table)
+    ins = ", ".join(f"{t.name}: {t.dtype}{show(tuple(None if isinstance(d, str) else d for d in t.shape))}"
+                    for t in c.model.inputs)
+    out.print(f"inputs {ins}; {params:,} trainable parameters; {_si(flops)} FLOPs per sample "
+              "(a multiply-add counts 2)")
+    out.print(f"[green]ok[/green]: {args.spec} is valid")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace, out: Console) -> int:
+    if args.train:
+        raise SpecError("compiling the training graph (--train) is not supported yet in dlspec "
+                        f"{__version__}; `dlspec compile` writes the inference graph")
+    c = _compile(args)
+    onnx.checker.check_model(c.onnx, full_check=True)
+    dest = Path(args.output or Path(args.spec).with_suffix(".onnx").name)
+    atomic_write(dest, c.onnx.SerializeToString())
+    params = sum(r.params for r in c.records)
+    out.print(f"wrote {dest}: model {c.model.name}, {params:,} parameters, output "
+              f"{c.output.name} {show(c.output.shape)}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, out: Console) -> int:
+    outputs = predict(args.model_file, args.inputs)
+    if args.output:
+        buf = io.BytesIO()
+        np.savez(buf, **outputs)
+        atomic_write(args.output, buf.getvalue())
+        out.print(f"wrote {args.output}: {', '.join(f'{k} {list(v.shape)}' for k, v in outputs.items())}")
+        return 0
+    with np.printoptions(precision=4, suppress=True, threshold=200):
+        for name, value in outputs.items():
+            out.print(f"{name} {list(value.shape)} {value.dtype}:")
+            out.print(str(value), markup=False, highlight=False)
+    return 0
+
+
+def cmd_not_yet(args: argparse.Namespace, out: Console) -> int:
+    prog = load(args.spec)
+    model = prog.model(args.model)
+    train = prog.train(model.name)
+    span = train.span if train is not None else model.name_span
+    raise SpecError(f"`dlspec {args.command}` is not supported yet in dlspec {__version__}: this "
+                    "release validates train blocks but does not execute them", span)
+
+
+def _si(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dlspec", description="Compile .dlspec model specs to ONNX.")
+    p.add_argument("--version", action="version", version=f"dlspec {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def spec_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help)
+        s.add_argument("spec", help="the .dlspec file")
+        s.add_argument("--model", help="which model, when the file defines several")
+        s.add_argument("--seed", type=int, help="initialisation seed (default: the train block's)")
+        return s
+
+    spec_cmd("check", "validate a spec and print its layers, shapes, parameters and FLOPs")
+    c = spec_cmd("compile", "compile a spec to an ONNX inference model")
+    c.add_argument("-o", "--output", help="where to write the .onnx file")
+    c.add_argument("--train", action="store_true", help="also write the training graphs")
+    pr = sub.add_parser("predict", help="run an ONNX model on inputs from an .npz file")
+    pr.add_argument("model_file", help="the .onnx model")
+    pr.add_argument("inputs", help=".npz file with one array per model input")
+    pr.add_argument("-o", "--output", help="save outputs to this .npz instead of printing them")
+    for name in ("train", "gradcheck"):
+        spec_cmd(name, f"{name} a spec (not supported yet)")
+    return p
+
+
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "predict": cmd_predict,
+            "train": cmd_not_yet, "gradcheck": cmd_not_yet}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    out = Console(highlight=False)
+    try:
+        return COMMANDS[args.command](args, out)
+    except DlspecError as err:
+        if args.debug:
+            raise
+        print(str(err), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

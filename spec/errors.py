@@ -1,0 +1,75 @@
+"""Source spans and the three user-facing error types."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where something stands in a spec file (1-based line and column)."""
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class DlspecError(Exception):
+    """Base of the errors the CLI prints without a traceback."""
+
+    exit_code = 2
+
+
+def _excerpt(span: Span, source: str | None) -> str:
+    if source is None:
+        try:
+            source = Path(span.file).read_text()
+        except OSError:
+            return ""
+    lines = source.splitlines()
+    if not 1 <= span.line <= len(lines):
+        return ""
+    text = lines[span.line - 1].expandtabs(1)
+    width = span.end_col - span.col if span.end_line == span.line else len(text) - span.col + 1
+    width = max(1, min(width, len(text) - span.col + 1))
+    gutter = f"{span.line:>4} | "
+    return f"{gutter}{text}\n{' ' * (len(gutter) + span.col - 1)}{'^' * width}"
+
+
+class SpecError(DlspecError):
+    """A problem in a spec, reported as file:line:col, the line, a caret and a message."""
+
+    def __init__(self, message: str, span: Span | None = None, source: str | None = None):
+        self.message = message
+        self.span = span
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        if self.span is None:
+            return f"error: {self.message}"
+        excerpt = _excerpt(self.span, self.source)
+        head = f"{self.span}: error: {self.message}"
+        return f"{head}\n{excerpt}" if excerpt else head
+
+
+class CompileError(SpecError):
+    """A spec that is valid but cannot be compiled; points at the layer that caused it."""
+
+
+class RunError(DlspecError):
+    """A problem with data, devices, checkpoints or files, named plainly."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest known name, or ''."""
+    close = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

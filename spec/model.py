@@ -1,0 +1,354 @@
+"""The validated spec: Pydantic models for everything a .dlspec file can say."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from spec.errors import Span
+
+
+class Node(BaseModel):
+    """Base of every spec model: frozen, strict about unknown fields, carries its span."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    span: Span | None = Field(default=None, repr=False, exclude=True)
+    arg_spans: dict[str, Span] = Field(default_factory=dict, repr=False, exclude=True)
+
+
+# ---- expressions (block arguments, features) ----
+class Num(Node):
+    kind: Literal["num"]
+    value: int | float
+
+
+class Name(Node):
+    kind: Literal["name"]
+    id: str
+
+
+class Str(Node):
+    kind: Literal["str"]
+    value: str
+
+
+class Bool(Node):
+    kind: Literal["bool"]
+    value: bool
+
+
+class ListExpr(Node):
+    kind: Literal["list"]
+    items: list[Expr]
+
+
+class Op(Node):
+    kind: Literal["op"]
+    op: Literal["add", "sub", "mul", "div", "neg", "pow"]
+    args: list[Expr]
+
+
+class Func(Node):
+    kind: Literal["func"]
+    name: str
+    args: list[Expr]
+
+
+Expr = Annotated[Union[Num, Name, Str, Bool, ListExpr, Op, Func], Field(discriminator="kind")]
+
+
+# ---- chains ----
+class Call(Node):
+    """`name(arg, key=value)`: a layer or a block."""
+
+    kind: Literal["call"]
+    name: str
+    args: list[Expr] = []
+    kwargs: dict[str, Expr] = {}
+    name_span: Span | None = Field(default=None, repr=False, exclude=True)
+
+
+class Residual(Node):
+    """`residual { chain }`: body plus shortcut (projected where channels or stride change)."""
+
+    kind: Literal["residual"]
+    kwargs: dict[str, Expr] = {}
+    body: Chain
+
+
+class ForEach(Node):
+    """`for h in hidden { chain }`: the body once per list item."""
+
+    kind: Literal["for"]
+    var: str
+    iter: Expr
+    body: Chain
+
+
+class Group(Node):
+    kind: Literal["group"]
+    body: Chain
+
+
+class Repeat(Node):
+    """`element * n`: n copies, each with its own parameters."""
+
+    kind: Literal["repeat"]
+    body: Element
+    times: Expr
+
+
+Element = Annotated[Union[Call, Residual, ForEach, Group, Repeat], Field(discriminator="kind")]
+
+
+class Chain(Node):
+    kind: Literal["chain"] = "chain"
+    items: list[Element]
+
+
+class Stage(Node):
+    name: str | None
+    chain: Chain
+    name_span: Span | None = Field(default=None, repr=False, exclude=True)
+
+
+class Body(Node):
+    stages: list[Stage]
+
+
+class Param(Node):
+    name: str
+    default: Expr | None = None
+
+
+class BlockDef(Node):
+    name: str
+    params: list[Param] = []
+    body: Body
+    name_span: Span | None = Field(default=None, repr=False, exclude=True)
+
+
+# ---- models ----
+DType = Literal["float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool"]
+
+
+class TensorDecl(Node):
+    role: Literal["input", "target"]
+    name: str
+    dtype: DType
+    shape: list[int | str]
+    dtype_span: Span | None = Field(default=None, repr=False, exclude=True)
+
+
+class FeatureDef(Node):
+    name: str
+    expr: Expr
+
+
+class Features(Node):
+    role: Literal["features"] = "features"
+    defs: list[FeatureDef]
+
+
+class Section(Node):
+    role: Literal["backbone", "neck", "head"]
+    form: Literal["body", "call"]
+    body: Body | None = None
+    call: Call | None = None
+
+
+class CrossEntropy(Node):
+    """`cross_entropy(label_smoothing=0.1, weight=[...], ignore_index=-100)`"""
+
+    kind: Literal["cross_entropy"]
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    weight: list[float] | None = None
+    ignore_index: int | None = None
+
+
+class BceWithLogits(Node):
+    """`bce_with_logits(pos_weight=2.0)`"""
+
+    kind: Literal["bce_with_logits"]
+    pos_weight: PositiveFloat | None = None
+
+
+class Mse(Node):
+    """`mse`"""
+
+    kind: Literal["mse"]
+
+
+class L1(Node):
+    """`l1`"""
+
+    kind: Literal["l1"]
+
+
+class Huber(Node):
+    """`huber(delta=1.0)`"""
+
+    kind: Literal["huber"]
+    delta: PositiveFloat = 1.0
+
+
+LossKind = Annotated[Union[CrossEntropy, BceWithLogits, Mse, L1, Huber], Field(discriminator="kind")]
+
+
+class LossTerm(Node):
+    weight: float = 1.0
+    loss: LossKind
+    target: str | None = None
+
+
+class Loss(Node):
+    role: Literal["loss"] = "loss"
+    terms: list[LossTerm]
+
+
+class Model(Node):
+    name: str
+    extends: str | None = None
+    inputs: list[TensorDecl] = []
+    targets: list[TensorDecl] = []
+    features: Features | None = None
+    backbone: Section | None = None
+    neck: Section | None = None
+    head: Section | None = None
+    loss: Loss | None = None
+    name_span: Span | None = Field(default=None, repr=False, exclude=True)
+
+
+# ---- training ----
+class Bundled(Node):
+    """`digits(test=0.2, val=0.1)`: a data set shipped with scikit-learn."""
+
+    kind: Literal["digits", "iris", "wine", "breast_cancer", "diabetes"]
+    test: float = Field(0.2, ge=0.0, lt=1.0)
+    val: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class NpzData(Node):
+    """`npz("data.npz", image=x, label=y, test=0.2)`"""
+
+    kind: Literal["npz"]
+    path: str
+    fields: dict[str, str] = {}
+    test: float = Field(0.2, ge=0.0, lt=1.0)
+    val: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class CsvData(Node):
+    """`csv("data.csv", target=price, test=0.2)`"""
+
+    kind: Literal["csv"]
+    path: str
+    target: str
+    test: float = Field(0.2, ge=0.0, lt=1.0)
+    val: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+Data = Annotated[Union[Bundled, NpzData, CsvData], Field(discriminator="kind")]
+
+
+class Sgd(Node):
+    """`sgd(lr=0.1, momentum=0.9, nesterov=true, dampening=0, weight_decay=0)`"""
+
+    kind: Literal["sgd"]
+    lr: PositiveFloat = 0.01
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    dampening: float = Field(0.0, ge=0.0, le=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class Adam(Node):
+    """`adam(lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=0)`; adamw decouples the decay."""
+
+    kind: Literal["adam", "adamw"]
+    lr: PositiveFloat = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+Optimizer = Annotated[Union[Sgd, Adam], Field(discriminator="kind")]
+
+
+class Schedule(Node):
+    """`cosine(warmup=1)`, `step(every=10, gamma=0.1)`, `linear`, `constant`; warmup in epochs."""
+
+    kind: Literal["constant", "step", "cosine", "linear"]
+    warmup: float = Field(0.0, ge=0.0)
+    every: PositiveInt | None = None
+    gamma: float = Field(0.1, gt=0.0)
+    min_lr: float = Field(0.0, ge=0.0)
+    scale_with_batch: int | None = None
+
+
+class Initializer(Node):
+    """`xavier_normal`, `kaiming_uniform`, `zeros`, `constant(0.5)`, `normal(0.01)`."""
+
+    kind: Literal["xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform",
+                  "zeros", "ones", "constant", "normal", "uniform"]
+    value: float = 0.0
+    std: PositiveFloat = 0.01
+    limit: PositiveFloat = 0.1
+    gain: PositiveFloat = 1.0
+
+
+class InitRule(Node):
+    target: str | None = None
+    init: Initializer
+
+
+class GradNorm(Node):
+    """`grad_norm(1.0)`: scale all gradients so their global L2 norm is at most max_norm."""
+
+    kind: Literal["grad_norm"]
+    max_norm: PositiveFloat
+
+
+class GradValue(Node):
+    """`grad_value(0.5)`: clip every gradient element to [-limit, limit]."""
+
+    kind: Literal["grad_value"]
+    limit: PositiveFloat
+
+
+Clip = Annotated[Union[GradNorm, GradValue], Field(discriminator="kind")]
+
+
+class Augment(Node):
+    """`hflip`, `vflip`, `translate(2)`, `crop(pad=4)`, `noise(0.02)`, `brightness(0.2)`,
+    `contrast(0.2)`, `cutout(4)`."""
+
+    kind: Literal["hflip", "vflip", "translate", "crop", "noise", "brightness", "contrast", "cutout"]
+    amount: float = Field(1.0, ge=0.0)
+    p: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class LrRule(Node):
+    target: str
+    value: float = Field(ge=0.0)
+
+
+class Train(Node):
+    name: str | None = None
+    extends: str | None = None
+    model: str | None = None
+    data: Data | None = None
+    batch: PositiveInt = 32
+    epochs: PositiveInt = 10
+    optimizer: Optimizer | None = None
+    schedule: Schedule | None = None
+    init: list[InitRule] = []
+    clip: Clip | None = None
+    augment: list[Augment] = []
+    seed: int = 0
+    from_: str | None = Field(default=None, alias="from")
+    freeze: list[str] = []
+    lr_mult: list[LrRule] = []
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

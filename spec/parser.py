@@ -1,0 +1,342 @@
+"""Parse .dlspec text into plain dicts that carry source spans (meaning is checked later)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.tree import Meta
+
+from spec.errors import Span, SpecError
+
+Node = dict[str, Any]
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark.open("dlspec.lark", rel_to=__file__, parser="lalr", propagate_positions=True)
+
+
+def _span(file: str, meta: Meta | Token) -> Span:
+    return Span(file, meta.line or 0, meta.column or 0, meta.end_line or 0, meta.end_column or 0)
+
+
+def _number(tok: Token) -> int | float:
+    text = str(tok)
+    return int(text) if text.isdigit() else float(text)
+
+
+@v_args(meta=True)
+class _ToDicts(Transformer[Token, list[Node]]):
+    """Reshapes the parse tree into dicts; one method per grammar rule alias."""
+
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def sp(self, meta: Meta | Token) -> Span:
+        return _span(self.file, meta)
+
+    # ---- expressions ----
+    def number(self, meta: Meta, c: list[Token]) -> Node:
+        return {"kind": "num", "value": _number(c[0]), "span": self.sp(c[0])}
+
+    def string(self, meta: Meta, c: list[Token]) -> Node:
+        return {"kind": "str", "value": _unquote(c[0]), "span": self.sp(c[0])}
+
+    def true(self, meta: Meta, c: list[Any]) -> Node:
+        return {"kind": "bool", "value": True, "span": self.sp(meta)}
+
+    def false(self, meta: Meta, c: list[Any]) -> Node:
+        return {"kind": "bool", "value": False, "span": self.sp(meta)}
+
+    def name(self, meta: Meta, c: list[Token]) -> Node:
+        return {"kind": "name", "id": str(c[0]), "span": self.sp(c[0])}
+
+    def func(self, meta: Meta, c: list[Any]) -> Node:
+        args = [a for a in c[1:] if a is not None]
+        return {"kind": "func", "name": str(c[0]), "args": args, "span": self.sp(meta)}
+
+    def list(self, meta: Meta, c: list[Any]) -> Node:
+        return {"kind": "list", "items": [a for a in c if a is not None], "span": self.sp(meta)}
+
+    def _op(self, op: str, meta: Meta, c: list[Any]) -> Node:
+        return {"kind": "op", "op": op, "args": c, "span": self.sp(meta)}
+
+    def add(self, meta: Meta, c: list[Any]) -> Node:
+        return self._op("add", meta, c)
+
+    def sub(self, meta: Meta, c: list[Any]) -> Node:
+        return self._op("sub", meta, c)
+
+    def mul(self, meta: Meta, c: list[Any]) -> Node:
+        return self._op("mul", meta, c)
+
+    def div(self, meta: Meta, c: list[Any]) -> Node:
+        return self._op("div", meta, c)
+
+    def neg(self, meta: Meta, c: list[Any]) -> Node:
+        return self._op("neg", meta, c)
+
+    def pow(self, meta: Meta, c: list[Any]) -> Node:
+        return self._op("pow", meta, c)
+
+    # ---- calls and chains ----
+    def pos_arg(self, meta: Meta, c: list[Any]) -> tuple[None, Node, Span]:
+        return (None, c[0], self.sp(meta))
+
+    def kw_arg(self, meta: Meta, c: list[Any]) -> tuple[str, Node, Span]:
+        return (str(c[0]), c[1], self.sp(meta))
+
+    def args(self, meta: Meta, c: list[Any]) -> list[Any]:
+        return c
+
+    def _split_args(self, items: list[Any] | None) -> tuple[list[Node], dict[str, Node], dict[str, Span]]:
+        args: list[Node] = []
+        kwargs: dict[str, Node] = {}
+        spans: dict[str, Span] = {}
+        for key, value, span in items or []:
+            if key is None:
+                if kwargs:
+                    raise SpecError("a positional argument cannot follow a keyword argument", span)
+                args.append(value)
+            elif key in kwargs:
+                raise SpecError(f"argument '{key}' is given twice", span)
+            else:
+                kwargs[key] = value
+                spans[key] = span
+        return args, kwargs, spans
+
+    def call(self, meta: Meta, c: list[Any]) -> Node:
+        args, kwargs, spans = self._split_args(c[1] if len(c) > 1 else None)
+        return {"kind": "call", "name": str(c[0]), "args": args, "kwargs": kwargs,
+                "arg_spans": spans, "name_span": self.sp(c[0]), "span": self.sp(meta)}
+
+    def residual(self, meta: Meta, c: list[Any]) -> Node:
+        args, kwargs, spans = self._split_args(c[0])
+        if args:
+            raise SpecError("residual takes keyword arguments only (shortcut=...)", args[0]["span"])
+        return {"kind": "residual", "kwargs": kwargs, "arg_spans": spans, "body": c[1],
+                "span": self.sp(meta)}
+
+    def for_each(self, meta: Meta, c: list[Any]) -> Node:
+        return {"kind": "for", "var": str(c[0]), "iter": c[1], "body": c[2], "span": self.sp(meta)}
+
+    def group(self, meta: Meta, c: list[Any]) -> Node:
+        return {"kind": "group", "body": c[0], "span": self.sp(meta)}
+
+    def single(self, meta: Meta, c: list[Any]) -> Node:
+        return c[0]  # type: ignore[no-any-return]
+
+    def repeat(self, meta: Meta, c: list[Any]) -> Node:
+        tok = c[1]
+        times = ({"kind": "num", "value": _number(tok), "span": self.sp(tok)} if tok.type == "NUMBER"
+                 else {"kind": "name", "id": str(tok), "span": self.sp(tok)})
+        return {"kind": "repeat", "body": c[0], "times": times, "span": self.sp(meta)}
+
+    def chain(self, meta: Meta, c: list[Any]) -> Node:
+        return {"kind": "chain", "items": c, "span": self.sp(meta)}
+
+    def stage(self, meta: Meta, c: list[Any]) -> Node:
+        return {"name": str(c[0]), "chain": c[1], "span": self.sp(meta), "name_span": self.sp(c[0])}
+
+    def chain_body(self, meta: Meta, c: list[Any]) -> Node:
+        return {"stages": [{"name": None, "chain": c[0], "span": self.sp(meta)}], "span": self.sp(meta)}
+
+    def stages_body(self, meta: Meta, c: list[Any]) -> Node:
+        seen: dict[str, Span] = {}
+        for st in c:
+            if st["name"] in seen:
+                raise SpecError(f"stage '{st['name']}' is defined twice (first at {seen[st['name']]})",
+                                st["name_span"])
+            seen[st["name"]] = st["name_span"]
+        return {"stages": c, "span": self.sp(meta)}
+
+    # ---- top level ----
+    def import_stmt(self, meta: Meta, c: list[Token]) -> Node:
+        return {"item": "import", "path": _unquote(c[0]), "span": self.sp(meta)}
+
+    def param(self, meta: Meta, c: list[Any]) -> Node:
+        return {"name": str(c[0]), "default": c[1], "span": self.sp(meta)}
+
+    def block_def(self, meta: Meta, c: list[Any]) -> Node:
+        params = [p for p in c[1:-1] if p is not None]
+        return {"item": "block", "name": str(c[0]), "params": params, "body": c[-1],
+                "span": self.sp(meta), "name_span": self.sp(c[0])}
+
+    def dim(self, meta: Meta, c: list[Token]) -> int | str:
+        return _number(c[0]) if c[0].type == "NUMBER" else str(c[0])  # type: ignore[return-value]
+
+    def _tensor(self, role: str, meta: Meta, c: list[Any]) -> Node:
+        return {"role": role, "name": str(c[0]), "dtype": str(c[1]), "shape": c[2:],
+                "span": self.sp(meta), "dtype_span": self.sp(c[1])}
+
+    def input_decl(self, meta: Meta, c: list[Any]) -> Node:
+        return self._tensor("input", meta, c)
+
+    def target_decl(self, meta: Meta, c: list[Any]) -> Node:
+        return self._tensor("target", meta, c)
+
+    def feature_def(self, meta: Meta, c: list[Any]) -> Node:
+        return {"name": str(c[0]), "expr": c[1], "span": self.sp(meta)}
+
+    def features(self, meta: Meta, c: list[Any]) -> Node:
+        return {"role": "features", "defs": c, "span": self.sp(meta)}
+
+    def section_name(self, meta: Meta, c: list[Token]) -> str:
+        return str(c[0])
+
+    def section_body(self, meta: Meta, c: list[Any]) -> Node:
+        return {"role": c[0], "form": "body", "body": c[1], "span": self.sp(meta)}
+
+    def section_call(self, meta: Meta, c: list[Any]) -> Node:
+        return {"role": c[0], "form": "call", "call": c[1], "span": self.sp(meta)}
+
+    def loss_term(self, meta: Meta, c: list[Any]) -> Node:
+        weight = 1.0 if c[0] is None else float(_number(c[0]))
+        return {"weight": weight, "call": c[1], "span": self.sp(meta)}
+
+    def loss_decl(self, meta: Meta, c: list[Any]) -> Node:
+        return {"role": "loss", "terms": c, "span": self.sp(meta)}
+
+    def model_def(self, meta: Meta, c: list[Any]) -> Node:
+        model: Node = {"item": "model", "name": str(c[0]), "extends": _opt_str(c[1]),
+                       "inputs": [], "targets": [], "span": self.sp(meta), "name_span": self.sp(c[0]),
+                       "parts": {}}
+        for part in c[2:]:
+            role = part["role"]
+            if role in ("input", "target"):
+                model[role + "s"].append(part)
+            elif role in model["parts"]:
+                raise SpecError(f"model '{model['name']}' has a second {role} section; "
+                                "a model has at most one of each", part["span"])
+            else:
+                model["parts"][role] = part
+        return model
+
+    def init_rule(self, meta: Meta, c: list[Any]) -> Node:
+        return {"target": c[0], "call": c[1], "span": self.sp(meta)}
+
+    def lr_rule(self, meta: Meta, c: list[Any]) -> Node:
+        return {"target": c[0], "value": float(_number(c[1])), "span": self.sp(meta)}
+
+    def path(self, meta: Meta, c: list[Token]) -> str:
+        return ".".join(str(t) for t in c)
+
+    def _setting(self, key: str, value: Any, meta: Meta) -> tuple[str, Any, Span]:
+        return (key, value, self.sp(meta))
+
+    def t_model(self, meta: Meta, c: list[Token]) -> Any:
+        return self._setting("model", str(c[0]), meta)
+
+    def t_data(self, meta: Meta, c: list[Any]) -> Any:
+        return self._setting("data", c[0], meta)
+
+    def t_batch(self, meta: Meta, c: list[Any]) -> Any:
+        return self._setting("batch", c[0], meta)
+
+    def t_epochs(self, meta: Meta, c: list[Any]) -> Any:
+        return self._setting("epochs", c[0], meta)
+
+    def t_optimizer(self, meta: Meta, c: list[Any]) -> Any:
+        return self._setting("optimizer", c[0], meta)
+
+    def t_schedule(self, meta: Meta, c: list[Any]) -> Any:
+        return self._setting("schedule", c[0], meta)
+
+    def t_init(self, meta: Meta, c: list[Any]) -> Any:
+        return self._setting("init", c, meta)
+
+    def t_clip(self, meta: Meta, c: list[Any]) -> Any:
+        return self._setting("clip", c[0], meta)
+
+    def t_augment(self, meta: Meta, c: list[Any]) -> Any:
+        return self._setting("augment", c, meta)
+
+    def t_seed(self, meta: Meta, c: list[Any]) -> Any:
+        return self._setting("seed", c[0], meta)
+
+    def t_from(self, meta: Meta, c: list[Token]) -> Any:
+        return self._setting("from", _unquote(c[0]), meta)
+
+    def t_freeze(self, meta: Meta, c: list[str]) -> Any:
+        return self._setting("freeze", c, meta)
+
+    def t_lr_mult(self, meta: Meta, c: list[Any]) -> Any:
+        return self._setting("lr_mult", c, meta)
+
+    def train_def(self, meta: Meta, c: list[Any]) -> Node:
+        settings: dict[str, Any] = {}
+        spans: dict[str, Span] = {}
+        for key, value, span in c[2:]:
+            if key in settings:
+                raise SpecError(f"'{key}' is set twice in this train block (first at {spans[key]})", span)
+            settings[key] = value
+            spans[key] = span
+        return {"item": "train", "name": _opt_str(c[0]), "extends": _opt_str(c[1]),
+                "settings": settings, "setting_spans": spans, "span": self.sp(meta)}
+
+    def start(self, meta: Meta, c: list[Node]) -> list[Node]:
+        return c
+
+
+def _opt_str(tok: Token | None) -> str | None:
+    return None if tok is None else str(tok)
+
+
+def _unquote(tok: Token) -> str:
+    return str(tok)[1:-1].encode().decode("unicode_escape")
+
+
+def parse_text(text: str, file: str) -> list[Node]:
+    """Parse one file's text into a list of top-level item dicts."""
+    try:
+        tree: Tree[Token] = _parser().parse(text)
+    except UnexpectedInput as err:
+        raise _syntax_error(err, text, file) from None
+    return _ToDicts(file).transform(tree)
+
+
+_TOKEN_WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string in double quotes"}
+
+
+def _describe(terminal: str) -> str:
+    if terminal in _TOKEN_WORDS:
+        return _TOKEN_WORDS[terminal]
+    for t in _parser().terminals:
+        if t.name == terminal and t.pattern.type == "str":
+            return f"'{t.pattern.value}'"
+    return terminal.lower()
+
+
+def _syntax_error(err: UnexpectedInput, text: str, file: str) -> SpecError:
+    line, col = err.line, err.column
+    if isinstance(err, UnexpectedCharacters):
+        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
+        return SpecError(f"unexpected character '{char}'", Span(file, line, col, line, col + 1), text)
+    if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
+        lines = text.splitlines() or [""]
+        line, col = len(lines), len(lines[-1]) + 1
+        expected = sorted(_describe(t) for t in err.expected)
+        return SpecError(f"the file ends too early: expected {_one_of(expected)}",
+                         Span(file, line, col, line, col + 1), text)
+    assert isinstance(err, UnexpectedToken)
+    tok = err.token
+    expected = sorted({_describe(t) for t in err.expected})
+    span = Span(file, line, col, tok.end_line or line, tok.end_column or col + 1)
+    hint = ""
+    if tok.type == "NAME" and "'->'" in expected:
+        hint = "; layers in a chain are joined with '->'"
+    elif expected == ["':'"]:
+        hint = " after a stage name (or was the name before it a layer missing its '->'?)"
+    word = _TOKEN_WORDS.get(tok.type, "").removeprefix("a ").split(" in ")[0]
+    shown = f"{word} '{tok}'" if word else f"'{tok}'"
+    return SpecError(f"unexpected {shown}, expected {_one_of(expected)}{hint}", span, text)
+
+
+def _one_of(words: list[str]) -> str:
+    if len(words) == 1:
+        return words[0]
+    return "one of " + ", ".join(words)
