@@ -6,8 +6,8 @@ prunes what needs no gradient, and reports ops without a rule.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import onnx

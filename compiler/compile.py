@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from compiler.context import Compilation, LayerRecord, ParamInfo
 from compiler.features import lower_features
@@ -17,7 +18,7 @@ from compiler.opset import IR_VERSION, OPSET
 from compiler.tensor import Tensor, show
 from compiler.walk import Walker
 from spec import model as m
-from spec.errors import CompileError, SpecError
+from spec.errors import CompileError, Span, SpecError, did_you_mean
 from spec.loader import Program
 from spec.version import __version__
 
@@ -79,13 +80,20 @@ def compile_model(prog: Program, name: str | None = None, seed: int | None = Non
 
 def _input(t: m.TensorDecl) -> Tensor:
     dims = t.shape
+
+    def at(i: int) -> Span | None:
+        return t.dim_spans[i] if i < len(t.dim_spans) else t.span
+
     if not dims or not isinstance(dims[0], str):
-        raise SpecError(f"the first dimension of '{t.name}' must be the symbolic batch size, "
-                        f"e.g. {t.dtype}[N, ...]", t.span)
-    for d in dims[1:]:
-        if isinstance(d, str) or d < 1:
-            raise SpecError(f"dimension '{d}' of '{t.name}': only the batch dimension may be "
-                            "symbolic; the others are whole numbers >= 1", t.span)
+        raise SpecError(f"the first dimension of '{t.name}' is {dims[0] if dims else 'missing'}; it must be "
+                        f"the symbolic batch size, e.g. {t.dtype}[N, ...]", at(0))
+    for i, d in enumerate(dims[1:], start=1):
+        if isinstance(d, str):
+            raise SpecError(f"dimension {i + 1} of '{t.name}' is the name '{d}'; only the first (batch) "
+                            "dimension may be symbolic, the others are whole numbers >= 1", at(i))
+        if d < 1:
+            raise SpecError(f"dimension {i + 1} of '{t.name}' is {d}; it must be a whole number >= 1",
+                            at(i))
     return Tensor(t.name, (None,) + tuple(int(d) for d in dims[1:]), t.dtype)
 
 
@@ -125,10 +133,13 @@ def _finish(comp: Compilation, model: m.Model, y: Tensor, last: m.Section) -> Te
         for term in model.loss.terms:
             tname = term.target or (model.targets[0].name if len(model.targets) == 1 else None)
             if tname is None:
-                raise SpecError("this loss needs target=NAME: the model has "
-                                f"{len(model.targets)} targets", term.span)
+                raise SpecError(f"loss {term.loss.kind} needs target=NAME: the model has "
+                                f"{len(model.targets)} targets ({', '.join(targets) or 'none'})",
+                                term.span)
             if tname not in targets:
-                raise SpecError(f"loss target '{tname}' is not a declared target", term.span)
+                raise SpecError(f"loss target '{tname}' is not a declared target"
+                                f"{did_you_mean(tname, targets)}; targets: {', '.join(targets) or 'none'}",
+                                term.span)
             y = _check_loss(g, term, y, _input(targets[tname]), last)
     name = output_name(model)
     g.nodes.append(helper.make_node("Identity", [y.name], [name], name="output/Identity"))
@@ -162,13 +173,23 @@ def _value_info(t: Tensor) -> onnx.ValueInfoProto:
 
 def _model_proto(comp: Compilation, model: m.Model, inputs: list[Tensor], out: Tensor,
                  spec_hash: str) -> onnx.ModelProto:
-    g = comp.g
-    inits = [numpy_helper.from_array(v, name=k) for k, v in g.initializers.items()]
-    graph = helper.make_graph(g.nodes, model.name, [_value_info(t) for t in inputs],
-                              [_value_info(out)], initializer=inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              ir_version=IR_VERSION, producer_name="dlspec",
-                              producer_version=__version__)
+    """Fill one ModelProto in place: copying large initializers between protos costs seconds."""
+    proto = onnx.ModelProto()
+    proto.ir_version = IR_VERSION
+    proto.producer_name = "dlspec"
+    proto.producer_version = __version__
+    proto.opset_import.append(helper.make_opsetid("", OPSET))
+    g = proto.graph
+    g.name = model.name
+    g.node.extend(comp.g.nodes)
+    g.input.extend(_value_info(t) for t in inputs)
+    g.output.append(_value_info(out))
+    for name, value in comp.g.initializers.items():
+        t = g.initializer.add()
+        t.name = name
+        t.data_type = ONNX_DTYPES[value.dtype.name]
+        t.dims.extend(value.shape)
+        t.raw_data = np.ascontiguousarray(value).tobytes()
     helper.set_model_props(proto, {"dlspec_version": __version__, "spec_hash": spec_hash,
                                    "opset": str(OPSET), "model": model.name})
     return proto

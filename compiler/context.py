@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -72,7 +72,9 @@ class LayerCtx:
 
     def weight(self, suffix: str, shape: Sequence[int], fan_in: int, fan_out: int) -> str:
         policy = self.comp.policy
-        chosen = self.init_override or policy.choose(f"{self.path}.{suffix}", self.kind)
+        chosen = policy.choose(f"{self.path}.{suffix}", self.kind)  # also marks the rules it matched
+        if self.init_override is not None:  # `conv(8, init=...)` beats every train-block rule
+            chosen = self.init_override
         value = init.make(chosen, shape, fan_in, fan_out, policy.rng(f"{self.path}.{suffix}"))
         return self._add(suffix, value, state=False)
 

@@ -28,15 +28,20 @@ def lower_features(g: Graph, feats: m.Features, values: dict[str, Tensor]) -> di
 
 
 def _broadcast(a: Shape, b: Shape, span: object) -> Shape:
-    try:
-        s = np.broadcast_shapes(tuple(1 if d is None else d for d in a),
-                                tuple(1 if d is None else d for d in b))
-    except ValueError:
-        raise CompileError(f"shapes {show(a)} and {show(b)} do not broadcast", span) from None  # type: ignore[arg-type]
-    pad = len(s)
-    a2, b2 = (1,) * (pad - len(a)) + a, (1,) * (pad - len(b)) + b
-    return tuple(None if (x is None and y in (None, 1)) or (y is None and x in (None, 1)) else d
-                 for x, y, d in zip(a2, b2, s))
+    """NumPy broadcasting where the symbolic batch size N matches only N or 1."""
+    rank = max(len(a), len(b))
+    a2, b2 = (1,) * (rank - len(a)) + a, (1,) * (rank - len(b)) + b
+    out: list[int | None] = []
+    for x, y in zip(a2, b2):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise CompileError(f"shapes {show(a)} and {show(b)} do not broadcast: a feature "
+                               "combines values of the same shape, or a value with a number",
+                               span)  # type: ignore[arg-type]
+    return tuple(out)
 
 
 def _as_tensor(g: Graph, v: Tensor | float, hint: str) -> Tensor:

@@ -7,7 +7,7 @@ Broadcasting is undone in one place, `unbroadcast`.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import onnx
 from onnx import helper
@@ -293,7 +293,7 @@ def _axes(ctx: RuleCtx, n: onnx.NodeProto) -> list[int]:
             raise CompileError(f"{n.op_type} gradient needs constant axes when keepdims=0")
         axes = [int(a) for a in ctx.consts[n.input[1]].reshape(-1)]
     else:
-        axes = [int(a) for a in (attr(n, "axes", []) or [])]  # type: ignore[union-attr]
+        axes = [int(a) for a in (attr(n, "axes", []) or [])]  # type: ignore[attr-defined]
     if not axes:
         axes = list(range(rank))
     return sorted(a % rank for a in axes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import onnx
 
@@ -102,16 +102,20 @@ def _conv_weight_grad(ctx: RuleCtx, x: str, g: str, k: list[int], s: list[int], 
         xg, gg = x, g
         if groups > 1:
             ci, co = cin // groups, cout // groups
-            xg = ctx.g.op1("Slice", [x, ctx.g.ints([gi * ci]), ctx.g.ints([(gi + 1) * ci]), ctx.g.ints([1])], "grad")
-            gg = ctx.g.op1("Slice", [g, ctx.g.ints([gi * co]), ctx.g.ints([(gi + 1) * co]), ctx.g.ints([1])], "grad")
+            xg = _channels(ctx, x, gi * ci, (gi + 1) * ci)
+            gg = _channels(ctx, g, gi * co, (gi + 1) * co)
         xt = ctx.g.op1("Transpose", [xg], "grad", perm=perm)  # [Ci, N, H, W]
         gt = ctx.g.op1("Transpose", [gg], "grad", perm=perm)  # [Co, N, Ho, Wo]
         full = ctx.g.op1("Conv", [xt, gt], "grad", strides=d, dilations=s, pads=p)  # [Ci, Co, >=kh, >=kw]
         # the window may overhang by the forward stride's remainder: keep the first k taps
-        cut = ctx.g.op1("Slice", [full, ctx.g.ints([0] * nd), ctx.g.ints(k), ctx.g.ints(list(range(2, 2 + nd)))],
-                        "grad")
+        cut = ctx.g.op1("Slice", [full, ctx.g.ints([0] * nd), ctx.g.ints(k),
+                                  ctx.g.ints(list(range(2, 2 + nd)))], "grad")
         parts.append(ctx.g.op1("Transpose", [cut], "grad", perm=perm))
     return parts[0] if len(parts) == 1 else ctx.g.op1("Concat", parts, "grad", axis=0)
+
+
+def _channels(ctx: RuleCtx, x: str, start: int, stop: int) -> str:
+    return ctx.g.op1("Slice", [x, ctx.g.ints([start]), ctx.g.ints([stop]), ctx.g.ints([1])], "grad")
 
 
 @rule("GlobalAveragePool")
@@ -182,7 +186,7 @@ def _resize(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
         factors.append(b // a)
     split = [0, 0]
     for a, f in zip(xs[2:], factors):
-        split += [int(a), f]
+        split += [int(a), f]  # type: ignore[arg-type]
     blocks = ctx.g.op1("Reshape", [g, ctx.g.ints(split)], "grad")
     axes = [3 + 2 * i for i in range(len(factors))]
     summed = ctx.g.op1("ReduceSum", [blocks, ctx.g.ints(axes)], "grad", keepdims=0)

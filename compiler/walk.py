@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -13,6 +14,7 @@ from compiler.tensor import Tensor, show
 from spec import model as m
 from spec.constexpr import Symbol, evaluate
 from spec.errors import CompileError, Span, SpecError, did_you_mean
+from spec.loader import STDLIB
 
 Env = dict[str, Any]
 COMMON_ARGS = ("from", "init")
@@ -104,9 +106,10 @@ class Walker:
         times = evaluate(el.times, env)
         if not isinstance(times, int) or isinstance(times, bool) or times < 1:
             raise SpecError(f"a repeat count must be a whole number >= 1, got {times!r}", el.times.span)
-        for _ in range(times):
-            xs = self.element(el.body, xs, scope.index(), env, sole=True, next_kind=next_kind,
-                              stages=None)
+        first = self._kind_of(el.body, env)
+        for i in range(times):  # each copy but the last is followed by the next copy
+            xs = self.element(el.body, xs, scope.index(), env, sole=True,
+                              next_kind=next_kind if i == times - 1 else first, stages=None)
         return xs
 
     # ---- calls: layers and blocks ----
@@ -126,21 +129,27 @@ class Walker:
                 raise SpecError("init= applies to single layers; set it on the layers inside "
                                 f"block '{name}' or in the train block", call.arg_spans["init"])
             inner = scope if sole else scope.index()
-            return self.body(blk.body, xs, inner, self._bind(blk, call, env),
-                             stages if sole else None)
+            try:
+                return self.body(blk.body, xs, inner, self._bind(blk, call, env),
+                                 stages if sole else None)
+            except SpecError as err:
+                raise _at_call_site(err, name, call) from None
         known = list(LAYERS) + list(self.blocks)
         raise SpecError(f"unknown layer or block '{name}'{did_you_mean(name, known)}",
                         call.name_span or call.span)
 
     def _from(self, call: m.Call, env: Env) -> list[Tensor]:
-        refs = evaluate(call.kwargs["from"], env)
+        expr = call.kwargs["from"]
+        refs = evaluate(expr, env)
         refs = refs if isinstance(refs, list) else [refs]
+        item_spans = ([i.span for i in expr.items] if isinstance(expr, m.ListExpr)
+                      and len(expr.items) == len(refs) else [expr.span] * len(refs))
         out: list[Tensor] = []
-        for ref in refs:
+        for ref, span in zip(refs, item_spans, strict=True):
             if str(ref) not in self.visible:
                 known = ", ".join(self.visible) or "none yet"
                 raise SpecError(f"no stage named '{ref}'{did_you_mean(str(ref), self.visible)}; "
-                                f"stages defined so far: {known}", call.arg_spans["from"])
+                                f"stages defined so far: {known}", span or call.arg_spans["from"])
             out += self.visible[str(ref)]
         return out
 
@@ -150,7 +159,7 @@ class Walker:
         if len(call.args) > len(names):
             raise SpecError(f"block '{blk.name}' takes {len(names)} argument(s), got "
                             f"{len(call.args)}: {sig}", call.args[len(names)].span)
-        given: Env = {n: evaluate(a, env) for n, a in zip(names, call.args)}
+        given: Env = {n: evaluate(a, env) for n, a in zip(names, call.args, strict=False)}
         for key, expr in call.kwargs.items():
             if key == "from":
                 continue
@@ -191,7 +200,7 @@ class Walker:
                             extra.span)
         data: dict[str, Any] = {}
         spans: dict[str, Span | None] = {}
-        for key, expr in zip(pos, call.args):
+        for key, expr in zip(pos, call.args, strict=False):
             data[key], spans[key] = _plain(evaluate(expr, env)), expr.span
         for key, expr in call.kwargs.items():
             if key in COMMON_ARGS:
@@ -200,7 +209,8 @@ class Walker:
                 raise SpecError(f"argument '{key}' of {cls.kind} is given twice", call.arg_spans.get(key))
             data[key], spans[key] = _plain(evaluate(expr, env)), call.arg_spans.get(key)
         try:
-            return cls.model_validate(data)
+            # strict: a string or a boolean is not a number here (conv("8"), conv(true))
+            return cls.model_validate(data, strict=True)
         except ValidationError as err:
             e = err.errors()[0]
             key = str(e["loc"][0]) if e["loc"] else ""
@@ -209,10 +219,10 @@ class Walker:
                 raise SpecError(f"{cls.kind} has no argument '{key}'{did_you_mean(key, fields)}; "
                                 f"it takes: {', '.join(fields)}", spans.get(key) or call.span) from None
             if e["type"] == "missing":
-                raise SpecError(f"{cls.kind} needs argument '{key}' ({cls.__doc__.splitlines()[0] if cls.__doc__ else ''})",
-                                call.span) from None
-            msg = e["msg"][0].lower() + e["msg"][1:]
-            raise SpecError(f"invalid value {e['input']!r} for '{key}' of {cls.kind}: {msg}",
+                form = cls.__doc__.splitlines()[0] if cls.__doc__ else cls.kind
+                raise SpecError(f"{cls.kind} needs argument '{key}' ({form})", call.span) from None
+            msg = _EXPECTED.get(e["type"]) or e["msg"][0].lower() + e["msg"][1:]
+            raise SpecError(f"invalid value {_dsl(e['input'])} for '{key}' of {cls.kind}: {msg}",
                             spans.get(key) or call.span) from None
 
     def _init_override(self, call: m.Call, env: Env) -> m.Initializer:
@@ -253,9 +263,10 @@ class Walker:
         if mode == "conv" or (mode == "auto" and y.shape != x.shape):
             short = self._projection(el, x, y, scope)
         elif y.shape != x.shape:
-            raise CompileError(f"residual: the body gives {show(y.shape)} but the shortcut is "
-                               f"{show(x.shape)} (channel mismatch); use shortcut=auto to project",
-                               el.span)
+            what = "channel" if len(y.shape) == len(x.shape) and y.shape[2:] == x.shape[2:] else "shape"
+            raise CompileError(f"residual with shortcut=identity: the body gives {show(y.shape)} but its "
+                               f"input is {show(x.shape)} ({what} mismatch); an identity shortcut needs "
+                               "equal shapes (leave shortcut out to project with a 1x1 conv)", el.span)
         with_ctx = LayerCtx(self.comp, scope.path + ".add", "add", el.span, None, None)
         return [Tensor(with_ctx.g.op1("Add", [y.name, short.name], with_ctx.path), y.shape)]
 
@@ -264,16 +275,16 @@ class Walker:
         if x.rank != 4 or y.rank != 4:
             if x.rank == 2 and y.rank == 2:
                 return self._apply(LAYERS["linear"].model_validate({"out": y.shape[1], "bias": False}),
-                                   "linear", [x], scope.sub("shortcut"), el.span, None)[0]
+                                   "linear", [x], scope.sub(_shortcut_name(scope)), el.span, None)[0]
             raise CompileError(f"residual: cannot project {show(x.shape)} to {show(y.shape)}", el.span)
         hs, ws = x.shape[2], x.shape[3]
         ho, wo = y.shape[2], y.shape[3]
         assert hs and ws and ho and wo
-        if hs % ho or ws % wo:
-            raise CompileError(f"residual: the body turns {show(x.shape)} into {show(y.shape)}; a "
-                               "shortcut needs a whole-number stride", el.span)
-        stride = [hs // ho, ws // wo]
-        sc = scope.sub("shortcut")
+        stride = [_stride_between(hs, ho), _stride_between(ws, wo)]
+        if 0 in stride:
+            raise CompileError(f"residual: the body turns {show(x.shape)} into {show(y.shape)}; no "
+                               "strided 1x1 shortcut gives that size", el.span)
+        sc = scope.sub(_shortcut_name(scope))
         conv = LAYERS["conv"].model_validate({"out": y.shape[1], "k": 1, "stride": stride,
                                               "padding": 0, "bias": False})
         t = self._apply(conv, "conv", [x], sc, el.span, "bn")
@@ -292,10 +303,51 @@ class Walker:
         return out
 
 
+def _at_call_site(err: SpecError, block: str, call: m.Call) -> SpecError:
+    """An error inside a standard-library block is reported where the user's spec calls it."""
+    stdlib = str(STDLIB)
+    if err.span is None or err.span.file != stdlib or call.span is None or call.span.file == stdlib:
+        return err
+    return type(err)(f"{err.message} (inside block '{block}' of the standard library, at "
+                     f"{STDLIB.name}:{err.span.line}:{err.span.col})", call.span)
+
+
+def _shortcut_name(scope: Scope) -> str:
+    """`shortcut` (torchvision-like), then shortcut2, shortcut3 for more residuals in one scope."""
+    n = scope.counts.get("shortcut", 0) + 1
+    scope.counts["shortcut"] = n
+    return "shortcut" if n == 1 else f"shortcut{n}"
+
+
+_EXPECTED = {"int_type": "expected a whole number", "float_type": "expected a number",
+             "bool_type": "expected true or false", "string_type": "expected a name or a string"}
+
+
+def _dsl(v: Any) -> str:
+    """A value as it is written in a spec: true, "text", [1, 2]."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_dsl(i) for i in v) + "]"
+    return repr(v)
+
+
+def _stride_between(size: int, out: int) -> int:
+    """The stride s of a 1x1 conv mapping `size` to `out`: (size - 1) // s + 1 == out, else 0."""
+    for s in range(1, size + 1):
+        if (size - 1) // s + 1 == out:
+            return s
+    return 0
+
+
 def _plain(v: Any) -> Any:
-    """Symbols become plain strings for Pydantic."""
+    """Symbols become plain strings and whole floats (width * 0.5) ints, for strict validation."""
     if isinstance(v, list):
         return [_plain(i) for i in v]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
     return str(v) if isinstance(v, Symbol) else v
 
 

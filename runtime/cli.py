@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from compiler.compile import Compiled, compile_model
@@ -31,19 +34,22 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
     table = Table(title=f"model {c.model.name}", title_justify="left")
     for col, justify in (("layer", "left"), ("kind", "left"), ("output", "left"),
                          ("params", "right"), ("FLOPs", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in c.records:
         table.add_row(r.path, r.kind, " ".join(show(s) for s in r.shapes), f"{r.params:,}", _si(r.flops))
     params = sum(r.params for r in c.records)
     flops = sum(r.flops for r in c.records)
     table.add_section()
     table.add_row("total", "", f"{c.output.name} {show(c.output.shape)}", f"{params:,}", _si(flops))
+    if not out.is_terminal:
+        # Piped or captured: print whole rows (full layer paths) rather than wrap them at 80 columns.
+        out.width = max(out.width, Measurement.get(out, out.options.update_width(10_000), table).maximum)
     out.print(table)
     ins = ", ".join(f"{t.name}: {t.dtype}{show(tuple(None if isinstance(d, str) else d for d in t.shape))}"
                     for t in c.model.inputs)
     out.print(f"inputs {ins}; {params:,} trainable parameters; {_si(flops)} FLOPs per sample "
               "(a multiply-add counts 2)")
-    out.print(f"[green]ok[/green]: {args.spec} is valid")
+    out.print(f"[green]ok[/green]: {escape(str(args.spec))} is valid")
     return 0
 
 
@@ -57,7 +63,7 @@ def cmd_compile(args: argparse.Namespace, out: Console) -> int:
     atomic_write(dest, c.onnx.SerializeToString())
     params = sum(r.params for r in c.records)
     out.print(f"wrote {dest}: model {c.model.name}, {params:,} parameters, output "
-              f"{c.output.name} {show(c.output.shape)}")
+              f"{c.output.name} {show(c.output.shape)}", markup=False)
     return 0
 
 
@@ -65,13 +71,15 @@ def cmd_predict(args: argparse.Namespace, out: Console) -> int:
     outputs = predict(args.model_file, args.inputs)
     if args.output:
         buf = io.BytesIO()
-        np.savez(buf, **outputs)
+        savez: Any = np.savez  # outputs are keyword arguments: the stubs reserve 'allow_pickle'
+        savez(buf, **outputs)
         atomic_write(args.output, buf.getvalue())
-        out.print(f"wrote {args.output}: {', '.join(f'{k} {list(v.shape)}' for k, v in outputs.items())}")
+        out.print(f"wrote {args.output}: {', '.join(f'{k} {list(v.shape)}' for k, v in outputs.items())}",
+                  markup=False)
         return 0
     with np.printoptions(precision=4, suppress=True, threshold=200):
         for name, value in outputs.items():
-            out.print(f"{name} {list(value.shape)} {value.dtype}:")
+            out.print(f"{name} {list(value.shape)} {value.dtype}:", markup=False, highlight=False)
             out.print(str(value), markup=False, highlight=False)
     return 0
 
@@ -92,6 +100,16 @@ def _si(n: int) -> str:
     return str(n)
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlspec", description="Compile .dlspec model specs to ONNX.")
     p.add_argument("--version", action="version", version=f"dlspec {__version__}")
@@ -102,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help)
         s.add_argument("spec", help="the .dlspec file")
         s.add_argument("--model", help="which model, when the file defines several")
-        s.add_argument("--seed", type=int, help="initialisation seed (default: the train block's)")
+        s.add_argument("--seed", type=_seed, help="initialisation seed (default: the train block's)")
         return s
 
     spec_cmd("check", "validate a spec and print its layers, shapes, parameters and FLOPs")
@@ -124,7 +142,7 @@ COMMANDS = {"check": cmd_check, "compile": cmd_compile, "predict": cmd_predict,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)  # messages stay whole lines; tables fit the width
     try:
         return COMMANDS[args.command](args, out)
     except DlspecError as err:

@@ -3,25 +3,52 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from spec.errors import RunError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    """Write to a temporary file beside `path`, fsync, then rename over it.
+
+    On any failure the previous file (if any) is left as it was and the temporary file is removed.
+    The new file gets the mode of the file it replaces, or the usual 0666 & ~umask for a new one
+    (mkstemp would otherwise leave it private to its owner).
+    """
     target = Path(path)
-    if target.parent and not target.parent.exists():
-        raise RunError(f"cannot write {path}: folder {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    folder = target.parent
+    if not folder.exists():
+        raise RunError(f"cannot write {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise RunError(f"cannot write {path}: {folder} is not a folder")
+    if target.is_dir():
+        raise RunError(f"cannot write {path}: it is a folder")
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise RunError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise RunError(f"cannot write {path}: {err.strerror or err}") from None
         raise

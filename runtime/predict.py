@@ -15,31 +15,55 @@ _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)
        "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def session(model_path: str | Path, device: str = "cpu") -> ort.InferenceSession:
     if not Path(model_path).is_file():
         raise RunError(f"no model file {model_path}")
     try:
         onnx.checker.check_model(str(model_path))
-    except onnx.checker.ValidationError as err:
-        raise RunError(f"{model_path} is not a valid ONNX model: {str(err).splitlines()[0]}") from None
+    except (onnx.checker.ValidationError, ValueError, OSError) as err:
+        raise RunError(f"{model_path} is not a valid ONNX model: {_first_line(err)}") from None
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own (pybind) exception types
+        raise RunError(f"{model_path}: onnxruntime cannot load the model: {_first_line(err)}") from None
 
 
 def load_inputs(sess: ort.InferenceSession, npz_path: str | Path) -> dict[str, np.ndarray]:
     """The model's inputs from an .npz, checked by name, dtype and shape."""
     try:
-        data = np.load(npz_path)
-    except (OSError, ValueError) as err:
-        raise RunError(f"cannot read inputs {npz_path}: {err}") from None
+        data = np.load(npz_path, allow_pickle=False)
+    except OSError as err:
+        raise RunError(f"cannot read inputs {npz_path}: {err.strerror or err}") from None
+    except ValueError:
+        raise RunError(f"cannot read inputs {npz_path}: not an .npz file (write one with "
+                       "numpy.savez(path, name=array, ...))") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise RunError(f"cannot read inputs {npz_path}: it holds a single .npy array, not an .npz of "
+                       "named arrays (write one with numpy.savez(path, name=array, ...))")
+    with data:
+        return _check_inputs(sess, data, npz_path)
+
+
+def _check_inputs(sess: ort.InferenceSession, data: np.lib.npyio.NpzFile,
+                  npz_path: str | Path) -> dict[str, np.ndarray]:
     feeds: dict[str, np.ndarray] = {}
-    batch: int | None = None
+    batch: tuple[str, int] | None = None
     for inp in sess.get_inputs():
-        if inp.name not in data:
+        if inp.name not in data.files:
             raise RunError(f"{npz_path}: missing input '{inp.name}' (the file has: "
                            f"{', '.join(data.files) or 'nothing'})")
-        arr = data[inp.name]
+        try:
+            arr = data[inp.name]
+        except ValueError:
+            raise RunError(f"{npz_path}: input '{inp.name}' holds Python objects; save a numeric "
+                           "array") from None
         want = _NP.get(inp.type)
         if want is not None and arr.dtype != want:
             if np.can_cast(arr.dtype, want, casting="same_kind"):
@@ -48,13 +72,16 @@ def load_inputs(sess: ort.InferenceSession, npz_path: str | Path) -> dict[str, n
                 raise RunError(f"{npz_path}: input '{inp.name}' is {arr.dtype}, the model takes "
                                f"{np.dtype(want).name}")
         dims = inp.shape
-        if arr.ndim != len(dims) or any(isinstance(d, int) and d != a for d, a in zip(dims, arr.shape)):
+        if arr.ndim != len(dims) or any(isinstance(d, int) and d != a
+                                        for d, a in zip(dims, arr.shape, strict=True)):
             shown = ", ".join(str(d) for d in dims)
             raise RunError(f"{npz_path}: input '{inp.name}' has shape {list(arr.shape)}, the model "
                            f"takes [{shown}]")
-        if batch is not None and arr.shape[0] != batch:
-            raise RunError(f"{npz_path}: input '{inp.name}' has {arr.shape[0]} rows, the others {batch}")
-        batch = arr.shape[0]
+        if dims and not isinstance(dims[0], int):  # the symbolic batch dimension: one size for all
+            if batch is not None and arr.shape[0] != batch[1]:
+                raise RunError(f"{npz_path}: input '{inp.name}' has {arr.shape[0]} rows, input "
+                               f"'{batch[0]}' has {batch[1]}; every input needs the same batch size")
+            batch = (inp.name, arr.shape[0])
         feeds[inp.name] = arr
     return feeds
 
@@ -63,4 +90,8 @@ def predict(model_path: str | Path, npz_path: str | Path) -> dict[str, np.ndarra
     sess = session(model_path)
     feeds = load_inputs(sess, npz_path)
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds)))
+    try:
+        results = sess.run(names, feeds)
+    except Exception as err:  # onnxruntime's own exception types
+        raise RunError(f"running {model_path} on {npz_path} failed: {_first_line(err)}") from None
+    return dict(zip(names, results, strict=True))

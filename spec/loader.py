@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -87,14 +88,18 @@ def _collect(path: Path, text: str, raw: _Raw, stack: tuple[Path, ...], is_root:
         kind = item["item"]
         if kind == "import":
             target = (path.parent / item["path"])
-            if target.resolve() in stack + (real,):
-                raise SpecError(f"import cycle: {item['path']} imports this file again", item["span"])
+            chain = stack + (real,)
+            if target.resolve() in chain:
+                loop = chain[chain.index(target.resolve()):] + (target.resolve(),)
+                raise SpecError(f"import cycle: {' -> '.join(p.name for p in loop)}; a file cannot "
+                                "import itself, directly or through other files", item["path_span"])
             if target.resolve() in raw.seen:
                 continue
             try:
                 sub = target.read_text()
             except OSError as err:
-                raise SpecError(f"cannot import '{item['path']}': {err.strerror}", item["span"]) from None
+                raise SpecError(f"cannot import '{item['path']}': {err.strerror} ({target})",
+                                item["path_span"]) from None
             _collect(target, sub, raw, stack + (real,), is_root=False)
         elif kind == "train":
             key = item["name"] or f"{path}#train{len(raw.trains)}"
@@ -110,10 +115,10 @@ def _collect(path: Path, text: str, raw: _Raw, stack: tuple[Path, ...], is_root:
 
 def _add(table: dict[str, Node], name: str, item: Node, what: str) -> None:
     if name in table:
-        first = table[name]["span"]
+        first = table[name].get("name_span") or table[name]["span"]
         where = "the standard library" if first.file == str(STDLIB) else str(first)
         raise SpecError(f"{what} '{name}' is already defined (in {where}); pick another name",
-                        item.get("name_span", item["span"]))
+                        item.get("name_span") or item["span"])
     table[name] = item
 
 
@@ -124,10 +129,12 @@ def _resolve_model(name: str, raw: _Raw, stack: tuple[str, ...]) -> Node:
     if item["extends"] is not None:
         parent_name = item["extends"]
         if parent_name in stack + (name,):
-            raise SpecError(f"model '{name}' extends itself through '{parent_name}'", item["span"])
+            loop = (stack + (name,))[(stack + (name,)).index(parent_name):] + (parent_name,)
+            raise SpecError(f"model '{name}' cannot extend '{parent_name}': extends cycle "
+                            f"{' -> '.join(loop)}", item["extends_span"])
         if parent_name not in raw.models:
             raise SpecError(f"model '{name}' extends unknown model '{parent_name}'"
-                            f"{did_you_mean(parent_name, raw.models)}", item["span"])
+                            f"{did_you_mean(parent_name, raw.models)}", item["extends_span"])
         out.update({k: v for k, v in _resolve_model(parent_name, raw, stack + (name,)).items()
                     if k not in ("name", "span", "name_span", "extends")})
         out["extends"] = parent_name
@@ -159,10 +166,14 @@ def _resolve_train(key: str, raw: _Raw, stack: tuple[str, ...]) -> Node:
     if item["extends"] is not None:
         parent = item["extends"]
         if parent in stack + (key,):
-            raise SpecError(f"train block '{key}' extends itself through '{parent}'", item["span"])
+            loop = (stack + (key,))[(stack + (key,)).index(parent):] + (parent,)
+            raise SpecError(f"train block '{key}' cannot extend '{parent}': extends cycle "
+                            f"{' -> '.join(loop)}", item["extends_span"])
         if parent not in raw.trains:
+            named = [k for k in raw.trains if "#" not in k]
             raise SpecError(f"train block extends unknown train block '{parent}'"
-                            f"{did_you_mean(parent, [k for k in raw.trains if '#' not in k])}", item["span"])
+                            f"{did_you_mean(parent, named)}; named train blocks: "
+                            f"{', '.join(named) or 'none'}", item["extends_span"])
         base = _resolve_train(parent, raw, stack + (key,))
         settings.update(base["settings"])
         spans.update(base["setting_spans"])
@@ -200,7 +211,7 @@ def _static_call(call: Node, union: Any, what: str, extra_to: str | None = None)
         raise SpecError(f"{what} '{name}' takes {len(positional)} positional argument(s)"
                         f"{' (' + ', '.join(positional) + ')' if positional else ''}; "
                         "name the others (key=value)", extra["span"])
-    for key, arg in zip(positional, call["args"]):
+    for key, arg in zip(positional, call["args"], strict=False):  # fewer args than names is fine
         out[key] = evaluate(arg, {})
         out["arg_spans"][key] = arg["span"]
     for key, arg in call["kwargs"].items():
@@ -222,6 +233,8 @@ def _train_dict(item: Node, prog: Program) -> Node:
     for key in ("batch", "epochs", "seed"):
         if key in s:
             out[key] = evaluate(s[key], {})
+            spans = {**spans, key: s[key]["span"]}  # point at the value, not the keyword
+            out["arg_spans"] = spans
     if "model" in s and s["model"] not in prog.models:
         raise SpecError(f"train block names unknown model '{s['model']}'"
                         f"{did_you_mean(s['model'], prog.models)}", spans["model"])
@@ -254,39 +267,62 @@ def _validate(cls: type[BaseModel], data: Node) -> Any:
 def _spec_error(err: ValidationError, data: Node) -> SpecError:
     first = err.errors()[0]
     loc: Sequence[Any] = first["loc"]
-    span, owner, key = _locate(data, loc)
+    span, owner, key, rest = _locate(data, loc)
     kind = owner.get("kind") if isinstance(owner, dict) else None
     where = f" in {kind}" if isinstance(kind, str) else ""
     if first["type"] == "extra_forbidden":
-        known = _field_names(cls_for(owner)) if owner else []
+        known = _field_names(cls_for(owner)) if isinstance(owner, dict) else []
         return SpecError(f"unknown argument '{key}'{where}{did_you_mean(str(key), known)}"
                          + (f"; expected one of: {', '.join(known)}" if known else ""), span)
     if first["type"] == "literal_error" and key == "dtype":
-        return SpecError(f"unknown dtype '{first['input']}'; {first['msg'].lower()}", span)
+        dtypes = list(typing.get_args(m.DType))
+        return SpecError(f"unknown dtype '{first['input']}'{did_you_mean(str(first['input']), dtypes)}; "
+                         f"expected one of: {', '.join(dtypes)}", span)
+    if first["type"] == "missing" and not rest:
+        what = f"{kind}" if isinstance(kind, str) else "this"
+        return SpecError(f"{what} needs argument '{key}'", span)
+    if first["type"] == "missing" and isinstance(rest[0], int):
+        return SpecError(f"invalid value for '{key}'{where}: it has too few items "
+                         f"(item {rest[0] + 1} is missing)", span)
     msg = first["msg"]
     msg = msg[0].lower() + msg[1:]
     return SpecError(f"invalid value for '{key}'{where}: {msg}", span)
 
 
-def _locate(data: Any, loc: Iterable[Any]) -> tuple[Span | None, Any, Any]:
+def _locate(data: Any, loc: Sequence[Any]) -> tuple[Span | None, Any, Any, list[Any]]:
+    """The span, owning dict, field name and the rest of the location of a validation error.
+
+    Walks down `loc`, skipping discriminator tags (`optimizer.sgd.lr`), and keeps the most
+    specific span seen: a node's own span, then the span of the argument that was written.
+    """
     span: Span | None = data.get("span") if isinstance(data, dict) else None
     owner, key, node = data, None, data
-    for part in loc:
+    parts = list(loc)
+    i = key_at = 0
+    while i < len(parts):
+        part = parts[i]
         if isinstance(node, dict):
-            owner, key = node, part
             if isinstance(node.get("span"), Span):
                 span = node["span"]
-            arg_span = node.get("arg_spans", {}).get(part) if isinstance(node.get("arg_spans"), dict) else None
-            if arg_span is not None:
-                return arg_span, node, part
+            if isinstance(part, str) and part not in node and node.get("kind") == part:
+                i += 1  # a discriminated union's tag
+                continue
+            owner, key, key_at = node, part, i
+            arg_spans = node.get("arg_spans")
+            own_span = node.get(f"{part}_span") if isinstance(part, str) else None
+            if isinstance(arg_spans, dict) and isinstance(arg_spans.get(part), Span):
+                span = arg_spans[part]
+            elif isinstance(own_span, Span):
+                span = own_span
             node = node.get(part)
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
         else:
             break
+        i += 1
     if isinstance(node, dict) and isinstance(node.get("span"), Span):
         span = node["span"]
-    return span, owner, key
+    return span, owner, key, parts[key_at + 1:]
 
 
 def cls_for(owner: dict[str, Any]) -> type[BaseModel] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
@@ -139,6 +139,7 @@ class TensorDecl(Node):
     dtype: DType
     shape: list[int | str]
     dtype_span: Span | None = Field(default=None, repr=False, exclude=True)
+    dim_spans: list[Span] = Field(default_factory=list, repr=False, exclude=True)
 
 
 class FeatureDef(Node):

@@ -6,7 +6,14 @@ from functools import lru_cache
 from typing import Any
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (
+    LarkError,
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 from lark.tree import Meta
 
 from spec.errors import Span, SpecError
@@ -59,7 +66,7 @@ class _ToDicts(Transformer[Token, list[Node]]):
         args = [a for a in c[1:] if a is not None]
         return {"kind": "func", "name": str(c[0]), "args": args, "span": self.sp(meta)}
 
-    def list(self, meta: Meta, c: list[Any]) -> Node:
+    def list_expr(self, meta: Meta, c: list[Any]) -> Node:
         return {"kind": "list", "items": [a for a in c if a is not None], "span": self.sp(meta)}
 
     def _op(self, op: str, meta: Meta, c: list[Any]) -> Node:
@@ -149,14 +156,14 @@ class _ToDicts(Transformer[Token, list[Node]]):
         seen: dict[str, Span] = {}
         for st in c:
             if st["name"] in seen:
-                raise SpecError(f"stage '{st['name']}' is defined twice (first at {seen[st['name']]})",
-                                st["name_span"])
+                raise SpecError(f"stage '{st['name']}' is defined twice in this section (first on line "
+                                f"{seen[st['name']].line}); give each stage its own name", st["name_span"])
             seen[st["name"]] = st["name_span"]
         return {"stages": c, "span": self.sp(meta)}
 
     # ---- top level ----
     def import_stmt(self, meta: Meta, c: list[Token]) -> Node:
-        return {"item": "import", "path": _unquote(c[0]), "span": self.sp(meta)}
+        return {"item": "import", "path": _unquote(c[0]), "span": self.sp(meta), "path_span": self.sp(c[0])}
 
     def param(self, meta: Meta, c: list[Any]) -> Node:
         return {"name": str(c[0]), "default": c[1], "span": self.sp(meta)}
@@ -166,12 +173,13 @@ class _ToDicts(Transformer[Token, list[Node]]):
         return {"item": "block", "name": str(c[0]), "params": params, "body": c[-1],
                 "span": self.sp(meta), "name_span": self.sp(c[0])}
 
-    def dim(self, meta: Meta, c: list[Token]) -> int | str:
-        return _number(c[0]) if c[0].type == "NUMBER" else str(c[0])  # type: ignore[return-value]
+    def dim(self, meta: Meta, c: list[Token]) -> tuple[int | float | str, Span]:
+        value = _number(c[0]) if c[0].type == "NUMBER" else str(c[0])
+        return value, self.sp(c[0])
 
     def _tensor(self, role: str, meta: Meta, c: list[Any]) -> Node:
-        return {"role": role, "name": str(c[0]), "dtype": str(c[1]), "shape": c[2:],
-                "span": self.sp(meta), "dtype_span": self.sp(c[1])}
+        return {"role": role, "name": str(c[0]), "dtype": str(c[1]), "shape": [d for d, _ in c[2:]],
+                "span": self.sp(meta), "dtype_span": self.sp(c[1]), "dim_spans": [sp for _, sp in c[2:]]}
 
     def input_decl(self, meta: Meta, c: list[Any]) -> Node:
         return self._tensor("input", meta, c)
@@ -204,7 +212,7 @@ class _ToDicts(Transformer[Token, list[Node]]):
     def model_def(self, meta: Meta, c: list[Any]) -> Node:
         model: Node = {"item": "model", "name": str(c[0]), "extends": _opt_str(c[1]),
                        "inputs": [], "targets": [], "span": self.sp(meta), "name_span": self.sp(c[0]),
-                       "parts": {}}
+                       "extends_span": None if c[1] is None else self.sp(c[1]), "parts": {}}
         for part in c[2:]:
             role = part["role"]
             if role in ("input", "target"):
@@ -272,11 +280,14 @@ class _ToDicts(Transformer[Token, list[Node]]):
         spans: dict[str, Span] = {}
         for key, value, span in c[2:]:
             if key in settings:
-                raise SpecError(f"'{key}' is set twice in this train block (first at {spans[key]})", span)
+                raise SpecError(f"'{key}' is set twice in this train block (first on line {spans[key].line})",
+                                span)
             settings[key] = value
             spans[key] = span
         return {"item": "train", "name": _opt_str(c[0]), "extends": _opt_str(c[1]),
-                "settings": settings, "setting_spans": spans, "span": self.sp(meta)}
+                "settings": settings, "setting_spans": spans, "span": self.sp(meta),
+                "name_span": None if c[0] is None else self.sp(c[0]),
+                "extends_span": None if c[1] is None else self.sp(c[1])}
 
     def start(self, meta: Meta, c: list[Node]) -> list[Node]:
         return c
@@ -296,7 +307,12 @@ def parse_text(text: str, file: str) -> list[Node]:
         tree: Tree[Token] = _parser().parse(text)
     except UnexpectedInput as err:
         raise _syntax_error(err, text, file) from None
-    return _ToDicts(file).transform(tree)
+    try:
+        return _ToDicts(file).transform(tree)
+    except VisitError as err:  # a SpecError raised inside a rule arrives wrapped by Lark
+        if isinstance(err.orig_exc, SpecError):
+            raise err.orig_exc from None
+        raise
 
 
 _TOKEN_WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string in double quotes"}
@@ -311,26 +327,84 @@ def _describe(terminal: str) -> str:
     return terminal.lower()
 
 
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+
+
+def _tokens_before(text: str, pos: int) -> list[Token]:
+    """The tokens of text[:pos] (stops quietly at anything the lexer cannot read)."""
+    out: list[Token] = []
+    try:
+        for tok in _parser().lex(text[:pos]):
+            out.append(tok)
+    except LarkError:
+        pass
+    return out
+
+
+def _unclosed(tokens: list[Token]) -> Token | None:
+    """The innermost bracket that is still open after these tokens."""
+    stack: list[Token] = []
+    for tok in tokens:
+        if tok in _CLOSERS:
+            stack.append(tok)
+        elif stack and tok == _CLOSERS[str(stack[-1])]:
+            stack.pop()
+    return stack[-1] if stack else None
+
+
+def _tok_span(file: str, tok: Token) -> Span:
+    line, col = tok.line or 0, tok.column or 0
+    return Span(file, line, col, tok.end_line or line, tok.end_column or col + len(tok))
+
+
 def _syntax_error(err: UnexpectedInput, text: str, file: str) -> SpecError:
     line, col = err.line, err.column
     if isinstance(err, UnexpectedCharacters):
-        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
-        return SpecError(f"unexpected character '{char}'", Span(file, line, col, line, col + 1), text)
+        pos = err.pos_in_stream or 0
+        char = text[pos] if pos < len(text) else "?"
+        span = Span(file, line, col, line, col + 1)
+        if char == ">" and text[pos - 1:pos] == "-":
+            # `conv(8 -> bn`: the lexer read '-' as a minus sign; the real problem is before the arrow
+            arrow = Span(file, line, col - 1, line, col + 1)
+            opener = _unclosed(_tokens_before(text, pos - 1))
+            if opener is not None and str(opener) in "([":
+                return SpecError(f"missing '{_CLOSERS[str(opener)]}' before '->': the '{opener}' on line "
+                                 f"{opener.line}, column {opener.column} is still open", arrow, text)
+            return SpecError("unexpected '->' here", arrow, text)
+        if char == '"':
+            return SpecError("unterminated string: a string must end with '\"' on the same line", span, text)
+        return SpecError(f"unexpected character '{char}'", span, text)
     if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
-        lines = text.splitlines() or [""]
+        expected = sorted({_describe(t) for t in err.expected})
+        opener = _unclosed(_tokens_before(text, len(text)))
+        if opener is not None and f"'{_CLOSERS[str(opener)]}'" in expected:
+            closer = _CLOSERS[str(opener)]
+            return SpecError(f"'{opener}' is never closed: the file ends before its '{closer}'",
+                             _tok_span(file, opener), text)
+        lines = text.rstrip().splitlines() or [""]
         line, col = len(lines), len(lines[-1]) + 1
-        expected = sorted(_describe(t) for t in err.expected)
         return SpecError(f"the file ends too early: expected {_one_of(expected)}",
                          Span(file, line, col, line, col + 1), text)
     assert isinstance(err, UnexpectedToken)
     tok = err.token
     expected = sorted({_describe(t) for t in err.expected})
     span = Span(file, line, col, tok.end_line or line, tok.end_column or col + 1)
+    if expected == ["':'"]:
+        # The parser took a NAME for the start of a new stage; usually it is a layer whose '->' is missing.
+        before = _tokens_before(text, tok.start_pos or 0)
+        chain_end = ("RPAR", "NAME", "NUMBER", "RBRACE")  # what a chain can end with, before a new stage
+        if len(before) >= 2 and before[-1].type == "NAME" and before[-2].type in chain_end:
+            name = before[-1]
+            return SpecError(f"missing '->' before '{name}': layers in a chain are joined with '->' "
+                             f"(or, if '{name}' starts a new stage, write '{name}: ...')",
+                             _tok_span(file, name), text)
     hint = ""
     if tok.type == "NAME" and "'->'" in expected:
         hint = "; layers in a chain are joined with '->'"
-    elif expected == ["':'"]:
-        hint = " after a stage name (or was the name before it a layer missing its '->'?)"
+    elif tok.type == "NAME" and set(expected) <= {"'}'", "')'"}:
+        before = _tokens_before(text, tok.start_pos or 0)
+        if before and before[-1].type in ("NAME", "RPAR"):
+            hint = f"; layers in a chain are joined with '->' (missing '->' before '{tok}'?)"
     word = _TOKEN_WORDS.get(tok.type, "").removeprefix("a ").split(" in ")[0]
     shown = f"{word} '{tok}'" if word else f"'{tok}'"
     return SpecError(f"unexpected {shown}, expected {_one_of(expected)}{hint}", span, text)

@@ -135,11 +135,11 @@ def test_rule_matches_central_differences(row: Row) -> None:
     for i, name in enumerate(names):
         v = rng.standard_normal(xs[i].shape)
 
-        def loss(step: float, i: int = i, v: np.ndarray = v) -> float:
+        def loss(step: float, i: int = i, v: np.ndarray = v, name: str = name) -> float:
             feeds = dict(zip(names, xs))
             feeds[name] = xs[i] + step * v
             if row.exact is not None:
-                return float(np.sum(row.exact(feeds[name]) * r))
+                return float(np.sum(row.exact(feeds[name]) * r))  # noqa: B023 (r is fixed per row)
             return float(forward.run(None, feeds)[0])
 
         numeric = (loss(eps) - loss(-eps)) / (2 * eps)

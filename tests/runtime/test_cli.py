@@ -1,0 +1,415 @@
+"""The dlspec command line: check, compile, predict, and the commands that are not there yet."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from compiler.compile import compile_model
+from compiler.tensor import show
+from runtime.cli import main
+from spec.loader import load
+
+Capture = pytest.CaptureFixture[str]
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = REPO / "examples" / "digits.dlspec"
+LAND = REPO / "examples" / "land_price.dlspec"
+
+TWO_MODELS = """
+model small {
+  input x: float32[N, 4]
+  head { fc: linear(3) }
+}
+
+model large extends small {
+  head { fc: linear(16) -> relu -> linear(3) }
+}
+
+train {
+  model large
+  seed 4
+}
+"""
+
+BROKEN = """
+model m {
+  input x: float32[N, 4]
+  head { fc: linaer(3) }
+}
+"""
+
+
+def run(argv: Sequence[str | Path], capsys: Capture) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    save: Any = np.savez  # the stubs reserve the keyword 'allow_pickle'
+    save(path, **arrays)
+
+
+def trainable(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer
+               if not t.name.endswith((".running_mean", ".running_var")))
+
+
+def inits(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """digits and land_price compiled once through the CLI."""
+    d = tmp_path_factory.mktemp("built")
+    out = {}
+    for spec in (DIGITS, LAND):
+        dest = d / f"{spec.stem}.onnx"
+        assert main(["compile", str(spec), "-o", str(dest)]) == 0
+        out[spec.stem] = dest
+    return out
+
+
+# ---------------------------------------------------------------- check
+
+
+def test_check_prints_every_layer_with_its_path_shape_and_params(capsys: Capture) -> None:
+    code, out, err = run(["check", DIGITS], capsys)
+    assert code == 0, err
+    c = compile_model(load(DIGITS))
+    lines = out.splitlines()
+    for r in c.records:
+        shapes = " ".join(show(s) for s in r.shapes)
+        row = [ln for ln in lines if re.search(rf"│ {re.escape(r.path)} +│", ln)]
+        assert len(row) == 1, f"no single row for {r.path}"
+        assert r.kind in row[0] and shapes in row[0] and f" {r.params:,} " in row[0], row[0]
+    assert "backbone.stage1.0.shortcut.conv" in out  # long paths are printed whole
+    total = [ln for ln in lines if ln.startswith("│ total ")]
+    assert len(total) == 1 and "logits [N, 10]" in total[0]
+    assert "digits.dlspec is valid" in out
+
+
+def test_check_parameter_total_equals_the_onnx_initializers(
+        capsys: Capture, built: dict[str, Path]) -> None:
+    code, out, _ = run(["check", DIGITS], capsys)
+    assert code == 0
+    total = next(ln for ln in out.splitlines() if ln.startswith("│ total "))
+    shown = int(re.findall(r"│ +([\d,]+) │", total)[0].replace(",", ""))
+    expected = trainable(onnx.load(str(built["digits"])))
+    assert shown == expected
+    assert f"{expected:,} trainable parameters" in out
+    # the running statistics of bn are in the file but are not trainable
+    assert any(t.name.endswith("running_var") for t in onnx.load(str(built["digits"])).graph.initializer)
+
+
+def test_check_reports_a_spec_error_with_its_location(tmp_path: Path, capsys: Capture) -> None:
+    spec = write(tmp_path / "bad.dlspec", BROKEN)
+    code, out, err = run(["check", spec], capsys)
+    assert code == 2
+    assert f"{spec}:4:" in err and "linaer" in err and "did you mean 'linear'" in err
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- compile
+
+
+def test_compile_writes_a_valid_onnx_model(built: dict[str, Path]) -> None:
+    model = onnx.load(str(built["digits"]))
+    onnx.checker.check_model(model, full_check=True)
+    assert dict((p.key, p.value) for p in model.metadata_props)["model"] == "digits"
+    assert not [p for p in built["digits"].parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_compile_prints_what_it_wrote(tmp_path: Path, capsys: Capture) -> None:
+    code, out, _ = run(["compile", LAND, "-o", tmp_path / "lp.onnx"], capsys)
+    assert code == 0
+    assert "wrote" in out and "lp.onnx" in out and "1,313 parameters" in out
+
+
+def test_compile_is_byte_identical_for_one_spec_and_seed(tmp_path: Path, built: dict[str, Path]) -> None:
+    again = tmp_path / "again.onnx"
+    assert main(["compile", str(DIGITS), "-o", str(again)]) == 0
+    assert again.read_bytes() == built["digits"].read_bytes()
+
+
+def test_compile_default_output_is_the_spec_name_in_the_current_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", str(LAND)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["land_price.onnx"]
+    onnx.checker.check_model(str(tmp_path / "land_price.onnx"), full_check=True)
+
+
+def test_compile_into_a_missing_folder_fails_cleanly(tmp_path: Path, capsys: Capture) -> None:
+    dest = tmp_path / "nope" / "m.onnx"
+    code, out, err = run(["compile", LAND, "-o", dest], capsys)
+    assert code == 2
+    assert str(dest) in err and "does not exist" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compile_onto_a_folder_fails_cleanly(tmp_path: Path, capsys: Capture) -> None:
+    (tmp_path / "out.onnx").mkdir()
+    code, _, err = run(["compile", LAND, "-o", tmp_path / "out.onnx"], capsys)
+    assert code == 2 and "out.onnx" in err and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"] and (tmp_path / "out.onnx").is_dir()
+
+
+def test_a_bad_spec_writes_nothing(tmp_path: Path, capsys: Capture) -> None:
+    spec = write(tmp_path / "bad.dlspec", BROKEN)
+    code, _, err = run(["compile", spec, "-o", tmp_path / "bad.onnx"], capsys)
+    assert code == 2 and "linaer" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.dlspec"]
+
+
+def test_a_bad_spec_leaves_an_earlier_output_alone(tmp_path: Path, capsys: Capture) -> None:
+    spec = write(tmp_path / "bad.dlspec", BROKEN)
+    (tmp_path / "bad.onnx").write_bytes(b"earlier")
+    code, _, _ = run(["compile", spec, "-o", tmp_path / "bad.onnx"], capsys)
+    assert code == 2
+    assert (tmp_path / "bad.onnx").read_bytes() == b"earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.dlspec", "bad.onnx"]
+
+
+def test_compile_train_is_not_supported_yet(tmp_path: Path, capsys: Capture) -> None:
+    code, _, err = run(["compile", "--train", DIGITS, "-o", tmp_path / "t.onnx"], capsys)
+    assert code == 2 and "not supported yet" in err and "--train" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- --model and --seed
+
+
+def test_a_file_with_two_models_needs_model(tmp_path: Path, capsys: Capture) -> None:
+    spec = write(tmp_path / "two.dlspec", TWO_MODELS)
+    code, _, err = run(["check", spec], capsys)
+    assert code == 2 and "2 models (small, large)" in err and "--model" in err
+    code, _, err = run(["check", spec, "--model", "lage"], capsys)
+    assert code == 2 and "no model 'lage'" in err and "did you mean 'large'" in err
+
+
+def test_model_selects_which_model_to_check_and_compile(tmp_path: Path, capsys: Capture) -> None:
+    spec = write(tmp_path / "two.dlspec", TWO_MODELS)
+    code, out, _ = run(["check", spec, "--model", "large"], capsys)
+    assert code == 0 and "model large" in out and "head.fc.linear2" in out
+    code, out, _ = run(["check", spec, "--model", "small"], capsys)
+    assert code == 0 and "model small" in out and "head.fc.linear2" not in out
+    for name, n_params in (("small", 4 * 3 + 3), ("large", 4 * 16 + 16 + 16 * 3 + 3)):
+        dest = tmp_path / f"{name}.onnx"
+        assert main(["compile", str(spec), "--model", name, "-o", str(dest)]) == 0
+        model = onnx.load(str(dest))
+        assert dict((p.key, p.value) for p in model.metadata_props)["model"] == name
+        assert model.graph.name == name and trainable(model) == n_params
+
+
+def test_seed_changes_the_weights(tmp_path: Path) -> None:
+    paths = {}
+    for tag, seed in (("a", "1"), ("b", "2"), ("c", "1")):
+        paths[tag] = tmp_path / f"{tag}.onnx"
+        assert main(["compile", str(LAND), "--seed", seed, "-o", str(paths[tag])]) == 0
+    a, b = inits(paths["a"]), inits(paths["b"])
+    weights = [k for k in a if k.endswith(".weight")]
+    assert len(weights) == 3
+    assert all(not np.array_equal(a[k], b[k]) for k in weights)
+    assert all(np.array_equal(a[k], b[k]) for k in a if k.endswith(".bias"))
+    assert paths["a"].read_bytes() == paths["c"].read_bytes()
+
+
+def test_seed_defaults_to_the_train_blocks(tmp_path: Path) -> None:
+    spec = write(tmp_path / "two.dlspec", TWO_MODELS)  # its train block (for 'large') says seed 4
+    for tag, extra in (("default", []), ("four", ["--seed", "4"]), ("zero", ["--seed", "0"])):
+        dest = str(tmp_path / f"{tag}.onnx")
+        assert main(["compile", str(spec), "--model", "large", "-o", dest, *extra]) == 0
+    default, four, zero = (inits(tmp_path / f"{t}.onnx") for t in ("default", "four", "zero"))
+    name = "head.fc.linear1.weight"
+    assert np.array_equal(default[name], four[name]) and not np.array_equal(default[name], zero[name])
+
+
+@pytest.mark.parametrize("seed", ["-1", "x"])
+def test_a_bad_seed_is_a_usage_error(seed: str, capsys: Capture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["check", str(LAND), "--seed", seed])
+    assert exc.value.code == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- predict
+
+
+def digits_batch(n: int = 3) -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 16, (n, 1, 8, 8)).astype(np.float32)
+
+
+def reference(model: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, feeds)[0])
+
+
+def test_predict_prints_the_outputs(tmp_path: Path, built: dict[str, Path],
+                                    capsys: Capture) -> None:
+    np.savez(tmp_path / "in.npz", image=digits_batch())
+    code, out, err = run(["predict", built["digits"], tmp_path / "in.npz"], capsys)
+    assert code == 0, err
+    assert "logits [3, 10] float32:" in out
+    expected = reference(built["digits"], {"image": digits_batch()})
+    assert f"{expected[0, 0]:.4f}"[:6] in out
+
+
+def test_predict_saves_an_npz(tmp_path: Path, built: dict[str, Path], capsys: Capture) -> None:
+    np.savez(tmp_path / "in.npz", image=digits_batch())
+    code, out, _ = run(["predict", built["digits"], tmp_path / "in.npz", "-o", tmp_path / "out.npz"], capsys)
+    assert code == 0 and "wrote" in out and "logits [3, 10]" in out
+    with np.load(tmp_path / "out.npz") as saved:
+        assert saved.files == ["logits"]
+        np.testing.assert_allclose(saved["logits"], reference(built["digits"], {"image": digits_batch()}),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_predict_casts_float64_and_integer_inputs(tmp_path: Path, built: dict[str, Path]) -> None:
+    cols = {k: np.array([10.0, 20.0, 5.5]) for k in ("length", "width")} | {"distance": np.array([1, 2, 30])}
+    savez(tmp_path / "in.npz", cols)
+    argv = ["predict", built["land_price"], tmp_path / "in.npz", "-o", tmp_path / "o.npz"]
+    assert main([str(a) for a in argv]) == 0
+    feeds = {k: v.astype(np.float32) for k, v in cols.items()}
+    with np.load(tmp_path / "o.npz") as saved:
+        np.testing.assert_allclose(saved["prediction"], reference(built["land_price"], feeds), rtol=1e-6)
+        assert saved["prediction"].shape == (3,)
+
+
+LAND_OK = {k: np.ones(4, np.float32) for k in ("length", "width", "distance")}
+
+BAD_INPUTS: dict[str, tuple[str, dict[str, np.ndarray], list[str]]] = {
+    "missing input": ("land_price", {"length": LAND_OK["length"], "width": LAND_OK["width"],
+                                     "dist": LAND_OK["distance"]}, ["distance", "missing"]),
+    "wrong dtype": ("digits", {"image": np.ones((2, 1, 8, 8), np.complex64)},
+                    ["image", "complex64", "float32"]),
+    "string dtype": ("digits", {"image": np.full((2, 1, 8, 8), "a")}, ["image", "float32"]),
+    "wrong shape": ("digits", {"image": np.ones((2, 1, 8, 9), np.float32)},
+                    ["image", "[2, 1, 8, 9]", "[N, 1, 8, 8]"]),
+    "wrong rank": ("digits", {"image": np.ones((2, 8, 8), np.float32)}, ["image", "[2, 8, 8]"]),
+    "batch sizes": ("land_price", {**LAND_OK, "width": np.ones(5, np.float32)}, ["width", "5", "4"]),
+    "object array": ("digits", {"image": np.array([None, 1], dtype=object)}, ["image", "objects"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_predict_rejects_bad_inputs(case: str, tmp_path: Path, built: dict[str, Path],
+                                    capsys: Capture) -> None:
+    model, arrays, words = BAD_INPUTS[case]
+    npz = tmp_path / "bad_inputs.npz"
+    savez(npz, arrays)
+    code, out, err = run(["predict", built[model], npz, "-o", tmp_path / "out.npz"], capsys)
+    assert code == 2
+    assert str(npz) in err, err
+    for word in words:
+        assert word in err, (word, err)
+    assert "Traceback" not in err and not (tmp_path / "out.npz").exists()
+
+
+def test_predict_rejects_a_file_that_is_not_onnx(tmp_path: Path, capsys: Capture) -> None:
+    np.savez(tmp_path / "in.npz", image=digits_batch())
+    junk = {"text.onnx": b"hello", "random.onnx": bytes(range(256)) * 4, "empty.onnx": b""}
+    for name, content in junk.items():
+        (tmp_path / name).write_bytes(content)
+        code, _, err = run(["predict", tmp_path / name, tmp_path / "in.npz"], capsys)
+        assert code == 2 and f"{tmp_path / name} is not a valid ONNX model" in err and "Traceback" not in err
+    code, _, err = run(["predict", tmp_path / "in.npz", tmp_path / "in.npz"], capsys)
+    assert code == 2 and "in.npz is not a valid ONNX model" in err
+
+
+def test_predict_names_a_missing_model_or_inputs_file(tmp_path: Path, built: dict[str, Path],
+                                                      capsys: Capture) -> None:
+    code, _, err = run(["predict", tmp_path / "none.onnx", tmp_path / "in.npz"], capsys)
+    assert code == 2 and "none.onnx" in err
+    code, _, err = run(["predict", built["digits"], tmp_path / "none.npz"], capsys)
+    assert code == 2 and "none.npz" in err and "Traceback" not in err
+
+
+def test_predict_rejects_inputs_that_are_not_an_npz(tmp_path: Path, built: dict[str, Path],
+                                                    capsys: Capture) -> None:
+    np.save(tmp_path / "one.npy", digits_batch())
+    (tmp_path / "text.npz").write_text("hello")
+    for name in ("one.npy", "text.npz"):
+        code, _, err = run(["predict", built["digits"], tmp_path / name], capsys)
+        assert code == 2 and name in err and ".npz" in err and "Traceback" not in err, err
+
+
+def test_predict_into_a_missing_folder_fails_cleanly(tmp_path: Path, built: dict[str, Path],
+                                                     capsys: Capture) -> None:
+    np.savez(tmp_path / "in.npz", image=digits_batch())
+    dest = tmp_path / "no" / "o.npz"
+    code, _, err = run(["predict", built["digits"], tmp_path / "in.npz", "-o", dest], capsys)
+    assert code == 2 and "does not exist" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]
+
+
+# ---------------------------------------------------------------- not yet
+
+
+def _line_of(path: Path, prefix: str) -> int:
+    return next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.startswith(prefix))
+
+
+@pytest.mark.parametrize("command", ["train", "gradcheck"])
+def test_train_and_gradcheck_are_not_supported_yet(command: str, capsys: Capture) -> None:
+    code, out, err = run([command, DIGITS], capsys)
+    assert code == 2
+    assert "not supported yet" in err and f"dlspec {command}" in err
+    assert f"{DIGITS}:{_line_of(DIGITS, 'train {')}:1:" in err  # points at the train block
+    assert "Traceback" not in err and out == ""
+
+
+def test_train_without_a_train_block_points_at_the_model(tmp_path: Path,
+                                                         capsys: Capture) -> None:
+    spec = write(tmp_path / "m.dlspec", "model tiny {\n  input x: float32[N, 4]\n  head linear(2)\n}\n")
+    code, _, err = run(["train", spec], capsys)
+    assert code == 2 and "not supported yet" in err and f"{spec}:1:7:" in err
+
+
+def test_train_validates_the_spec_first(tmp_path: Path, capsys: Capture) -> None:
+    spec = write(tmp_path / "t.dlspec", TWO_MODELS.replace("seed 4", "batch 0"))
+    code, _, err = run(["train", spec, "--model", "large"], capsys)
+    assert code == 2 and "batch" in err and "not supported yet" not in err
+
+
+# ---------------------------------------------------------------- the installed console script
+
+
+def test_the_dlspec_console_script_is_installed(tmp_path: Path) -> None:
+    exe = shutil.which("dlspec")
+    assert exe is not None, "the dlspec console script is not on PATH: pip install -e ."
+    env = {**os.environ, "COLUMNS": "80"}
+    ok = subprocess.run([exe, "check", str(LAND)], capture_output=True, text=True, env=env, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "head.linear1" in ok.stdout and "land_price.dlspec is valid" in ok.stdout
+    bad = subprocess.run([exe, "train", str(DIGITS)], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "not supported yet" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_paths_are_printed_literally(tmp_path: Path, capsys: Capture) -> None:
+    folder = tmp_path / "[red]x"
+    folder.mkdir()
+    spec = folder / "land_price.dlspec"
+    spec.write_text(LAND.read_text())
+    code, out, _ = run(["check", spec], capsys)
+    assert code == 0 and f"{spec} is valid" in out
+    code, out, _ = run(["compile", spec, "-o", folder / "m.onnx"], capsys)
+    assert code == 0 and f"wrote {folder / 'm.onnx'}" in out
