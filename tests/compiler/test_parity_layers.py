@@ -44,7 +44,7 @@ def spec_for(chain: str, shape: tuple[int, ...]) -> str:
     return f"model m {{\n  input x: float32[{dims}]\n  backbone {{\n    s: {chain}\n  }}\n}}\n"
 
 
-def check(tmp_path: Path, body: str, shape: tuple[int, ...], ref: Ref, *, stages: bool = False,
+def check_parity(tmp_path: Path, body: str, shape: tuple[int, ...], ref: Ref, *, stages: bool = False,
           expect_params: set[str] | None = None) -> None:
     """`body` is one stage's chain (or, with stages=True, the whole backbone body)."""
     if stages:
@@ -115,23 +115,23 @@ CONV_CASES: list[tuple[str, tuple[int, ...], Ref]] = [
 
 @pytest.mark.parametrize("body,shape,ref", CONV_CASES, ids=[c[0] for c in CONV_CASES])
 def test_conv(tmp_path: Path, body: str, shape: tuple[int, ...], ref: Ref) -> None:
-    check(tmp_path, body, shape, ref)
+    check_parity(tmp_path, body, shape, ref)
 
 
 def test_conv_then_bn_drops_the_conv_bias(tmp_path: Path) -> None:
-    check(tmp_path, "conv(6, k=3, stride=2) -> bn -> relu", IMG,
+    check_parity(tmp_path, "conv(6, k=3, stride=2) -> bn -> relu", IMG,
           lambda x, p: F.relu(bn(p, f"{S}.bn1", conv(p, C1, x, bias=False, stride=2, padding=1))),
           expect_params={f"{C1}.weight"} | {f"{S}.bn1.{k}" for k in
                                              ("weight", "bias", "running_mean", "running_var")})
 
 
 def test_conv_then_bn_keeps_an_explicit_bias(tmp_path: Path) -> None:
-    check(tmp_path, "conv(6, k=3, bias=true) -> bn", IMG,
+    check_parity(tmp_path, "conv(6, k=3, bias=true) -> bn", IMG,
           lambda x, p: bn(p, f"{S}.bn1", conv(p, C1, x, padding=1)))
 
 
 def test_conv_then_relu_keeps_its_bias(tmp_path: Path) -> None:
-    check(tmp_path, "conv(6, k=3) -> relu -> conv(5, k=1) -> bn", IMG,
+    check_parity(tmp_path, "conv(6, k=3) -> relu -> conv(5, k=1) -> bn", IMG,
           lambda x, p: bn(p, f"{S}.bn1", conv(p, f"{S}.conv2", F.relu(conv(p, C1, x, padding=1)),
                                               bias=False)))
 
@@ -166,7 +166,7 @@ SIMPLE_CASES: list[tuple[str, tuple[int, ...], Ref]] = [
 @pytest.mark.parametrize("body,shape,ref", SIMPLE_CASES,
                          ids=[f"{c[0]}-{len(c[1])}d" for c in SIMPLE_CASES])
 def test_norm_and_activations(tmp_path: Path, body: str, shape: tuple[int, ...], ref: Ref) -> None:
-    check(tmp_path, body, shape, ref)
+    check_parity(tmp_path, body, shape, ref)
 
 
 # ---------------------------------------------------------------- pooling, reshaping, dense
@@ -209,7 +209,7 @@ POOL_CASES: list[tuple[str, tuple[int, ...], Ref]] = [
 @pytest.mark.parametrize("body,shape,ref", POOL_CASES,
                          ids=[f"{c[0]}-{len(c[1])}d" for c in POOL_CASES])
 def test_pool_reshape_dense(tmp_path: Path, body: str, shape: tuple[int, ...], ref: Ref) -> None:
-    check(tmp_path, body, shape, ref)
+    check_parity(tmp_path, body, shape, ref)
 
 
 # ---------------------------------------------------------------- joins and residuals
@@ -224,7 +224,7 @@ def test_add_from_stages(tmp_path: Path) -> None:
         b = torch.tanh(conv(p, "backbone.b.conv1", a))
         return a + b
 
-    check(tmp_path, body, IMG, ref, stages=True)
+    check_parity(tmp_path, body, IMG, ref, stages=True)
 
 
 def test_add_three_with_repeated_stage(tmp_path: Path) -> None:
@@ -239,7 +239,7 @@ def test_add_three_with_repeated_stage(tmp_path: Path) -> None:
         c = torch.sigmoid(b)
         return conv(p, "backbone.d.conv1", a + b + c)
 
-    check(tmp_path, body, IMG, ref, stages=True)
+    check_parity(tmp_path, body, IMG, ref, stages=True)
 
 
 def test_concat_from_stages(tmp_path: Path) -> None:
@@ -252,7 +252,7 @@ def test_concat_from_stages(tmp_path: Path) -> None:
         b = bn(p, "backbone.b.bn1", conv(p, "backbone.b.conv1", a, bias=False, padding=1))
         return conv(p, "backbone.c.conv1", torch.cat([a, b], 1))
 
-    check(tmp_path, body, IMG, ref, stages=True)
+    check_parity(tmp_path, body, IMG, ref, stages=True)
 
 
 def test_concat_other_axis(tmp_path: Path) -> None:
@@ -265,7 +265,7 @@ def test_concat_other_axis(tmp_path: Path) -> None:
         b = conv(p, "backbone.b.conv1", a)
         return torch.cat([b, a], 3)
 
-    check(tmp_path, body, IMG, ref, stages=True)
+    check_parity(tmp_path, body, IMG, ref, stages=True)
 
 
 def test_concat_dense_from_stages(tmp_path: Path) -> None:
@@ -278,7 +278,7 @@ def test_concat_dense_from_stages(tmp_path: Path) -> None:
         b = lin(p, "backbone.b.linear1", a)
         return lin(p, "backbone.c.linear1", torch.cat([a, b], 1))
 
-    check(tmp_path, body, (2, 6), ref, stages=True)
+    check_parity(tmp_path, body, (2, 6), ref, stages=True)
 
 
 def test_residual_identity(tmp_path: Path) -> None:
@@ -287,7 +287,7 @@ def test_residual_identity(tmp_path: Path) -> None:
         y = bn(p, f"{S}.bn2", conv(p, f"{S}.conv2", y, bias=False, padding=1))
         return F.relu(y + x)
 
-    check(tmp_path, "residual { conv(4, k=3) -> bn -> relu -> conv(4, k=3) -> bn } -> relu", IMG, ref)
+    check_parity(tmp_path, "residual { conv(4, k=3) -> bn -> relu -> conv(4, k=3) -> bn } -> relu", IMG, ref)
 
 
 def test_residual_projection_stride_and_channels(tmp_path: Path) -> None:
@@ -297,7 +297,7 @@ def test_residual_projection_stride_and_channels(tmp_path: Path) -> None:
         short = bn(p, f"{S}.shortcut.bn", conv(p, f"{S}.shortcut.conv", x, bias=False, stride=2))
         return F.relu(y + short)
 
-    check(tmp_path, "residual { conv(8, k=3, stride=2) -> bn -> relu -> conv(8, k=3) -> bn } -> relu",
+    check_parity(tmp_path, "residual { conv(8, k=3, stride=2) -> bn -> relu -> conv(8, k=3) -> bn } -> relu",
           (2, 4, 10, 8), ref)
 
 
@@ -307,7 +307,7 @@ def test_residual_projection_channels_only(tmp_path: Path) -> None:
         short = bn(p, f"{S}.shortcut.bn", conv(p, f"{S}.shortcut.conv", x, bias=False))
         return y + short
 
-    check(tmp_path, "residual { conv(6, k=3) }", IMG, ref)
+    check_parity(tmp_path, "residual { conv(6, k=3) }", IMG, ref)
 
 
 def test_residual_forced_conv_shortcut(tmp_path: Path) -> None:
@@ -316,7 +316,7 @@ def test_residual_forced_conv_shortcut(tmp_path: Path) -> None:
         short = bn(p, f"{S}.shortcut.bn", conv(p, f"{S}.shortcut.conv", x, bias=False))
         return y + short
 
-    check(tmp_path, "residual(shortcut=conv) { conv(4, k=3) -> tanh }", IMG, ref)
+    check_parity(tmp_path, "residual(shortcut=conv) { conv(4, k=3) -> tanh }", IMG, ref)
 
 
 def test_residual_dense_projection(tmp_path: Path) -> None:
@@ -324,11 +324,11 @@ def test_residual_dense_projection(tmp_path: Path) -> None:
         y = lin(p, f"{S}.linear1", x)
         return y + lin(p, f"{S}.shortcut.linear", x, bias=False)
 
-    check(tmp_path, "residual { linear(5) }", (2, 7), ref)
+    check_parity(tmp_path, "residual { linear(5) }", (2, 7), ref)
 
 
 def test_residual_dense_identity(tmp_path: Path) -> None:
-    check(tmp_path, "residual { linear(7) -> gelu } -> silu", (2, 7),
+    check_parity(tmp_path, "residual { linear(7) -> gelu } -> silu", (2, 7),
           lambda x, p: F.silu(F.gelu(lin(p, f"{S}.linear1", x)) + x))
 
 
@@ -474,7 +474,7 @@ def test_residual_projection_on_an_odd_size(tmp_path: Path) -> None:
         short = bn(p, f"{S}.shortcut.bn", conv(p, f"{S}.shortcut.conv", x, bias=False, stride=2))
         return F.relu(y + short)
 
-    check(tmp_path, "basic(8, stride=2)", (2, 4, 7, 7), ref)
+    check_parity(tmp_path, "basic(8, stride=2)", (2, 4, 7, 7), ref)
 
 
 def test_repeated_conv_before_bn_keeps_the_inner_bias(tmp_path: Path) -> None:
