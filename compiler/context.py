@@ -61,7 +61,7 @@ class LayerCtx:
         comp.g.where = f"{span} {path}" if span else path
 
     def error(self, message: str) -> CompileError:
-        return CompileError(f"{self.kind} at {self.path}: {message}", self.span)
+        return CompileError(f"{self.path}: {message}", self.span)  # the path names the layer
 
     def _add(self, suffix: str, value: np.ndarray, state: bool) -> str:
         name = f"{self.path}.{suffix}"

@@ -75,7 +75,7 @@ def _neg(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     return [ctx.g.op1("Neg", [_need(gy[0])], "grad")]
 
 
-@rule("Add")
+@rule("Add", "Sum")
 def _add(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     g = _need(gy[0])
     return [unbroadcast(ctx, g, x, n.output[0]) for x in n.input]
@@ -102,12 +102,6 @@ def _div(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     gb = ctx.g.op1("Div", [g, b], "grad")
     gdenom = ctx.g.op1("Neg", [ctx.g.op1("Mul", [gb, y], "grad")], "grad")
     return [unbroadcast(ctx, gb, a, y), unbroadcast(ctx, gdenom, b, y)]
-
-
-@rule("Sum")
-def _sum(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
-    g = _need(gy[0])
-    return [unbroadcast(ctx, g, x, n.output[0]) for x in n.input]
 
 
 @rule("Mean")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -349,7 +348,3 @@ def _plain(v: Any) -> Any:
     if isinstance(v, float) and v.is_integer():
         return int(v)
     return str(v) if isinstance(v, Symbol) else v
-
-
-def names_of(xs: Sequence[Tensor]) -> list[str]:
-    return [x.name for x in xs]

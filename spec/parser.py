@@ -35,6 +35,9 @@ def _number(tok: Token) -> int | float:
     return int(text) if text.isdigit() else float(text)
 
 
+_LIST_SETTINGS = {"init", "augment", "freeze", "lr_mult"}
+
+
 @v_args(meta=True)
 class _ToDicts(Transformer[Token, list[Node]]):
     """Reshapes the parse tree into dicts; one method per grammar rule alias."""
@@ -233,47 +236,17 @@ class _ToDicts(Transformer[Token, list[Node]]):
     def path(self, meta: Meta, c: list[Token]) -> str:
         return ".".join(str(t) for t in c)
 
-    def _setting(self, key: str, value: Any, meta: Meta) -> tuple[str, Any, Span]:
+    def __default__(self, data: Any, children: list[Any], meta: Meta) -> Any:
+        """The `t_<key>` aliases: one train setting as (key, value, span)."""
+        if not str(data).startswith("t_"):
+            return super().__default__(data, children, meta)
+        key = str(data)[2:]
+        value = children if key in _LIST_SETTINGS else children[0]
+        if key == "model":
+            value = str(value)
+        elif key == "from":
+            value = _unquote(children[0])
         return (key, value, self.sp(meta))
-
-    def t_model(self, meta: Meta, c: list[Token]) -> Any:
-        return self._setting("model", str(c[0]), meta)
-
-    def t_data(self, meta: Meta, c: list[Any]) -> Any:
-        return self._setting("data", c[0], meta)
-
-    def t_batch(self, meta: Meta, c: list[Any]) -> Any:
-        return self._setting("batch", c[0], meta)
-
-    def t_epochs(self, meta: Meta, c: list[Any]) -> Any:
-        return self._setting("epochs", c[0], meta)
-
-    def t_optimizer(self, meta: Meta, c: list[Any]) -> Any:
-        return self._setting("optimizer", c[0], meta)
-
-    def t_schedule(self, meta: Meta, c: list[Any]) -> Any:
-        return self._setting("schedule", c[0], meta)
-
-    def t_init(self, meta: Meta, c: list[Any]) -> Any:
-        return self._setting("init", c, meta)
-
-    def t_clip(self, meta: Meta, c: list[Any]) -> Any:
-        return self._setting("clip", c[0], meta)
-
-    def t_augment(self, meta: Meta, c: list[Any]) -> Any:
-        return self._setting("augment", c, meta)
-
-    def t_seed(self, meta: Meta, c: list[Any]) -> Any:
-        return self._setting("seed", c[0], meta)
-
-    def t_from(self, meta: Meta, c: list[Token]) -> Any:
-        return self._setting("from", _unquote(c[0]), meta)
-
-    def t_freeze(self, meta: Meta, c: list[str]) -> Any:
-        return self._setting("freeze", c, meta)
-
-    def t_lr_mult(self, meta: Meta, c: list[Any]) -> Any:
-        return self._setting("lr_mult", c, meta)
 
     def train_def(self, meta: Meta, c: list[Any]) -> Node:
         settings: dict[str, Any] = {}
