@@ -6,7 +6,8 @@ prunes what needs no gradient, and reports ops without a rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import importlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,8 +32,28 @@ class RuleCtx:
         return self.shapes.get(name)
 
 
+# Ops whose outputs are piecewise constant, integer or shape-valued: no gradient flows through
+# them, so the walk treats their outputs as constants instead of asking for a rule.
+NO_GRADIENT = frozenset({
+    "Shape", "Size", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or",
+    "Xor", "ArgMax", "ArgMin", "OneHot", "Range", "ConstantOfShape", "Sign", "Floor", "Ceil", "Round",
+    "IsNaN", "IsInf", "NonZero", "RandomUniformLike", "RandomNormalLike", "Bernoulli", "TopK_indices",
+    "Mod", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
+})
+
 GradRule = Callable[[RuleCtx, onnx.NodeProto, list[str | None]], Sequence[str | None]]
 RULES: dict[str, GradRule] = {}
+
+
+# The modules that fill RULES; backward loads them all, so no caller can miss a rule.
+RULE_MODULES = ("compiler.grad_rules", "compiler.grad_rules_nn", "compiler.grad_rules_shape",
+                "compiler.grad_rules_norm", "compiler.grad_rules_einsum")
+
+
+def load_rules() -> dict[str, GradRule]:
+    for module in RULE_MODULES:
+        importlib.import_module(module)
+    return RULES
 
 
 def rule(*op_types: str) -> Callable[[GradRule], GradRule]:
@@ -44,9 +65,17 @@ def rule(*op_types: str) -> Callable[[GradRule], GradRule]:
     return register
 
 
+# Ops that onnx's shape inference leaves untyped (opset 18's GroupNormalization has no inference
+# function); their output has the type and shape of their first input.
+SHAPE_OF_INPUT = frozenset({"GroupNormalization"})
+
+
 def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[Dim, ...]]:
     """Shapes of every value (symbolic dims as names) from ONNX shape inference."""
-    inferred = shape_inference.infer_shapes(model, strict_mode=True)
+    try:
+        inferred = shape_inference.infer_shapes(_typed(model), strict_mode=True)
+    except shape_inference.InferenceError as err:
+        raise CompileError(f"ONNX shape inference fails on the model: {str(err).strip()[:400]}") from None
     out: dict[str, tuple[Dim, ...]] = {}
     g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
@@ -57,6 +86,27 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[Dim, ...]]:
     for init in g.initializer:
         out[init.name] = tuple(init.dims)
     return out
+
+
+def _typed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with value_info for the outputs of SHAPE_OF_INPUT ops, so inference carries on past them."""
+    pending = [n for n in model.graph.node if n.op_type in SHAPE_OF_INPUT]
+    if not pending:
+        return model
+    typed = onnx.ModelProto()
+    typed.CopyFrom(model)
+    for _ in pending:  # each round types at least one more, or stops
+        g = shape_inference.infer_shapes(typed).graph
+        known = {vi.name: vi for vi in list(g.input) + list(g.value_info) + list(g.output)
+                 if vi.type.tensor_type.elem_type}
+        added = [n for n in pending if n.output[0] not in known and n.input[0] in known]
+        for n in added:
+            vi = typed.graph.value_info.add()
+            vi.CopyFrom(known[n.input[0]])
+            vi.name = n.output[0]
+        if not added:
+            break
+    return typed
 
 
 def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -81,11 +131,15 @@ def _span_of(node: onnx.NodeProto) -> tuple[str, Span | None]:
 
 def backward(ctx: RuleCtx, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Sequence[str],
              seed: str) -> dict[str, str]:
-    """Gradient names of `wrt` (those that reach `loss`), given `seed` = d loss / d loss."""
+    """Gradient names of `wrt` (those that reach `loss`), given `seed` = d loss / d loss.
+
+    Nodes it adds to ctx.g that no returned gradient needs (the gradient of a frozen weight that a
+    rule computes alongside the one wanted) are removed again before it returns."""
+    rules, start = load_rules(), len(ctx.g.nodes)
     # Prune: only nodes on a path from some wrt value to the loss get a gradient.
     reach = set(wrt)
     for node in nodes:
-        if any(i in reach for i in node.input):
+        if node.op_type not in NO_GRADIENT and any(i in reach for i in node.input):
             reach.update(node.output)
     needed = {loss}
     live: list[onnx.NodeProto] = []
@@ -98,10 +152,11 @@ def backward(ctx: RuleCtx, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Sequ
         gouts = [_total(ctx, grads.get(o)) for o in node.output]
         if all(g is None for g in gouts):
             continue
-        fn = RULES.get(node.op_type)
+        fn = rules.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if fn is None:
             path, span = _span_of(node)
-            raise CompileError(f"no gradient rule for ONNX op {node.op_type} (node {node.name}, from "
+            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            raise CompileError(f"no gradient rule for ONNX op {op} (node {node.name}, from "
                                f"{path}); it cannot be trained through", span)
         ctx.g.where = node.doc_string
         gins = fn(ctx, node, gouts)
@@ -113,7 +168,18 @@ def backward(ctx: RuleCtx, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Sequ
         total = _total(ctx, grads.get(name))
         if total is not None:
             out[name] = total
+    ctx.g.nodes[start:] = _used(ctx.g.nodes[start:], out.values())
     return out
+
+
+def _used(nodes: list[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx.NodeProto]:
+    """The nodes that some of `outputs` depend on, in their order."""
+    wanted, kept = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in wanted for o in node.output):
+            kept.append(node)
+            wanted.update(node.input)
+    return kept[::-1]
 
 
 def _total(ctx: RuleCtx, parts: list[str] | None) -> str | None:

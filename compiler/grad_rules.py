@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import onnx
 from onnx import helper
 
-from compiler.autodiff import RuleCtx, rule
+from compiler.autodiff import Dim, RuleCtx, rule
 from spec.errors import CompileError
 
 G = str | None
@@ -37,13 +37,17 @@ def unbroadcast(ctx: RuleCtx, grad: str, target: str, out: str) -> str:
         return grad
     if ts is None or os_ is None:
         raise CompileError(f"cannot undo broadcasting for {target}: its shape is unknown")
-    lead = len(os_) - len(ts)
-    axes = list(range(lead)) + [lead + i for i, d in enumerate(ts) if d == 1 and os_[lead + i] != 1]
-    g = ctx.g
-    if axes:
-        grad = g.op1("ReduceSum", [grad, g.ints(axes)], "grad", keepdims=1)
+    return sum_to(ctx, grad, os_, ts)
+
+
+def sum_to(ctx: RuleCtx, grad: str, grad_shape: Sequence[Dim], shape: Sequence[Dim]) -> str:
+    """Sum `grad` down to `shape`, which broadcasts to `grad_shape` (right-aligned)."""
+    lead = len(grad_shape) - len(shape)
+    ones = [lead + i for i, d in enumerate(shape) if d == 1 and grad_shape[lead + i] != 1]
+    if ones:
+        grad = ctx.g.op1("ReduceSum", [grad, ctx.g.ints(ones)], "grad", keepdims=1)
     if lead:
-        grad = g.op1("Reshape", [grad, g.op1("Shape", [target], "grad")], "grad")
+        grad = ctx.g.op1("ReduceSum", [grad, ctx.g.ints(list(range(lead)))], "grad", keepdims=0)
     return grad
 
 
@@ -51,6 +55,43 @@ def _scalar(ctx: RuleCtx, v: float, like: str) -> str:
     """A constant of `like`'s element type (float32 unless the graph runs in float64)."""
     c = ctx.g.const(v)
     return ctx.g.op1("CastLike", [c, like], "grad")
+
+
+def static_shape(ctx: RuleCtx, name: str, op: str, axes: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The shape of `name`, which must be known statically (on `axes`, or everywhere).
+
+    Dims outside `axes` may be symbolic: they come back as -1."""
+    s = ctx.shape(name)
+    if s is None:
+        raise CompileError(f"the {op} gradient needs the static shape of '{name}', which is unknown")
+    check = range(len(s)) if axes is None else [a % len(s) for a in axes]
+    bad = [i for i in check if not isinstance(s[i], int)]
+    if bad:
+        raise CompileError(f"the {op} gradient needs the static size of '{name}' along axis {bad[0]}, "
+                           f"which is {s[bad[0]] or 'unknown'}")
+    return tuple(d if isinstance(d, int) else -1 for d in s)
+
+
+def rank_of(ctx: RuleCtx, name: str, op: str) -> int:
+    s = ctx.shape(name)
+    if s is None:
+        raise CompileError(f"the {op} gradient needs the rank of '{name}', which is unknown")
+    return len(s)
+
+
+def const_ints(ctx: RuleCtx, n: onnx.NodeProto, index: int) -> list[int] | None:
+    """A constant integer input as a list (None when absent); CompileError when computed at run time."""
+    if len(n.input) <= index or not n.input[index]:
+        return None
+    name = n.input[index]
+    if name not in ctx.consts:
+        raise CompileError(f"the {n.op_type} gradient needs input {index} ('{name}') to be a constant")
+    return [int(v) for v in ctx.consts[name].reshape(-1)]
+
+
+def zeros_like(ctx: RuleCtx, x: str) -> str:
+    zeros = ctx.g.op1("ConstantOfShape", [ctx.g.op1("Shape", [x], "grad")], "grad")
+    return ctx.g.op1("CastLike", [zeros, x], "grad")
 
 
 # ---- linear and elementwise ----
@@ -61,8 +102,22 @@ def _identity(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
 
 @rule("Dropout")
 def _dropout(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
-    # inference-mode Dropout is the identity; training graphs write dropout as Mul by a mask
-    return [gy[0], None, None]
+    # inference mode: the identity (dlspec's training graphs write dropout as Mul by a mask);
+    # training mode: y = x * mask / (1 - ratio), so dx = g * mask / (1 - ratio)
+    g = _need(gy[0])
+    training = n.input[2] if len(n.input) > 2 and n.input[2] else None
+    if training is None or (training in ctx.consts and not ctx.consts[training].any()):
+        return [g, None, None]
+    mask = n.output[1] if len(n.output) > 1 and n.output[1] else None
+    if mask is None:
+        raise CompileError("the gradient of Dropout in training mode needs the node's mask output")
+    ratio = n.input[1] if len(n.input) > 1 and n.input[1] else _scalar(ctx, 0.5, g)
+    keep = ctx.g.op1("Sub", [_scalar(ctx, 1.0, g), ctx.g.op1("CastLike", [ratio, g], "grad")], "grad")
+    kept = ctx.g.op1("Mul", [g, ctx.g.op1("CastLike", [mask, g], "grad")], "grad")
+    dx = ctx.g.op1("Div", [kept, keep], "grad")
+    if training not in ctx.consts:  # decided at run time
+        dx = ctx.g.op1("Where", [training, dx, g], "grad")
+    return [dx, None, None]
 
 
 @rule("Cast")
@@ -180,7 +235,7 @@ def _erf(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
 @rule("Gelu")
 def _gelu(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     if attr(n, "approximate", b"none") not in (b"none", "none"):
-        raise CompileError("the gradient of Gelu(approximate='tanh') is not supported; use exact gelu")
+        return [_gelu_tanh(ctx, n, _need(gy[0]))]
     x, g = n.input[0], ctx.g
     # d gelu = Phi(x) + x phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2, phi(x) = exp(-x^2/2) / sqrt(2 pi)
     cdf = g.op1("Mul", [g.op1("Add", [g.op1("Erf", [g.op1("Mul", [x, _scalar(ctx, 1 / math.sqrt(2), x)],
@@ -191,6 +246,25 @@ def _gelu(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
                         _scalar(ctx, 1 / math.sqrt(2 * math.pi), x)], "grad")
     local = g.op1("Add", [cdf, g.op1("Mul", [x, pdf], "grad")], "grad")
     return [_unary(ctx, _need(gy[0]), local)]
+
+
+def _gelu_tanh(ctx: RuleCtx, n: onnx.NodeProto, g: str) -> str:
+    # y = x (1 + t) / 2, t = tanh(u), u = c (x + a x^3): d = (1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2
+    x, op = n.input[0], ctx.g.op1
+    c, a = math.sqrt(2 / math.pi), 0.044715
+    sq = op("Mul", [x, x], "grad")
+    one = _scalar(ctx, 1.0, x)
+
+    def poly(k: float) -> str:  # c (1 + k x^2)
+        return op("Mul", [op("Add", [op("Mul", [sq, _scalar(ctx, k, x)], "grad"), one], "grad"),
+                          _scalar(ctx, c, x)], "grad")
+
+    t = op("Tanh", [op("Mul", [x, poly(a)], "grad")], "grad")
+    du = poly(3 * a)
+    sech2 = op("Sub", [one, op("Mul", [t, t], "grad")], "grad")
+    slope = op("Mul", [op("Mul", [x, sech2], "grad"), du], "grad")
+    local = op("Mul", [op("Add", [op("Add", [t, one], "grad"), slope], "grad"), _scalar(ctx, 0.5, x)], "grad")
+    return _unary(ctx, g, local)
 
 
 @rule("Pow")
@@ -230,64 +304,92 @@ def _maxmin(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
             for h, x in zip(hits, n.input)]
 
 
-# ---- shape ops ----
-def _reshape_back(ctx: RuleCtx, g: str, x: str) -> str:
-    return ctx.g.op1("Reshape", [g, ctx.g.op1("Shape", [x], "grad")], "grad")
+@rule("PRelu")
+def _prelu(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
+    # y = x (x > 0), slope x (x <= 0): dx = g or g slope; dslope = g x where x <= 0
+    g, (x, slope), y = _need(gy[0]), n.input, n.output[0]
+    pos = ctx.g.op1("Greater", [x, _scalar(ctx, 0.0, x)], "grad")
+    dx = ctx.g.op1("Where", [pos, g, ctx.g.op1("Mul", [g, slope], "grad")], "grad")
+    dslope = ctx.g.op1("Where", [pos, _scalar(ctx, 0.0, g), ctx.g.op1("Mul", [g, x], "grad")], "grad")
+    return [dx, unbroadcast(ctx, dslope, slope, y)]
 
 
-@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
-def _reshape(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
-    return [_reshape_back(ctx, _need(gy[0]), n.input[0])] + [None] * (len(n.input) - 1)
+@rule("Sin")
+def _sin(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
+    return [_unary(ctx, _need(gy[0]), ctx.g.op1("Cos", [n.input[0]], "grad"))]  # d sin = cos
 
 
-@rule("Expand")
-def _expand(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
-    return [unbroadcast(ctx, _need(gy[0]), n.input[0], n.output[0]), None]
+@rule("Cos")
+def _cos(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
+    sin = ctx.g.op1("Sin", [n.input[0]], "grad")  # d cos = -sin
+    return [ctx.g.op1("Neg", [_unary(ctx, _need(gy[0]), sin)], "grad")]
 
 
-@rule("Transpose")
-def _transpose(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
-    perm = list(attr(n, "perm", []) or [])  # type: ignore[call-overload]
-    if not perm:
-        rank = len(ctx.shape(n.input[0]) or ())
-        perm = list(range(rank))[::-1]
-    inverse = [perm.index(i) for i in range(len(perm))]
-    return [ctx.g.op1("Transpose", [_need(gy[0])], "grad", perm=inverse)]
+@rule("Reciprocal")
+def _reciprocal(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
+    y = n.output[0]  # d (1/x) = -1/x^2 = -y^2
+    return [ctx.g.op1("Neg", [_unary(ctx, _need(gy[0]), ctx.g.op1("Mul", [y, y], "grad"))], "grad")]
 
 
-@rule("Concat")
-def _concat(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
-    axis = int(attr(n, "axis"))  # type: ignore[call-overload]
-    sizes = []
-    for x in n.input:
-        s = ctx.shape(x)
-        if s is None or not isinstance(s[axis], int):
-            raise CompileError(f"Concat gradient needs the static size of {x} along axis {axis}")
-        sizes.append(s[axis])
-    return ctx.g.op("Split", [_need(gy[0]), ctx.g.ints(sizes)], "grad", n_out=len(sizes), axis=axis)
+@rule("Softsign")
+def _softsign(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
+    x = n.input[0]  # d x/(1+|x|) = 1/(1+|x|)^2
+    den = ctx.g.op1("Add", [ctx.g.op1("Abs", [x], "grad"), _scalar(ctx, 1.0, x)], "grad")
+    return [ctx.g.op1("Div", [_need(gy[0]), ctx.g.op1("Mul", [den, den], "grad")], "grad")]
 
 
-@rule("ReduceSum", "ReduceMean")
-def _reduce(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
-    x, y, g = n.input[0], n.output[0], _need(gy[0])
-    if not attr(n, "keepdims", 1):
-        axes = _axes(ctx, n)
-        g = ctx.g.op1("Unsqueeze", [g, ctx.g.ints(axes)], "grad")  # put reduced axes back as 1
-    g = ctx.g.op1("Expand", [g, ctx.g.op1("Shape", [x], "grad")], "grad")
-    if n.op_type == "ReduceMean":  # each input element had weight 1 / (elements per output)
-        count = ctx.g.op1("Div", [ctx.g.op1("Size", [x], "grad"), ctx.g.op1("Size", [y], "grad")], "grad")
-        g = ctx.g.op1("Div", [g, ctx.g.op1("CastLike", [count, g], "grad")], "grad")
-    return [g] + [None] * (len(n.input) - 1)
+@rule("HardSigmoid")
+def _hard_sigmoid(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
+    # y = clip(alpha x + beta, 0, 1): d = alpha where 0 < y < 1
+    g, y = _need(gy[0]), n.output[0]
+    alpha = float(attr(n, "alpha", 0.2))  # type: ignore[arg-type]
+    inside = ctx.g.op1("And", [ctx.g.op1("Greater", [y, _scalar(ctx, 0.0, y)], "grad"),
+                               ctx.g.op1("Less", [y, _scalar(ctx, 1.0, y)], "grad")], "grad")
+    return [ctx.g.op1("Where", [inside, ctx.g.op1("Mul", [g, _scalar(ctx, alpha, g)], "grad"),
+                                _scalar(ctx, 0.0, g)], "grad")]
 
 
-def _axes(ctx: RuleCtx, n: onnx.NodeProto) -> list[int]:
-    rank = len(ctx.shape(n.input[0]) or ())
-    if len(n.input) > 1 and n.input[1]:
-        if n.input[1] not in ctx.consts:
-            raise CompileError(f"{n.op_type} gradient needs constant axes when keepdims=0")
-        axes = [int(a) for a in ctx.consts[n.input[1]].reshape(-1)]
-    else:
-        axes = [int(a) for a in (attr(n, "axes", []) or [])]  # type: ignore[attr-defined]
-    if not axes:
-        axes = list(range(rank))
-    return sorted(a % rank for a in axes)
+@rule("HardSwish")
+def _hard_swish(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
+    # y = x clip(x/6 + 1/2, 0, 1): d = 0 (x < -3), x/3 + 1/2 (-3 <= x <= 3), 1 (x > 3)
+    g, x = _need(gy[0]), n.input[0]
+    third = ctx.g.op1("Mul", [x, _scalar(ctx, 1 / 3, x)], "grad")
+    local = ctx.g.op1("Add", [third, _scalar(ctx, 0.5, x)], "grad")
+    high = ctx.g.op1("Greater", [x, _scalar(ctx, 3.0, x)], "grad")
+    local = ctx.g.op1("Where", [high, _scalar(ctx, 1.0, x), local], "grad")
+    low = ctx.g.op1("Less", [x, _scalar(ctx, -3.0, x)], "grad")
+    return [_unary(ctx, g, ctx.g.op1("Where", [low, _scalar(ctx, 0.0, x), local], "grad"))]
+
+
+def _exp_branch(ctx: RuleCtx, n: onnx.NodeProto, g: str, pos_slope: float, neg_local: str) -> str:
+    """ELU-like ops: slope `pos_slope` where x > 0, `neg_local` (computed from y) elsewhere."""
+    x = n.input[0]
+    pos = ctx.g.op1("Greater", [x, _scalar(ctx, 0.0, x)], "grad")
+    local = ctx.g.op1("Where", [pos, _scalar(ctx, pos_slope, x), neg_local], "grad")
+    return _unary(ctx, g, local)
+
+
+@rule("Elu")
+def _elu(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
+    # y = alpha (e^x - 1) for x <= 0: d = alpha e^x = y + alpha
+    y, alpha = n.output[0], float(attr(n, "alpha", 1.0))  # type: ignore[arg-type]
+    return [_exp_branch(ctx, n, _need(gy[0]), 1.0, ctx.g.op1("Add", [y, _scalar(ctx, alpha, y)], "grad"))]
+
+
+@rule("Selu")
+def _selu(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
+    # y = gamma x (x > 0), gamma alpha (e^x - 1) (x <= 0): d = gamma, y + gamma alpha
+    y = n.output[0]
+    alpha = float(attr(n, "alpha", 1.67326319217681884765625))  # type: ignore[arg-type]
+    gamma = float(attr(n, "gamma", 1.05070102214813232421875))  # type: ignore[arg-type]
+    neg = ctx.g.op1("Add", [y, _scalar(ctx, alpha * gamma, y)], "grad")
+    return [_exp_branch(ctx, n, _need(gy[0]), gamma, neg)]
+
+
+@rule("Celu")
+def _celu(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
+    # y = alpha (e^(x/alpha) - 1) for x <= 0: d = e^(x/alpha) = y / alpha + 1
+    y, alpha = n.output[0], float(attr(n, "alpha", 1.0))  # type: ignore[arg-type]
+    neg = ctx.g.op1("Add", [ctx.g.op1("Mul", [y, _scalar(ctx, 1 / alpha, y)], "grad"), _scalar(ctx, 1.0, y)],
+                    "grad")
+    return [_exp_branch(ctx, n, _need(gy[0]), 1.0, neg)]

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import onnx
 
 from compiler.autodiff import RuleCtx, rule
-from compiler.grad_rules import G, _need, _scalar, attr, unbroadcast
+from compiler.grad_rules import (
+    G,
+    _need,
+    _scalar,
+    attr,
+    rank_of,
+    static_shape,
+    sum_to,
+    unbroadcast,
+    zeros_like,
+)
+from compiler.grad_rules_shape import INT64_MAX
 from spec.errors import CompileError
 
 
-def _swap_last(ctx: RuleCtx, x: str) -> str:
-    rank = len(ctx.shape(x) or ())
-    if rank < 2:
-        raise CompileError(f"MatMul gradient supports operands of rank >= 2 ({x} has rank {rank})")
+def _swap_last(ctx: RuleCtx, x: str, rank: int) -> str:
     perm = list(range(rank - 2)) + [rank - 1, rank - 2]
     return ctx.g.op1("Transpose", [x], "grad", perm=perm)
 
@@ -22,9 +31,27 @@ def _swap_last(ctx: RuleCtx, x: str) -> str:
 @rule("MatMul")
 def _matmul(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     g, (a, b), y = _need(gy[0]), n.input, n.output[0]
-    da = ctx.g.op1("MatMul", [g, _swap_last(ctx, b)], "grad")  # dA = G B^T
-    db = ctx.g.op1("MatMul", [_swap_last(ctx, a), g], "grad")  # dB = A^T G
-    return [unbroadcast(ctx, da, a, y), unbroadcast(ctx, db, b, y)]
+    sa, sb = ctx.shape(a), ctx.shape(b)
+    if sa is None or sb is None or ctx.shape(y) is None:
+        raise CompileError("the MatMul gradient needs the ranks of its operands and output")
+    if len(sa) >= 2 and len(sb) >= 2:
+        da = ctx.g.op1("MatMul", [g, _swap_last(ctx, b, len(sb))], "grad")  # dA = G B^T
+        db = ctx.g.op1("MatMul", [_swap_last(ctx, a, len(sa)), g], "grad")  # dB = A^T G
+        return [unbroadcast(ctx, da, a, y), unbroadcast(ctx, db, b, y)]
+    # a vector operand is a matrix of one row (a) or one column (b) whose axis the output drops
+    op, ys = ctx.g.op1, list(ctx.shape(y) or ())
+    row, col = len(sa) == 1, len(sb) == 1
+    nb = len(ys) - (not row) - (not col)  # broadcast batch axes of the output
+    a2 = op("Unsqueeze", [a, ctx.g.ints([0])], "grad") if row else a
+    b2 = op("Unsqueeze", [b, ctx.g.ints([-1])], "grad") if col else b
+    sa2, sb2 = [1] * row + list(sa), list(sb) + [1] * col
+    g2 = op("Unsqueeze", [g, ctx.g.ints([nb] * row + [nb + 1] * col)], "grad")  # [batch, M or 1, N or 1]
+    da = op("MatMul", [g2, _swap_last(ctx, b2, len(sb2))], "grad")
+    db = op("MatMul", [_swap_last(ctx, a2, len(sa2)), g2], "grad")
+    da = sum_to(ctx, da, ys[:nb] + sa2[-2:], sa2)
+    db = sum_to(ctx, db, ys[:nb] + sb2[-2:], sb2)
+    return [op("Squeeze", [da, ctx.g.ints([0])], "grad") if row else da,
+            op("Squeeze", [db, ctx.g.ints([-1])], "grad") if col else db]
 
 
 @rule("Gemm")
@@ -52,17 +79,31 @@ def _ints(n: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
 
 
 def _conv_geometry(ctx: RuleCtx, n: onnx.NodeProto) -> tuple[list[int], list[int], list[int], list[int], int]:
-    xs, ws = ctx.shape(n.input[0]), ctx.shape(n.input[1])
-    if xs is None or ws is None or not all(isinstance(d, int) for d in list(xs[2:]) + list(ws)):
-        raise CompileError(f"Conv gradient needs static spatial and weight shapes ({n.name})")
+    ws = static_shape(ctx, n.input[1], n.op_type)
+    static_shape(ctx, n.input[0], n.op_type, list(range(1, len(ws))))
     nd = len(ws) - 2
-    k = [int(d) for d in ws[2:]]  # type: ignore[arg-type]
+    k = list(ws[2:])
     s = _ints(n, "strides", [1] * nd)
     d = _ints(n, "dilations", [1] * nd)
-    if attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise CompileError("Conv gradient needs explicit pads (auto_pad is not supported)")
-    p = _ints(n, "pads", [0] * (2 * nd))
+    p = _pads(ctx, n, k, s, d)
     return k, s, d, p, int(attr(n, "group", 1))  # type: ignore[call-overload]
+
+
+def _pads(ctx: RuleCtx, n: onnx.NodeProto, k: list[int], s: list[int], d: list[int]) -> list[int]:
+    """Explicit pads of a Conv or pool, also where auto_pad chose them (from the static input size)."""
+    nd = len(k)
+    auto = attr(n, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto == "NOTSET":
+        return _ints(n, "pads", [0] * (2 * nd))
+    if auto == "VALID":
+        return [0] * (2 * nd)
+    size = static_shape(ctx, n.input[0], n.op_type, list(range(2, 2 + nd)))[2:]
+    # SAME: output ceil(size / s); the odd pixel of padding goes at the end (UPPER) or start (LOWER)
+    total = [max((-(-size[i] // s[i]) - 1) * s[i] + (k[i] - 1) * d[i] + 1 - size[i], 0) for i in range(nd)]
+    half = [t // 2 for t in total]
+    rest = [t - h for t, h in zip(total, half)]
+    return half + rest if auto == "SAME_UPPER" else rest + half
 
 
 @rule("Conv")
@@ -71,16 +112,15 @@ def _conv(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     x, w = n.input[0], n.input[1]
     k, s, d, p, groups = _conv_geometry(ctx, n)
     nd = len(k)
-    xs, ys = ctx.shape(x), ctx.shape(n.output[0])
-    assert xs is not None and ys is not None
+    xs = static_shape(ctx, x, "Conv", [1, 2])
+    ys = static_shape(ctx, n.output[0], "Conv", list(range(2, 2 + nd)))
     # dX: the transposed convolution of G with the same weights; output_padding restores rows the
     # forward stride skipped.
-    out_pad = [int(xs[2 + i]) - ((int(ys[2 + i]) - 1) * s[i] - p[i] - p[nd + i] + d[i] * (k[i] - 1) + 1)  # type: ignore[arg-type]
+    out_pad = [xs[2 + i] - ((ys[2 + i] - 1) * s[i] - p[i] - p[nd + i] + d[i] * (k[i] - 1) + 1)
                for i in range(nd)]
-    dx = ctx.g.op1("ConvTranspose", [g, w], "grad", strides=s, pads=p, dilations=d, group=groups,
-                   output_padding=out_pad if any(out_pad) else None)
-    cout = int((ctx.shape(w) or (0,))[0])  # type: ignore[arg-type]
-    dw = _conv_weight_grad(ctx, x, g, k, s, d, p, groups, cout)
+    dx = _transposed_conv(ctx, g, w, s, p, d, groups, out_pad)
+    cout = static_shape(ctx, w, "Conv")[0]
+    dw = _conv_weight_grad(ctx, x, g, xs[1], k, s, d, p, groups, cout)
     out: list[G] = [dx, dw]
     if len(n.input) > 2 and n.input[2]:
         axes = [0] + list(range(2, 2 + nd))
@@ -88,15 +128,28 @@ def _conv(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     return out
 
 
-def _conv_weight_grad(ctx: RuleCtx, x: str, g: str, k: list[int], s: list[int], d: list[int],
+def _transposed_conv(ctx: RuleCtx, g: str, w: str, s: list[int], p: list[int], d: list[int], groups: int,
+                     out_pad: list[int]) -> str:
+    """ConvTranspose(g, w) with pads `p`. onnxruntime's CUDA provider runs symmetric pads only (it
+    sends others to the CPU), so uneven pads become the smaller of the two and a Slice."""
+    nd = len(s)
+    even = [min(p[i], p[nd + i]) for i in range(nd)]
+    y = ctx.g.op1("ConvTranspose", [g, w], "grad", strides=s, pads=even + even, dilations=d, group=groups,
+                  output_padding=out_pad if any(out_pad) else None)
+    if even + even == p:
+        return y
+    starts = [p[i] - even[i] for i in range(nd)]
+    ends = [even[i] - p[nd + i] if p[nd + i] > even[i] else INT64_MAX for i in range(nd)]
+    return ctx.g.op1("Slice", [y, ctx.g.ints(starts), ctx.g.ints(ends), ctx.g.ints(list(range(2, 2 + nd)))],
+                     "grad")
+
+
+def _conv_weight_grad(ctx: RuleCtx, x: str, g: str, cin: int, k: list[int], s: list[int], d: list[int],
                       p: list[int], groups: int, cout: int) -> str:
     """dW[o, i, kh, kw] = sum_{n,h,w} G[n,o,h,w] X[n,i,h s + kh d, w s + kw d]: a convolution of
     X (batch as channels) with G (batch as input channels), strides and dilations swapped."""
     nd = len(k)
     perm = [1, 0] + list(range(2, 2 + nd))
-    xs = ctx.shape(x)
-    assert xs is not None
-    cin = int(xs[1])  # type: ignore[arg-type]
     parts = []
     for gi in range(groups):
         xg, gg = x, g
@@ -118,14 +171,52 @@ def _channels(ctx: RuleCtx, x: str, start: int, stop: int) -> str:
     return ctx.g.op1("Slice", [x, ctx.g.ints([start]), ctx.g.ints([stop]), ctx.g.ints([1])], "grad")
 
 
+@rule("ConvTranspose")
+def _conv_transpose(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
+    # y[o, j s - pb + t d] += x[i, j] w[i, o, t] is the adjoint of a Conv: dX = Conv(G, W) with the
+    # same geometry, dW the Conv weight gradient with the roles of X and G swapped.
+    g, (x, w) = _need(gy[0]), n.input[:2]
+    ws = static_shape(ctx, w, "ConvTranspose")
+    nd = len(ws) - 2
+    spatial = list(range(2, 2 + nd))
+    xs = static_shape(ctx, x, "ConvTranspose", [1] + spatial)
+    ys = static_shape(ctx, n.output[0], "ConvTranspose", [1] + spatial)
+    k, s = list(ws[2:]), _ints(n, "strides", [1] * nd)
+    d, groups = _ints(n, "dilations", [1] * nd), int(attr(n, "group", 1))  # type: ignore[call-overload]
+    span = [s[i] * (xs[2 + i] - 1) + d[i] * (k[i] - 1) + 1 for i in range(nd)]  # rows x reaches, unpadded
+    auto = attr(n, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("SAME_UPPER", "SAME_LOWER") or (auto == "NOTSET" and attr(n, "output_shape") and
+                                                  not attr(n, "pads")):
+        extra = _ints(n, "output_padding", [0] * nd)
+        total = [span[i] + extra[i] - ys[2 + i] for i in range(nd)]  # pads derived from the output shape
+        begin = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+    elif auto == "VALID":
+        begin = [0] * nd
+    else:
+        begin = _ints(n, "pads", [0] * 2 * nd)[:nd]
+    end = [span[i] - begin[i] - ys[2 + i] for i in range(nd)]  # < 0 where output_padding added rows
+    # Rows of y that no x reaches (negative pads) are cut off g, leaving non-negative pads.
+    cut_lo = [max(-b, 0) for b in begin]
+    cut_hi = [ys[2 + i] - max(-end[i], 0) for i in range(nd)]
+    if any(cut_lo) or any(c != ys[2 + i] for i, c in enumerate(cut_hi)):
+        g = ctx.g.op1("Slice", [g, ctx.g.ints(cut_lo), ctx.g.ints(cut_hi), ctx.g.ints(spatial)], "grad")
+    p = [max(b, 0) for b in begin] + [max(e, 0) for e in end]
+    dx = ctx.g.op1("Conv", [g, w], "grad", strides=s, pads=p, dilations=d, group=groups)
+    dw = _conv_weight_grad(ctx, g, x, ys[1], k, s, d, p, groups, xs[1])
+    out: list[G] = [dx, dw]
+    if len(n.input) > 2 and n.input[2]:
+        out.append(ctx.g.op1("ReduceSum", [_need(gy[0]), ctx.g.ints([0] + spatial)], "grad", keepdims=0))
+    return out
+
+
 @rule("GlobalAveragePool")
 def _gap(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     x = n.input[0]
-    xs = ctx.shape(x)
-    assert xs is not None
     count = 1
-    for dim in xs[2:]:
-        count *= int(dim)  # type: ignore[arg-type]
+    rank = len(ctx.shape(x) or ())
+    for dim in static_shape(ctx, x, "GlobalAveragePool", list(range(2, rank)))[2:]:  # batch may be N
+        count *= dim
     g = ctx.g.op1("Expand", [_need(gy[0]), ctx.g.op1("Shape", [x], "grad")], "grad")
     return [ctx.g.op1("Div", [g, _scalar(ctx, float(count), g)], "grad")]
 
@@ -135,6 +226,7 @@ def _maxpool(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     # recompute with Indices (flat positions in the input), then scatter-add the gradient there
     x, g = n.input[0], _need(gy[0])
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+    attrs["storage_order"] = 0  # row-major positions, whatever order the forward's Indices use
     _, idx = ctx.g.op("MaxPool", [x], "grad", n_out=2, **attrs)
     flat_x = ctx.g.op1("Reshape", [x, ctx.g.ints([-1])], "grad")
     zeros = ctx.g.op1("Mul", [flat_x, _scalar(ctx, 0.0, flat_x)], "grad")
@@ -146,51 +238,104 @@ def _maxpool(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
 
 @rule("AveragePool")
 def _avgpool(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
-    # each output spreads g / k^2 over its window: a depthwise transposed conv with a constant kernel
+    # each output spreads g / count over its window: a depthwise transposed conv with a kernel of ones,
+    # count the window's size (count_include_pad=1) or its pixels inside x (count_include_pad=0)
     x, g = n.input[0], _need(gy[0])
-    xs, ys = ctx.shape(x), ctx.shape(n.output[0])
-    assert xs is not None and ys is not None
     k = _ints(n, "kernel_shape", [])
     nd = len(k)
-    s = _ints(n, "strides", [1] * nd)
-    p = _ints(n, "pads", [0] * (2 * nd))
-    if any(p) and not attr(n, "count_include_pad", 0):
-        raise CompileError("AveragePool gradient with padding needs count_include_pad=1")
-    if attr(n, "ceil_mode", 0):
-        raise CompileError("AveragePool gradient does not support ceil_mode=1")
-    c = int(xs[1])  # type: ignore[arg-type]
-    size = 1
-    for kk in k:
-        size *= kk
-    import numpy as np
-    kernel = ctx.g.const(np.full([c, 1] + k, 1.0 / size, np.float32), hint="grad")
-    kernel = ctx.g.op1("CastLike", [kernel, g], "grad")
-    out_pad = [int(xs[2 + i]) - ((int(ys[2 + i]) - 1) * s[i] - p[i] - p[nd + i] + k[i])  # type: ignore[arg-type]
-               for i in range(nd)]
-    return [ctx.g.op1("ConvTranspose", [g, kernel], "grad", strides=s, pads=p, group=c,
-                      output_padding=out_pad if any(out_pad) else None)]
+    xs = static_shape(ctx, x, "AveragePool", list(range(1, 2 + nd)))
+    ys = static_shape(ctx, n.output[0], "AveragePool", list(range(2, 2 + nd)))
+    s, d = _ints(n, "strides", [1] * nd), _ints(n, "dilations", [1] * nd)
+    if any(v != 1 for v in d) and _text(n, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        raise CompileError("the AveragePool gradient needs explicit pads with dilations (onnxruntime and "
+                           "the ONNX reference pad dilated SAME pooling differently)")
+    p = _pads(ctx, n, k, s, d)
+    reach = [(ys[2 + i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 for i in range(nd)]  # rows the windows span
+    if any(reach[i] > xs[2 + i] + p[i] + p[nd + i] for i in range(nd)):
+        raise CompileError("the AveragePool gradient does not support ceil_mode=1 where it adds a window")
+    count = np.ones(ys[2:], np.float32)
+    for i in range(nd):  # count[o] = taps of window o that land inside x (or inside the padding too)
+        taps = np.arange(ys[2 + i])[:, None] * s[i] - p[i] + np.arange(k[i])[None, :] * d[i]
+        inside = (taps >= 0) & (taps < xs[2 + i]) if not attr(n, "count_include_pad", 0) else taps == taps
+        count = count * inside.sum(axis=1).reshape([-1 if j == i else 1 for j in range(nd)])
+    size = int(np.prod(k))
+    if np.all(count == size):
+        kernel = np.full([xs[1], 1] + k, 1.0 / size, np.float32)
+    else:
+        g = ctx.g.op1("Div", [g, ctx.g.op1("CastLike", [ctx.g.const(count, hint="grad"), g], "grad")], "grad")
+        kernel = np.ones([xs[1], 1] + k, np.float32)
+    weights = ctx.g.op1("CastLike", [ctx.g.const(kernel, hint="grad"), g], "grad")
+    out_pad = [xs[2 + i] - (reach[i] - p[i] - p[nd + i]) for i in range(nd)]
+    return [_transposed_conv(ctx, g, weights, s, p, d, xs[1], out_pad)]
+
+
+# (coordinate_transformation_mode, nearest_mode) pairs under which whole-number upsampling copies
+# each input pixel into one block of f outputs
+_BLOCKS = {(c, m) for c in ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric")
+           for m in ("round_prefer_floor", "round_prefer_ceil")} | {("asymmetric", "floor")}
+
+
+def _text(n: onnx.NodeProto, name: str, default: str) -> str:
+    v = attr(n, name, default)
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 @rule("Resize")
 def _resize(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
-    # nearest upsampling by whole factors: each input pixel fed a fh x fw block of outputs
-    if attr(n, "mode", b"nearest") not in (b"nearest", "nearest"):
-        raise CompileError("only nearest Resize has a gradient rule")
+    # nearest: every output copies one input pixel; its gradient is added back there
+    if _text(n, "mode", "nearest") != "nearest":
+        raise CompileError(f"only nearest Resize has a gradient rule (this one is {_text(n, 'mode', '')})")
+    coords = _text(n, "coordinate_transformation_mode", "half_pixel")
+    if coords == "tf_crop_and_resize":
+        raise CompileError("the Resize gradient does not support coordinate_transformation_mode="
+                           "tf_crop_and_resize")
     x, g = n.input[0], _need(gy[0])
-    xs, ys = ctx.shape(x), ctx.shape(n.output[0])
-    assert xs is not None and ys is not None
-    factors = []
-    for a, b in zip(xs[2:], ys[2:]):
-        if not isinstance(a, int) or not isinstance(b, int) or b % a:
-            raise CompileError("Resize gradient needs whole-number upsampling factors")
-        factors.append(b // a)
-    split = [0, 0]
-    for a, f in zip(xs[2:], factors):
-        split += [int(a), f]  # type: ignore[arg-type]
-    blocks = ctx.g.op1("Reshape", [g, ctx.g.ints(split)], "grad")
-    axes = [3 + 2 * i for i in range(len(factors))]
-    summed = ctx.g.op1("ReduceSum", [blocks, ctx.g.ints(axes)], "grad", keepdims=0)
-    return [summed] + [None] * (len(n.input) - 1)
+    factors = _block_factors(ctx, n, coords)
+    if factors is not None:  # fast path: sum each f x f block
+        rank = len(ctx.shape(x) or ())
+        sizes = static_shape(ctx, x, "Resize", list(range(1, rank)))  # a symbolic batch stays -1
+        split = [v for size, f in zip(sizes, factors) for v in (size, f)]
+        blocks = ctx.g.op1("Reshape", [g, ctx.g.ints(split)], "grad")
+        summed = ctx.g.op1("ReduceSum", [blocks, ctx.g.ints(list(range(1, len(split), 2)))], "grad",
+                           keepdims=0)
+        return [summed] + [None] * (len(n.input) - 1)
+    # any other nearest resize: resize the flat positions of x to learn which one each output copied
+    op, shape = ctx.g.op1, ctx.g.op1("Shape", [x], "grad")
+    positions = op("Range", [ctx.g.const(0, "int64"), op("Size", [x], "grad"), ctx.g.const(1, "int64")],
+                   "grad")
+    iota = op("Reshape", [op("Cast", [positions], "grad", to=onnx.TensorProto.INT32), shape], "grad")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+    source = op("Resize", [iota] + list(n.input[1:]), "grad", **attrs)
+    flat = ctx.g.ints([-1])
+    index = op("Reshape", [op("Cast", [source], "grad", to=onnx.TensorProto.INT64), flat], "grad")
+    zeros = zeros_like(ctx, op("Reshape", [x, flat], "grad"))
+    dx = op("ScatterElements", [zeros, index, op("Reshape", [g, flat], "grad")], "grad", axis=0,
+            reduction="add")
+    return [op("Reshape", [dx, shape], "grad")] + [None] * (len(n.input) - 1)
+
+
+def _block_factors(ctx: RuleCtx, n: onnx.NodeProto, coords: str) -> list[int] | None:
+    """Whole-number upsampling factors per axis where each input pixel fills one block, else None."""
+    xs, ys = ctx.shape(n.input[0]), ctx.shape(n.output[0])
+    if xs is None or ys is None or not all(isinstance(v, int) and v > 0 for v in list(xs) + list(ys)):
+        return None
+    if (coords, _text(n, "nearest_mode", "round_prefer_floor")) not in _BLOCKS or \
+            _text(n, "keep_aspect_ratio_policy", "stretch") != "stretch":
+        return None
+    ins, outs = [int(a) for a in xs if isinstance(a, int)], [int(b) for b in ys if isinstance(b, int)]
+    factors = [b // a for a, b in zip(ins, outs)]
+    if any(f * a != b for f, a, b in zip(factors, ins, outs)):
+        return None
+    scales = n.input[2] if len(n.input) > 2 and n.input[2] else None
+    if scales is not None:  # the coordinate map uses the given scales: they must be the factors
+        if scales not in ctx.consts:
+            return None
+        given = [float(v) for v in ctx.consts[scales].reshape(-1)]
+        if given:
+            axes = [int(a) % len(xs) for a in _ints(n, "axes", list(range(len(xs))))]
+            if any(given[j] != factors[a] for j, a in enumerate(axes)):
+                return None
+    return factors
 
 
 @rule("Softmax")
@@ -220,7 +365,7 @@ def _batchnorm(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     g = _need(gy[0])
     x, scale, _, mean, var = n.input[:5]
     eps = float(attr(n, "epsilon", 1e-5))  # type: ignore[arg-type]
-    rank = len(ctx.shape(x) or ())
+    rank = rank_of(ctx, x, "BatchNormalization")
     axes = ctx.g.ints([0] + list(range(2, rank)))
     per_c = ctx.g.ints([1, -1] + [1] * (rank - 2))
     inv = ctx.g.op1("Reciprocal", [ctx.g.op1("Sqrt", [ctx.g.op1("Add", [var, _scalar(ctx, eps, var)],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,16 +21,22 @@ ONNX_DTYPES = {
 class Graph:
     """Collects nodes and initializers; every name it hands out is unique."""
 
-    def __init__(self) -> None:
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        """`taken`: names already used by a graph these nodes will join."""
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, np.ndarray] = {}
         self._names: dict[str, int] = {}
+        self._taken = set(taken)
         self.where = ""  # "file:line:col path" of the layer being lowered, stamped on its nodes
 
     def fresh(self, hint: str) -> str:
         n = self._names.get(hint, 0)
+        name = hint if n == 0 else f"{hint}_{n}"
+        while name in self._taken:
+            n += 1
+            name = f"{hint}_{n}"
         self._names[hint] = n + 1
-        return hint if n == 0 else f"{hint}_{n}"
+        return name
 
     def op(self, op_type: str, inputs: Sequence[str], hint: str, n_out: int = 1,
            **attrs: Any) -> list[str]:

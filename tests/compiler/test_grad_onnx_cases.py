@@ -1,0 +1,243 @@
+"""The ONNX authors' node test cases as a second table of op configurations for the gradient rules.
+
+onnx ships one small model per op configuration (onnx.backend.test.case.node). For every case
+whose single node has a rule and a float input, this appends loss = sum_k sum(y_k * R_k) over
+its float outputs, computes the rule's gradients and compares <grad, v> with float64 central
+differences along a random direction v (onnx's reference evaluator runs both). A case is skipped,
+with its reason, where there is nothing to check: no float input or output, values that are not
+finite, a configuration the rule refuses with a CompileError (that message is the reason), or a
+point where the op is not differentiable (the one-sided derivatives differ).
+
+Run with -s to print how many cases were checked per op.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+from compiler.autodiff import load_rules
+from compiler.gradients import gradient_model
+from compiler.opset import OPSET
+from spec.errors import CompileError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from grad_reference import reference  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # cases at the edge of a domain
+
+MIN_CHECKED = 300  # cases actually compared (384 at onnx 1.23); fails if the table goes empty
+MIN_OPS = 60  # distinct ops among them (71 at onnx 1.23)
+FLOATS = (np.float16, np.float32, np.float64)
+RULE_OPS = sorted(load_rules())
+
+
+@dataclass
+class Outcome:
+    checked: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # case -> reason
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class Skip(Exception):
+    """This case has nothing to check; the message says why."""
+
+
+@functools.cache
+def cases_by_op() -> dict[str, list[object]]:
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():  # some cases compute their expected outputs from inf and nan
+        warnings.simplefilter("ignore")
+        cases = collect_testcases()
+    rules = load_rules()
+    by_op: dict[str, list[object]] = defaultdict(list)
+    for case in cases:
+        nodes = case.model.graph.node if case.model is not None else []
+        if len(nodes) == 1 and nodes[0].domain in ("", "ai.onnx") and nodes[0].op_type in rules:
+            by_op[nodes[0].op_type].append(case)
+    return by_op
+
+
+@functools.cache
+def outcome(op: str) -> Outcome:
+    result = Outcome()
+    for case in cases_by_op().get(op, []):
+        name = case.name  # type: ignore[attr-defined]
+        try:
+            check_case(case.model, case.data_sets[0][0], name)  # type: ignore[attr-defined]
+            result.checked.append(name)
+        except Skip as why:
+            result.skipped[name] = str(why)
+        except AssertionError as err:
+            result.failed[name] = str(err).splitlines()[0]
+        except Exception as err:  # a rule that builds a graph that does not run is a failure too
+            result.failed[name] = f"{name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
+    return result
+
+
+def check_case(model: onnx.ModelProto, arrays: list[object], name: str) -> None:
+    node = model.graph.node[0]
+    feeds = {vi.name: _array(a) for vi, a in zip(model.graph.input, arrays)}
+    if not all(isinstance(a, np.ndarray) for a in feeds.values()):
+        raise Skip("an input is not a float16/32/64 or integer array (bfloat16, float8, sequences, ...)")
+    floats = [n for n, a in feeds.items() if isinstance(a, np.ndarray) and a.dtype in FLOATS]
+    if not floats:
+        raise Skip("no float16/32/64 input to differentiate")
+    if not all(np.all(np.isfinite(feeds[n])) for n in floats):
+        raise Skip("an input is not finite")
+    version = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if version > OPSET:  # the cases come at the op's newest version: take it back to OPSET
+        version = OPSET
+    float_outs = [vi.name for vi in model.graph.output
+                  if vi.type.tensor_type.elem_type in (TP.FLOAT16, TP.FLOAT, TP.DOUBLE)]
+    if not float_outs:
+        raise Skip("no float output")
+    for dtype, code in ((np.float64, TP.DOUBLE), (np.float32, TP.FLOAT)):
+        x = {n: (a.astype(dtype) if n in floats else a) for n, a in feeds.items()}  # type: ignore[union-attr]
+        forward = _forward(node, model, x, floats, float_outs, code, version)
+        if forward is not None:
+            break
+    else:
+        raise Skip(f"the op does not validate at opset {OPSET} in float64 or float32")
+    ys = reference(forward).run(float_outs, {n: x[n] for n in floats})
+    if not all(np.all(np.isfinite(y)) for y in ys):
+        raise Skip("an output is not finite")
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    rs = [rng.standard_normal(np.shape(y)).astype(dtype) for y in ys]
+    lossy = _with_loss(forward, float_outs, rs)
+    wrt = list(floats)
+    while True:
+        try:
+            grads = gradient_model(lossy, "loss", wrt)
+            break
+        except CompileError as err:
+            msg = str(err).removeprefix("error: ")
+            if not msg.startswith("the loss does not depend on: "):
+                raise Skip(f"the rule refuses it: {msg}") from None
+            frozen = msg.removeprefix("the loss does not depend on: ").split(", ")
+            wrt = [n for n in wrt if n not in frozen]
+            lossy = _freeze(lossy, frozen, x)
+            if not wrt:
+                raise Skip("no float input takes a gradient (all are constants of the rule)") from None
+    _compare(lossy, grads, {n: x[n] for n in wrt}, rng, dtype, name)
+
+
+def _array(a: object) -> object:
+    """Numpy scalars and float TensorProtos as arrays; anything else (float8, strings) as it is."""
+    if isinstance(a, np.generic):
+        return np.asarray(a)
+    if isinstance(a, onnx.TensorProto) and a.data_type in (TP.FLOAT16, TP.FLOAT, TP.DOUBLE):
+        return numpy_helper.to_array(a)
+    return a
+
+
+def _forward(node: onnx.NodeProto, model: onnx.ModelProto, x: dict[str, object], floats: list[str],
+             float_outs: list[str], code: int, version: int) -> onnx.ModelProto | None:
+    """The case's node with its float values typed `code`, other inputs as initializers; None when
+    the op does not allow that type (or does not validate at `version`)."""
+    inputs = [helper.make_tensor_value_info(n, code, list(np.shape(x[n]))) for n in floats]
+    inits = [numpy_helper.from_array(np.asarray(a), n) for n, a in x.items() if n not in floats]
+    outputs = []
+    for vi in model.graph.output:
+        if vi.name in float_outs:
+            outputs.append(onnx.ValueInfoProto())
+            outputs[-1].CopyFrom(vi)
+            outputs[-1].type.tensor_type.elem_type = code
+    graph = helper.make_graph([node], "case", inputs, outputs, initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", version)])
+    m.ir_version = 9
+    try:
+        onnx.checker.check_model(m)
+        onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
+        return None
+    return m
+
+
+def _with_loss(forward: onnx.ModelProto, outs: list[str], rs: list[np.ndarray]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(forward)
+    g = m.graph
+    terms = []
+    for k, (y, r) in enumerate(zip(outs, rs)):
+        g.initializer.append(numpy_helper.from_array(r, f"loss.R{k}"))
+        g.node.extend([helper.make_node("Mul", [y, f"loss.R{k}"], [f"loss.yr{k}"]),
+                       helper.make_node("ReduceSum", [f"loss.yr{k}"], [f"loss.l{k}"], keepdims=0)])
+        terms.append(f"loss.l{k}")
+    g.node.append(helper.make_node("Sum", terms, ["loss"]))
+    elem = forward.graph.output[0].type.tensor_type.elem_type
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("loss", elem, []))
+    return m
+
+
+def _freeze(model: onnx.ModelProto, names: list[str], x: dict[str, object]) -> onnx.ModelProto:
+    """Float inputs that take no gradient (Clip bounds, Resize scales, ...) become constants."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [vi for vi in m.graph.input if vi.name not in names]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    m.graph.initializer.extend(numpy_helper.from_array(np.asarray(x[n]), n) for n in names)
+    return m
+
+
+def _compare(model: onnx.ModelProto, grads_model: onnx.ModelProto, x: dict[str, np.ndarray],
+             rng: np.random.Generator, dtype: type, name: str) -> None:
+    f0, *grads = reference(grads_model).run(None, x)  # the loss at x, then the gradients
+    forward = reference(model)
+    double = dtype is np.float64
+    eps, tol, kink = (1e-6, 1e-5, 1e-3) if double else (1e-3, 2e-2, 5e-2)
+    for (n, value), grad in zip(x.items(), grads):
+        v = rng.standard_normal(value.shape).astype(dtype)
+
+        def loss(step: float, n: str = n, value: np.ndarray = value, v: np.ndarray = v) -> float:
+            return float(forward.run(None, {**x, n: (value + step * v).astype(dtype)})[0])
+
+        fp, fm = loss(eps), loss(-eps)
+        if not np.all(np.isfinite([f0, fp, fm])):
+            raise Skip(f"the loss is not finite near the case's inputs ('{n}' at the edge of its domain)")
+        central = (fp - fm) / (2 * eps)
+        scale = max(1.0, abs(central))
+        if abs((fp - f0) - (f0 - fm)) / eps > kink * scale:
+            raise Skip(f"not differentiable at the case's inputs along a random direction ('{n}': "
+                       f"one-sided slopes {(fp - f0) / eps:.4g} and {(f0 - fm) / eps:.4g})")
+        analytic = float(np.sum(grad.astype(np.float64) * v))
+        assert abs(central - analytic) <= tol * scale, \
+            f"{name}: d/d{n} along v: rule {analytic:.8g}, central differences {central:.8g}"
+
+
+@pytest.mark.parametrize("op", RULE_OPS)
+def test_rule_on_onnx_cases(op: str) -> None:
+    result = outcome(op)
+    assert not result.failed, "\n".join(result.failed.values())
+    if not result.checked:
+        reasons = Counter(result.skipped.values())
+        pytest.skip("; ".join(f"{why} ({k}x)" for why, k in reasons.most_common()) if reasons
+                    else f"onnx has no single-node test case for {op}")
+
+
+def test_enough_onnx_cases_are_checked() -> None:
+    results = {op: outcome(op) for op in RULE_OPS}
+    print("\nONNX node test cases checked per op (checked / skipped):")
+    for op, r in results.items():
+        if r.checked or r.skipped:
+            print(f"  {op:24} {len(r.checked):3d} / {len(r.skipped):2d}")
+            for case, why in r.skipped.items():
+                print(f"      skipped {case}: {why}")
+    checked = sum(len(r.checked) for r in results.values())
+    ops = sum(bool(r.checked) for r in results.values())
+    print(f"  total: {checked} cases of {ops} ops checked")
+    assert checked >= MIN_CHECKED and ops >= MIN_OPS, (checked, ops)
