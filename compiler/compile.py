@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +36,36 @@ class Compiled:
     spec_hash: str
 
 
+@dataclass
+class Forward:
+    """A model's forward graph, in inference or training mode, before it becomes a ModelProto."""
+
+    model: m.Model
+    train: m.Train | None
+    comp: Compilation
+    inputs: list[Tensor]
+    output: Tensor
+    spec_hash: str
+
+
 def compile_model(prog: Program, name: str | None = None, seed: int | None = None) -> Compiled:
     """The inference graph of a model: raw inputs -> features -> backbone -> neck -> head."""
+    f = build_forward(prog, name, seed)
+    g = f.comp.g
+    proto = model_proto(f.model.name, g.nodes, [value_info(t) for t in f.inputs], [value_info(f.output)],
+                        g.initializers, f.spec_hash)
+    return Compiled(f.model, proto, f.comp.records, f.comp.params, f.output, f.spec_hash)
+
+
+def build_forward(prog: Program, name: str | None = None, seed: int | None = None,
+                  training: bool = False, frozen: Sequence[str] = ()) -> Forward:
+    """Walk features, backbone, neck and head; `training` gives batch-statistics batch norm and
+    active dropout everywhere but under the `frozen` path prefixes."""
     model = prog.model(name)
     train = prog.train(model.name)
     policy = InitPolicy(rules=train.init if train else (),
                         seed=seed if seed is not None else (train.seed if train else 0))
-    comp = Compilation(Graph(), policy)
+    comp = Compilation(Graph(), policy, training=training, frozen=frozen)
     inputs = [_input(t) for t in model.inputs]
     if not inputs:
         raise SpecError(f"model '{model.name}' declares no input (input x: float32[N, ...])",
@@ -74,8 +98,14 @@ def compile_model(prog: Program, name: str | None = None, seed: int | None = Non
     policy.check_all_used([p.name for p in comp.params], [r.kind for r in comp.records])
     spec_hash = hashlib.sha256((model.model_dump_json() + (train.model_dump_json() if train else "")
                                 + str(policy.seed)).encode()).hexdigest()[:16]
-    proto = _model_proto(comp, model, inputs, out, spec_hash)
-    return Compiled(model, proto, comp.records, comp.params, out, spec_hash)
+    return Forward(model, train, comp, inputs, out, spec_hash)
+
+
+def loss_targets(model: m.Model) -> list[tuple[m.LossTerm, Tensor]]:
+    """Each loss term with the target tensor it compares against (validated by `_finish`)."""
+    assert model.loss is not None
+    targets = {t.name: t for t in model.targets}
+    return [(term, _input(targets[term.target or model.targets[0].name])) for term in model.loss.terms]
 
 
 def _input(t: m.TensorDecl) -> Tensor:
@@ -166,13 +196,14 @@ def _check_loss(g: Graph, term: m.LossTerm, y: Tensor, t: Tensor, last: m.Sectio
                        f"'{t.name}' {show(t.shape)}: the shapes must match", term.span)
 
 
-def _value_info(t: Tensor) -> onnx.ValueInfoProto:
+def value_info(t: Tensor) -> onnx.ValueInfoProto:
     dims = ["N" if d is None else d for d in t.shape]
     return helper.make_tensor_value_info(t.name, ONNX_DTYPES[t.dtype], dims)
 
 
-def _model_proto(comp: Compilation, model: m.Model, inputs: list[Tensor], out: Tensor,
-                 spec_hash: str) -> onnx.ModelProto:
+def model_proto(name: str, nodes: Sequence[onnx.NodeProto], inputs: Sequence[onnx.ValueInfoProto],
+                outputs: Sequence[onnx.ValueInfoProto], initializers: dict[str, np.ndarray],
+                spec_hash: str) -> onnx.ModelProto:
     """Fill one ModelProto in place: copying large initializers between protos costs seconds."""
     proto = onnx.ModelProto()
     proto.ir_version = IR_VERSION
@@ -180,16 +211,16 @@ def _model_proto(comp: Compilation, model: m.Model, inputs: list[Tensor], out: T
     proto.producer_version = __version__
     proto.opset_import.append(helper.make_opsetid("", OPSET))
     g = proto.graph
-    g.name = model.name
-    g.node.extend(comp.g.nodes)
-    g.input.extend(_value_info(t) for t in inputs)
-    g.output.append(_value_info(out))
-    for name, value in comp.g.initializers.items():
+    g.name = name
+    g.node.extend(nodes)
+    g.input.extend(inputs)
+    g.output.extend(outputs)
+    for key, value in initializers.items():
         t = g.initializer.add()
-        t.name = name
+        t.name = key
         t.data_type = ONNX_DTYPES[value.dtype.name]
         t.dims.extend(value.shape)
         t.raw_data = np.ascontiguousarray(value).tobytes()
     helper.set_model_props(proto, {"dlspec_version": __version__, "spec_hash": spec_hash,
-                                   "opset": str(OPSET), "model": model.name})
+                                   "opset": str(OPSET), "model": name})
     return proto

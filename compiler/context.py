@@ -39,8 +39,14 @@ class Compilation:
     g: Graph
     policy: init.InitPolicy
     training: bool = False
+    frozen: Sequence[str] = ()  # path prefixes whose layers keep their parameters and statistics
+    step: str = "step"  # the training graph's step counter input (dropout draws from it)
     records: list[LayerRecord] = field(default_factory=list)
     params: list[ParamInfo] = field(default_factory=list)
+    state_updates: dict[str, str] = field(default_factory=dict)  # running stat -> its next value
+
+    def is_frozen(self, path: str) -> bool:
+        return any(path == f or path.startswith(f + ".") for f in self.frozen)
 
 
 class LayerCtx:
@@ -55,7 +61,7 @@ class LayerCtx:
         self.span = span
         self.next_kind = next_kind
         self.init_override = init_override
-        self.training = comp.training
+        self.training = comp.training and not comp.is_frozen(path)
         self.flops = 0
         self.n_params = 0
         comp.g.where = f"{span} {path}" if span else path

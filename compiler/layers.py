@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from compiler.random import stream_seed, uniform_like
 from compiler.tensor import Tensor, show
 
 if TYPE_CHECKING:
@@ -139,9 +140,39 @@ class BatchNorm(Layer):
         c = (x.channels,)
         names = [x.name, ctx.ones("weight", c), ctx.zeros("bias", c),
                  ctx.zeros("running_mean", c, state=True), ctx.ones("running_var", c, state=True)]
+        if ctx.training:
+            return Tensor(self._train(ctx, x, names), x.shape)
         y = ctx.g.op1("BatchNormalization", names, ctx.path, epsilon=self.eps,
                       momentum=1.0 - self.momentum)
         return Tensor(y, x.shape)
+
+    def _train(self, ctx: LayerCtx, x: Tensor, names: list[str]) -> str:
+        """Batch statistics in primitive ops (the CUDA provider refuses training-mode
+        BatchNormalization at opset >= 14); also emits the updated running statistics."""
+        g, p = ctx.g, ctx.path
+        _, weight, bias, run_mean, run_var = names
+        axes = g.ints([0] + list(range(2, x.rank)))
+        per_c = g.ints([1, -1] + [1] * (x.rank - 2))
+        mean = g.op1("ReduceMean", [x.name, axes], p, keepdims=1)
+        d = g.op1("Sub", [x.name, mean], p)
+        var = g.op1("ReduceMean", [g.op1("Mul", [d, d], p), axes], p, keepdims=1)  # biased
+        xhat = g.op1("Div", [d, g.op1("Sqrt", [g.op1("Add", [var, g.const(self.eps)], p)], p)], p)
+        y = g.op1("Add", [g.op1("Mul", [xhat, g.op1("Reshape", [weight, per_c], p)], p),
+                          g.op1("Reshape", [bias, per_c], p)], p)
+        # running statistics as PyTorch keeps them: the variance unbiased, n / (n - 1)
+        n = g.op1("Cast", [g.op1("Div", [g.op1("Size", [x.name], p), g.ints([x.channels])], p)], p, to=1)
+        unbias = g.op1("Div", [n, g.op1("Sub", [n, g.const(1.0)], p)], p)
+        flat = g.ints([-1])
+        m = g.const(self.momentum)
+        keep = g.const(1.0 - self.momentum)
+
+        def blend(old: str, new: str) -> str:  # (1 - momentum) old + momentum new
+            return g.op1("Add", [g.op1("Mul", [old, keep], p), g.op1("Mul", [new, m], p)], p)
+
+        ctx.comp.state_updates[run_mean] = blend(run_mean, g.op1("Reshape", [mean, flat], p))
+        ctx.comp.state_updates[run_var] = blend(
+            run_var, g.op1("Mul", [g.op1("Reshape", [var, flat], p), unbias], p))
+        return y
 
 
 class _Unary(Layer):
@@ -310,7 +341,12 @@ class Dropout(Layer):
     def build(self, ctx: LayerCtx, x: Tensor) -> Tensor:
         if not ctx.training or self.p == 0:
             return x
-        raise ctx.error("training-mode dropout is not supported yet")
+        # inverted dropout: keep with probability 1 - p, scale kept values by 1 / (1 - p)
+        g = ctx.g
+        u = uniform_like(g, x.name, ctx.comp.step, stream_seed(ctx.comp.policy.seed, ctx.path), ctx.path)
+        keep = g.op1("Cast", [g.op1("GreaterOrEqual", [u, g.const(self.p)], ctx.path)], ctx.path, to=1)
+        scaled = g.op1("Mul", [keep, g.const(1.0 / (1.0 - self.p))], ctx.path)
+        return Tensor(g.op1("Mul", [x.name, scaled], ctx.path), x.shape)
 
 
 @layer("upsample")

@@ -18,7 +18,11 @@ from rich.table import Table
 
 from compiler.compile import Compiled, compile_model
 from compiler.tensor import show
+from compiler.train import compile_training
+from runtime import grad_cli
+from runtime.artifacts import check_destination, write_training
 from runtime.files import atomic_write
+from runtime.gradcheck import gradcheck
 from runtime.predict import predict
 from spec.errors import DlspecError, SpecError
 from spec.loader import load
@@ -55,8 +59,7 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
 
 def cmd_compile(args: argparse.Namespace, out: Console) -> int:
     if args.train:
-        raise SpecError("compiling the training graph (--train) is not supported yet in dlspec "
-                        f"{__version__}; `dlspec compile` writes the inference graph")
+        return _compile_training(args, out)
     c = _compile(args)
     onnx.checker.check_model(c.onnx, full_check=True)
     dest = Path(args.output or Path(args.spec).with_suffix(".onnx").name)
@@ -64,6 +67,43 @@ def cmd_compile(args: argparse.Namespace, out: Console) -> int:
     params = sum(r.params for r in c.records)
     out.print(f"wrote {dest}: model {c.model.name}, {params:,} parameters, output "
               f"{c.output.name} {show(c.output.shape)}", markup=False)
+    return 0
+
+
+def _compile_training(args: argparse.Namespace, out: Console) -> int:
+    prog = load(args.spec)
+    dest = Path(args.output or f"{prog.model(args.model).name}.train")
+    check_destination(dest)
+    tg = compile_training(prog, args.model, args.seed)
+    for proto in (tg.inference.onnx, tg.train_step, tg.gradients):
+        onnx.checker.check_model(proto, full_check=True)
+    write_training(tg, dest)
+    out.print(f"wrote {dest}/: model.onnx, train_step.onnx ({len(tg.train_step.graph.node)} nodes), "
+              f"gradients.onnx, init.npz; {len(tg.trainable)} trainable and {len(tg.frozen)} frozen "
+              f"parameter tensors; metrics: {', '.join(tg.metrics)}", markup=False)
+    return 0
+
+
+def cmd_gradcheck(args: argparse.Namespace, out: Console) -> int:
+    tg = compile_training(load(args.spec), args.model, args.seed)
+    out.print(f"gradcheck: {len(tg.trainable)} parameter tensors against central differences in "
+              f"float64 (eps {args.eps:g}, batch {args.batch}); slow, for debugging", markup=False)
+    report = gradcheck(tg, eps=args.eps, batch=args.batch, directions=args.directions)
+    table = Table(title="worst relative error per parameter tensor", title_justify="left")
+    for col in ("parameter", "size", "checks", "rel. error", ""):
+        table.add_column(col, justify="right" if col in ("size", "checks", "rel. error") else "left")
+    failed = [r for r in report if not r.worst <= args.tol]
+    for r in report:
+        table.add_row(r.name, f"{r.size:,}", str(r.directions), f"{r.worst:.2e}",
+                      "FAIL" if r in failed else "ok")
+    out.print(table)
+    if failed:
+        out.print(f"{len(failed)} of {len(report)} tensors exceed the tolerance {args.tol:g}: "
+                  f"worst {max(r.worst for r in failed):.2e} at {max(failed, key=lambda r: r.worst).name}",
+                  markup=False)
+        return 1
+    out.print(f"ok: all {len(report)} tensors within {args.tol:g} "
+              f"(worst {max((r.worst for r in report), default=0.0):.2e})", markup=False)
     return 0
 
 
@@ -126,18 +166,26 @@ def parser() -> argparse.ArgumentParser:
     spec_cmd("check", "validate a spec and print its layers, shapes, parameters and FLOPs")
     c = spec_cmd("compile", "compile a spec to an ONNX inference model")
     c.add_argument("-o", "--output", help="where to write the .onnx file")
-    c.add_argument("--train", action="store_true", help="also write the training graphs")
+    c.add_argument("--train", action="store_true",
+                   help="write the training graphs into the folder -o names (default MODEL.train): "
+                        "model.onnx, train_step.onnx, gradients.onnx, init.npz")
     pr = sub.add_parser("predict", help="run an ONNX model on inputs from an .npz file")
     pr.add_argument("model_file", help="the .onnx model")
     pr.add_argument("inputs", help=".npz file with one array per model input")
     pr.add_argument("-o", "--output", help="save outputs to this .npz instead of printing them")
-    for name in ("train", "gradcheck"):
-        spec_cmd(name, f"{name} a spec (not supported yet)")
+    grad_cli.add_parser(sub)
+    spec_cmd("train", "train a spec (not supported yet)")
+    gc = spec_cmd("gradcheck", "compare compiled gradients with finite differences (slow; debugging)")
+    gc.add_argument("--eps", type=float, default=1e-4, help="finite-difference step (default 1e-4)")
+    gc.add_argument("--tol", type=float, default=1e-4, help="largest relative error (default 1e-4)")
+    gc.add_argument("--batch", type=int, default=4, help="synthetic batch size (default 4)")
+    gc.add_argument("--directions", type=int, default=2,
+                    help="random directions per large tensor (default 2)")
     return p
 
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "predict": cmd_predict,
-            "train": cmd_not_yet, "gradcheck": cmd_not_yet}
+            "train": cmd_not_yet, "gradcheck": cmd_gradcheck, "grad": grad_cli.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -376,7 +376,7 @@ def test_cli_debug_raises(tmp_path: Path) -> None:
         main(["--debug", "check", str(path)])
 
 
-@pytest.mark.parametrize("command", ["train", "gradcheck"])
+@pytest.mark.parametrize("command", ["train"])
 def test_cli_train_is_not_supported_yet(command: str, tmp_path: Path, capsys: Capture) -> None:
     path = tmp_path / "good.dlspec"
     path.write_text(GOOD)

@@ -1,0 +1,99 @@
+"""`dlspec gradcheck`: compiled gradients against central finite differences, in float64.
+
+Slow on purpose and for debugging: every parameter tensor costs two extra forward passes per
+direction. Runs in onnx's reference evaluator, which has float64 kernels for every op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+from onnx.utils import Extractor
+
+from compiler.precision import to_float64
+from compiler.train import TrainingGraphs
+from runtime.fastconv import Conv
+
+_NP: dict[int, Any] = {onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
+       onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_}
+
+
+@dataclass
+class TensorCheck:
+    name: str
+    size: int
+    directions: int
+    worst: float  # largest relative error over the directions tried
+
+
+def synthetic_batch(model: onnx.ModelProto, tg: TrainingGraphs, batch: int,
+                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Inputs in [0, 1), integer targets in range of the classes, real targets ~ N(0, 1)."""
+    params = set(tg.init) | {"lr", "step"}
+    classes = int(tg.inference.output.shape[-1] or 1)
+    feeds: dict[str, np.ndarray] = {}
+    for vi in model.graph.input:
+        if vi.name in params:
+            continue
+        t = vi.type.tensor_type
+        shape = [batch] + [d.dim_value for d in t.shape.dim][1:]
+        dtype = _NP.get(t.elem_type, np.float64)
+        if np.issubdtype(dtype, np.integer):
+            feeds[vi.name] = rng.integers(0, classes, shape).astype(dtype)
+        elif vi.name in {d.name for d in tg.inference.model.targets}:
+            feeds[vi.name] = rng.standard_normal(shape)
+        else:
+            feeds[vi.name] = rng.random(shape)
+    return feeds
+
+
+def gradcheck(tg: TrainingGraphs, eps: float = 1e-4, batch: int = 4, directions: int = 2,
+              full_below: int = 4, seed: int = 0, retry_above: float = 1e-6) -> list[TensorCheck]:
+    """Worst relative error of <grad, v> against (L(p + eps v) - L(p - eps v)) / 2 eps per tensor.
+
+    Tensors with at most `full_below` elements are checked along every coordinate; larger ones
+    along `directions` random unit directions.
+    """
+    rng = np.random.default_rng(seed)
+    model = to_float64(tg.gradients)
+    names = [i.name for i in model.graph.input]
+    feeds = synthetic_batch(model, tg, batch, rng)
+    feeds["step"] = np.array(1, np.int64)
+    feeds.update({k: v.astype(np.float64) for k, v in tg.init.items() if k in names})
+    outputs = ReferenceEvaluator(model, new_ops=[Conv]).run(None, feeds)
+    grads = dict(zip([o.name for o in model.graph.output], outputs))
+    forward = Extractor(model).extract_model(names, ["loss"])
+    loss_inputs = {i.name for i in forward.graph.input}
+    evaluator = ReferenceEvaluator(forward, new_ops=[Conv])
+
+    def loss(name: str, value: np.ndarray) -> float:
+        f = {k: v for k, v in feeds.items() if k in loss_inputs}
+        f[name] = value
+        (out,) = evaluator.run(None, f)
+        return float(out)
+
+    report = []
+    for name in tg.trainable:
+        p, grad = feeds[name], grads[f"grad.{name}"]
+        if p.size <= full_below:
+            dirs = [np.eye(p.size)[i].reshape(p.shape) for i in range(p.size)]
+        else:
+            dirs = [v / np.linalg.norm(v) for v in (rng.standard_normal(p.shape) for _ in range(directions))]
+        worst = 0.0
+        for v in dirs:
+            analytic = float(np.sum(grad * v))
+            error = np.inf
+            # A ReLU kink within +-eps of p spoils central differences; that error shrinks with
+            # the step, a wrong rule's does not: retry with smaller steps before judging.
+            for step in (eps, eps / 10, eps / 100, eps / 1000):
+                numeric = (loss(name, p + step * v) - loss(name, p - step * v)) / (2 * step)
+                error = min(error, abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-8))
+                if error <= retry_above:
+                    break
+            worst = max(worst, error)
+        report.append(TensorCheck(name, int(p.size), len(dirs), worst))
+    return report
