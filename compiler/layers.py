@@ -156,9 +156,11 @@ class BatchNorm(Layer):
         mean = g.op1("ReduceMean", [x.name, axes], p, keepdims=1)
         d = g.op1("Sub", [x.name, mean], p)
         var = g.op1("ReduceMean", [g.op1("Mul", [d, d], p), axes], p, keepdims=1)  # biased
-        xhat = g.op1("Div", [d, g.op1("Sqrt", [g.op1("Add", [var, g.const(self.eps)], p)], p)], p)
-        y = g.op1("Add", [g.op1("Mul", [xhat, g.op1("Reshape", [weight, per_c], p)], p),
-                          g.op1("Reshape", [bias, per_c], p)], p)
+        # y = d * (w / sqrt(var + eps)) + b: the division happens per channel, not per element,
+        # which saves two full-size ops forward and more backward
+        inv = g.op1("Reciprocal", [g.op1("Sqrt", [g.op1("Add", [var, g.const(self.eps)], p)], p)], p)
+        scale = g.op1("Mul", [inv, g.op1("Reshape", [weight, per_c], p)], p)
+        y = g.op1("Add", [g.op1("Mul", [d, scale], p), g.op1("Reshape", [bias, per_c], p)], p)
         # running statistics as PyTorch keeps them: the variance unbiased, n / (n - 1)
         n = g.op1("Cast", [g.op1("Div", [g.op1("Size", [x.name], p), g.ints([x.channels])], p)], p, to=1)
         unbias = g.op1("Div", [n, g.op1("Sub", [n, g.const(1.0)], p)], p)
