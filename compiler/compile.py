@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from compiler.augment import augment
 from compiler.context import Compilation, LayerRecord, ParamInfo
 from compiler.features import lower_features
 from compiler.graph import ONNX_DTYPES, Graph
@@ -75,6 +76,8 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
         values = lower_features(comp.g, model.features, values)
     w = Walker(prog.blocks, comp)
     xs = [_network_input(comp.g, model, values)]
+    if training and train is not None and train.augment:
+        xs = [augment(comp.g, xs[0], train.augment, policy.seed, comp.step)]
     if model.backbone is None and model.head is None:
         raise SpecError(f"model '{model.name}' has no backbone and no head: nothing to compile",
                         model.name_span)

@@ -322,7 +322,7 @@ Clip = Annotated[Union[GradNorm, GradValue], Field(discriminator="kind")]
 
 
 class Augment(Node):
-    """`hflip`, `vflip`, `translate(2)`, `crop(pad=4)`, `noise(0.02)`, `brightness(0.2)`,
+    """`hflip`, `vflip`, `translate(2)`, `crop(4)`, `noise(0.02)`, `brightness(0.2)`,
     `contrast(0.2)`, `cutout(4)`."""
 
     kind: Literal["hflip", "vflip", "translate", "crop", "noise", "brightness", "contrast", "cutout"]

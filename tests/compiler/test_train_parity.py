@@ -22,6 +22,7 @@ side of the kink of ReLU inputs within float32 rounding of 0 (see AlignedRelu).
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -291,7 +292,8 @@ OPTS = {
 def training_text(case: Case, opt: str, extra: str = "") -> str:
     if opt == "example":
         assert case.example is not None
-        return (EXAMPLES / f"{case.example}.dlspec").read_text()
+        text = (EXAMPLES / f"{case.example}.dlspec").read_text()
+        return re.sub(r"^\s*augment\b.*\n", "", text, flags=re.M)  # torch sees the raw batch
     return f"{case.text}\ntrain {{\n  {OPTS[opt]}\n  seed 3\n{extra}}}\n"
 
 
