@@ -1,0 +1,354 @@
+"""Training data: a spec's `data` setting as checked arrays, seeded splits and batches.
+
+Arrays are keyed by the model's input and target names and cast to their declared dtypes.
+Nothing is scaled here: raw values go in, and scaling lives in the spec's `features` block.
+Every problem with a file is a RunError naming the file and the field, raised before training.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spec import model as m
+from spec.errors import RunError, did_you_mean
+
+Split = dict[str, np.ndarray]
+
+_SPLIT_STREAM = 0  # rng stream tags: one for the split, one for the batch order
+_BATCH_STREAM = 1
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The train, val (possibly empty) and test splits, each a dict name -> array."""
+
+    train: Split
+    val: Split
+    test: Split
+    stratified: bool = False
+
+
+def size(split: Split) -> int:
+    """Number of samples in a split (0 for an empty one)."""
+    return len(next(iter(split.values()))) if split else 0
+
+
+# ---- the entry point ----
+def load_dataset(train: m.Train, model: m.Model, spec_dir: Path) -> Dataset:
+    """The arrays of `train.data` for `model`, split by `train.seed`; file paths are relative to spec_dir."""
+    data = train.data
+    if data is None:
+        raise RunError(f"the train block for model {model.name} has no `data` setting")
+    if data.test + data.val >= 1:
+        raise RunError(f"test={data.test} and val={data.val} leave no samples for training")
+    if isinstance(data, m.Bundled):
+        arrays = _bundled(data.kind, model)
+    elif isinstance(data, m.NpzData):
+        arrays = _npz(_resolve(spec_dir, data.path), data.fields, model)
+    else:
+        arrays = _csv(_resolve(spec_dir, data.path), data.target, model)
+    labels = _class_labels(arrays, model)
+    parts, stratified = split_indices(size(arrays), data.test, data.val, train.seed, labels)
+    train_idx, val_idx, test_idx = parts
+    if len(train_idx) == 0:
+        raise RunError(f"{size(arrays)} samples leave none for training "
+                       f"after test={data.test}, val={data.val}")
+    return Dataset(train=_take(arrays, train_idx), val=_take(arrays, val_idx), test=_take(arrays, test_idx),
+                   stratified=stratified)
+
+
+def _resolve(spec_dir: Path, path: str) -> Path:
+    full = (Path(spec_dir) / path).resolve() if not Path(path).is_absolute() else Path(path)
+    if not full.is_file():
+        script = full.parent / f"make_{full.stem}.py"
+        hint = f" (run {script.name} to write it)" if script.is_file() else ""
+        raise RunError(f"no such file {full}{hint}")
+    return full
+
+
+def _take(arrays: Split, idx: np.ndarray) -> Split:
+    return {k: v[idx] for k, v in arrays.items()}
+
+
+# ---- checking one array against its declaration ----
+def _decls(model: m.Model) -> list[m.TensorDecl]:
+    return [*model.inputs, *model.targets]
+
+
+def _shape_text(decl: m.TensorDecl) -> str:
+    return "[" + ", ".join(str(d) for d in decl.shape) + "]"
+
+
+def _fits(shape: Sequence[int], decl: m.TensorDecl) -> bool:
+    want = decl.shape[1:]
+    same = all(isinstance(w, str) or w == s for w, s in zip(want, shape[1:]))
+    return len(shape) == len(decl.shape) and same
+
+
+def _conform(values: np.ndarray, decl: m.TensorDecl, where: str) -> np.ndarray:
+    """`values` checked against decl's shape and cast to its dtype, or a RunError naming `where`."""
+    if values.ndim == 0 or not _fits(values.shape, decl):
+        raise RunError(f"{where}: shape {tuple(values.shape)} does not match the declared "
+                       f"{decl.dtype}{_shape_text(decl)}")
+    return _cast(values, decl.dtype, where)
+
+
+def _first(values: np.ndarray, bad: np.ndarray) -> str:
+    """'value V at sample I' for the first element where `bad` holds."""
+    at = tuple(int(i) for i in np.argwhere(bad)[0])
+    return f"value {values[at]} at sample {at[0]}"
+
+
+def _cast(values: np.ndarray, dtype: str, where: str) -> np.ndarray:
+    """values as `dtype` when each survives the cast exactly (floats: finite; ints: whole, in range)."""
+    kind = values.dtype.kind
+    if kind not in "biuf":
+        raise RunError(f"{where}: values are not numeric (dtype {values.dtype}); {dtype} expected")
+    if kind == "f":
+        bad = np.isnan(values)
+        if bad.any():
+            raise RunError(f"{where}: has NaN (a missing value) at sample {int(np.argwhere(bad)[0, 0])}")
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise RunError(f"{where}: has an infinite {_first(values, bad)}")
+    target = np.dtype(dtype)
+    if target.kind == "f":
+        with np.errstate(over="ignore"):
+            out = values.astype(target)
+        bad = ~np.isfinite(out)
+        if bad.any():
+            raise RunError(f"{where}: cannot cast {values.dtype} to {dtype} safely: "
+                           f"{_first(values, bad)} is out of its range")
+        return out
+    if kind == "f":
+        bad = values != np.round(values)
+        if bad.any():
+            raise RunError(f"{where}: cannot cast {values.dtype} to {dtype} safely: non-integer "
+                           f"{_first(values, bad)}")
+    lo, hi = (0, 1) if target.kind == "b" else (np.iinfo(target).min, np.iinfo(target).max)
+    bad = (values < lo) | (values > hi)
+    if bad.any():
+        what = "not 0 or 1" if target.kind == "b" else f"outside [{lo}, {hi}]"
+        raise RunError(f"{where}: cannot cast {values.dtype} to {dtype} safely: "
+                       f"{_first(values, bad)} is {what}")
+    return values.astype(target)
+
+
+def _same_count(arrays: dict[str, tuple[str, np.ndarray]], source: str) -> None:
+    counts = {where: len(a) for where, a in arrays.values()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{w} has {n}" for w, n in counts.items())
+        raise RunError(f"{source}: the arrays have different sample counts: {listed}")
+    if counts and not next(iter(counts.values())):
+        raise RunError(f"{source}: no samples")
+
+
+# ---- bundled scikit-learn sets ----
+def _bundled(kind: str, model: m.Model) -> Split:
+    """digits, iris, wine, breast_cancer or diabetes from sklearn.datasets, raw (unscaled) values."""
+    from sklearn import datasets
+
+    loader = getattr(datasets, f"load_{kind}")
+    bunch = loader(scaled=False) if kind == "diabetes" else loader()
+    x = np.asarray(bunch.data)
+    names = [str(n) for n in bunch.feature_names]
+    source = f"bundled data set {kind}"
+    out = _bundled_inputs(x, names, model, source)
+    if len(model.targets) != 1:
+        raise RunError(f"{source} has one target; model {model.name} declares {len(model.targets)}")
+    decl = model.targets[0]
+    out[decl.name] = _conform(np.asarray(bunch.target), decl, f"{source}: target '{decl.name}'")
+    return out
+
+
+def _feature_key(name: str) -> str:
+    """'sepal length (cm)' -> 'sepal_length': units dropped, non-alphanumerics as underscores."""
+    name = name.split("(")[0].strip().lower()
+    return "_".join("".join(c if c.isalnum() else " " for c in name).split())
+
+
+def _bundled_inputs(x: np.ndarray, names: list[str], model: m.Model, source: str) -> Split:
+    inputs = model.inputs
+    per_sample = x.shape[1]
+    dims = [d for d in inputs[0].shape[1:] if isinstance(d, int)] if len(inputs) == 1 else []
+    if dims and len(dims) == len(inputs[0].shape) - 1 and math.prod(dims) == per_sample:
+        decl = inputs[0]  # one array per sample, e.g. digits' 64 pixels as [N, 1, 8, 8]
+        return {decl.name: _conform(x.reshape(len(x), *dims), decl, f"{source}: input '{decl.name}'")}
+    if inputs and all(len(d.shape) == 1 for d in inputs):
+        keys = [_feature_key(n) for n in names]
+        if all(d.name in keys for d in inputs):
+            cols = [keys.index(d.name) for d in inputs]
+        elif len(inputs) == per_sample:
+            cols = list(range(per_sample))
+        else:
+            cols = []
+        if cols:
+            return {d.name: _conform(x[:, c], d, f"{source}: input '{d.name}' (feature '{names[c]}')")
+                    for d, c in zip(inputs, cols)}
+    declared = ", ".join(f"{d.name}: {d.dtype}{_shape_text(d)}" for d in inputs) or "none"
+    features = ", ".join(_feature_key(n) for n in names)
+    raise RunError(f"{source} has {per_sample} features per sample ({features});"
+                   f" the model's inputs ({declared}) take neither one [N, ...] array of that size nor one"
+                   " [N] input per feature (matched by name, else by order)")
+
+
+# ---- npz files ----
+def _npz(path: Path, fields: dict[str, str], model: m.Model) -> Split:
+    """Each model input and target from the array named in `fields`, by default the one of the same name."""
+    known = [d.name for d in _decls(model)]
+    for name in fields:
+        if name not in known:
+            raise RunError(f"{path}: npz field '{name}' is not an input or target of model {model.name}"
+                           f"{did_you_mean(name, known)} (it has: {', '.join(known)})")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path}: cannot read it as an .npz file: {err}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise RunError(f"{path}: holds a single array, not an .npz of named arrays "
+                       "(write one with numpy.savez(path, name=array, ...))")
+    found: dict[str, tuple[str, np.ndarray]] = {}
+    with data:
+        for decl in _decls(model):
+            key = fields.get(decl.name, decl.name)
+            where = f"{path}: {decl.role} '{decl.name}'" + (f" (array '{key}')" if key != decl.name else "")
+            if key not in data.files:
+                raise RunError(f"{where}: the file has no array '{key}'{did_you_mean(key, data.files)} "
+                               f"(it has: {', '.join(data.files) or 'nothing'})")
+            try:
+                arr = data[key]
+            except ValueError:
+                raise RunError(f"{where}: values are not numeric (the array holds Python objects)") from None
+            found[decl.name] = (where, _conform(arr, decl, where))
+    _same_count({k: (f"'{k}'", a) for k, (_, a) in found.items()}, str(path))
+    return {k: a for k, (_, a) in found.items()}
+
+
+# ---- csv files ----
+def _csv(path: Path, target: str, model: m.Model) -> Split:
+    """Inputs by column name, the model's target from column `target`; the first row is the header."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise RunError(f"{path}: empty file (a header row of column names is expected)")
+    header = [h.strip() for h in rows[0]]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise RunError(f"{path}: the header names column '{dupes[0]}' more than once")
+    body = [r for r in rows[1:] if any(c.strip() for c in r)]
+    for line, r in enumerate(rows[1:], start=2):
+        if any(c.strip() for c in r) and len(r) != len(header):
+            raise RunError(f"{path}: line {line} has {len(r)} fields; the header has {len(header)}")
+    if not body:
+        raise RunError(f"{path}: no samples (only a header)")
+    lines = [i for i, r in enumerate(rows[1:], start=2) if any(c.strip() for c in r)]
+    columns = {d.name: d.name for d in model.inputs}
+    if len(model.targets) == 1:
+        columns[model.targets[0].name] = target
+    else:
+        names = [d.name for d in model.targets]
+        if target not in names:
+            raise RunError(f"{path}: target={target} must name one of model {model.name}'s targets "
+                           f"({', '.join(names)}) when it has several")
+        columns.update({n: n for n in names})
+    out: Split = {}
+    for decl in _decls(model):
+        col = columns[decl.name]
+        where = f"{path}: {decl.role} '{decl.name}'" + (f" (column '{col}')" if col != decl.name else "")
+        if col not in header:
+            raise RunError(f"{where}: no column '{col}'{did_you_mean(col, header)} "
+                           f"(the header has: {', '.join(header)})")
+        if len(decl.shape) != 1:
+            raise RunError(f"{where}: a csv column gives one value per sample; the model declares "
+                           f"{decl.dtype}{_shape_text(decl)}")
+        j = header.index(col)
+        values = np.empty(len(body), np.float64)
+        for i, (line, r) in enumerate(zip(lines, body)):
+            cell = r[j].strip()
+            if not cell:
+                raise RunError(f"{where}: missing value at line {line}")
+            try:
+                values[i] = float(cell)
+            except ValueError:
+                raise RunError(f"{where}: value {cell!r} at line {line} is not numeric") from None
+            if math.isnan(values[i]):
+                raise RunError(f"{where}: NaN at line {line}")
+        out[decl.name] = _conform(values, decl, where)
+    return out
+
+
+# ---- splits ----
+def _class_labels(arrays: Split, model: m.Model) -> np.ndarray | None:
+    """The labels to stratify by: the single target when it is an integer or bool class per sample."""
+    if len(model.targets) != 1:
+        return None
+    decl = model.targets[0]
+    return arrays[decl.name] if np.dtype(decl.dtype).kind in "biu" and len(decl.shape) == 1 else None
+
+
+def _rng(*keys: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([k % 2**64 for k in keys]))
+
+
+def _pick(n: int, fraction: float) -> np.ndarray:
+    """A mask over 0..n-1, spread evenly: any k consecutive positions hold floor or ceil of k * fraction."""
+    marks = np.floor(np.arange(n + 1) * fraction + 0.5)
+    return np.diff(marks) > 0
+
+
+def split_indices(n: int, test: float, val: float, seed: int,
+                  labels: np.ndarray | None = None) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], bool]:
+    """(train, val, test) sorted index arrays and whether they are stratified.
+
+    A seeded permutation, regrouped by class when labels are given and every class has enough samples
+    to reach each non-empty split; test then val are taken evenly along it, so each class keeps its share.
+    Sizes: round(n * test) test, round(rest * val / (1 - test)) val, the rest train.
+    """
+    order = _rng(seed, _SPLIT_STREAM).permutation(n)
+    stratified = False
+    if labels is not None:
+        _, counts = np.unique(labels, return_counts=True)
+        smallest = min([f for f in (test, val) if f > 0], default=1.0)
+        if len(counts) > 1 and counts.min() * smallest >= 1:
+            order = order[np.argsort(labels[order], kind="stable")]
+            stratified = True
+    is_test = _pick(n, test)
+    test_idx, rest = order[is_test], order[~is_test]
+    is_val = _pick(len(rest), val / (1 - test) if val else 0.0)
+    return (np.sort(rest[~is_val]), np.sort(rest[is_val]), np.sort(test_idx)), stratified
+
+
+# ---- batches ----
+def _batch_bounds(n: int, batch_size: int, shuffle: bool) -> list[tuple[int, int]]:
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if shuffle and len(bounds) > 1 and 2 * (bounds[-1][1] - bounds[-1][0]) < batch_size:
+        bounds.pop()
+    return bounds
+
+
+def batch_count(split: Split, batch_size: int, shuffle: bool = True) -> int:
+    """How many batches `batches(split, batch_size, ..., shuffle)` yields."""
+    return len(_batch_bounds(size(split), batch_size, shuffle))
+
+
+def batches(split: Split, batch_size: int, epoch: int, seed: int, shuffle: bool = True) -> Iterator[Split]:
+    """The split in batches of `batch_size` samples.
+
+    shuffle=True is training: the order is a fresh permutation drawn from (seed, epoch) alone, so
+    resuming at epoch k replays epoch k's order. The last incomplete batch is dropped when it holds
+    fewer than half a batch (too noisy a step), otherwise kept; a split with a single batch keeps it.
+    shuffle=False is evaluation: samples in order, every one kept (the last batch may be short).
+    """
+    if batch_size < 1:
+        raise RunError(f"batch size must be positive, got {batch_size}")
+    n = size(split)
+    order = _rng(seed, _BATCH_STREAM, epoch).permutation(n) if shuffle else np.arange(n)
+    for lo, hi in _batch_bounds(n, batch_size, shuffle):
+        idx = order[lo:hi]
+        yield {k: v[idx] for k, v in split.items()}
