@@ -43,6 +43,7 @@ class TrainingGraphs:
     trainable: list[str]
     frozen: list[str]
     metrics: list[str]
+    evaluate: onnx.ModelProto  # the inference graph with parameters as inputs: eval mode, any weights
 
 
 def compile_training(prog: Program, name: str | None = None, seed: int | None = None) -> TrainingGraphs:
@@ -98,7 +99,19 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
     train_step = model_proto(model.name, step_nodes, batch + scalars + param_inputs + state_inputs,
                              [_out(n, values, o) for n, o in outputs], {}, f.spec_hash)
     init = {n: values[n] for n in weights + stats + opt_state}
-    return TrainingGraphs(inference, train_step, grads_model, init, trainable, frozen, list(mets))
+    return TrainingGraphs(inference, train_step, grads_model, init, trainable, frozen, list(mets),
+                          params_as_inputs(inference.onnx))
+
+
+def params_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph with its initializers turned into inputs, to run with the current weights."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for t in g.initializer:
+        g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    del g.initializer[:]
+    return out
 
 
 def _unique_targets(model: m.Model) -> list[tuple[str, Tensor]]:
@@ -162,3 +175,14 @@ def _check_targets(train: m.Train, params: list[str]) -> None:
             raise SpecError(f"lr_mult target '{rule.target}' matches no parameter"
                             f"{did_you_mean(rule.target, prefixes)}",
                             rule.span or train.arg_spans.get("lr_mult"))
+
+
+def with_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The inference graph with its initializers replaced by trained values (same names)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, t in enumerate(out.graph.initializer):
+        if t.name in weights:
+            value = np.ascontiguousarray(weights[t.name], dtype=np.float32)
+            out.graph.initializer[i].raw_data = value.tobytes()
+    return out

@@ -22,9 +22,10 @@ from compiler.train import compile_training
 from runtime import grad_cli
 from runtime.artifacts import check_destination, write_training
 from runtime.files import atomic_write
+from runtime.fit import FitOptions, fit
 from runtime.gradcheck import gradcheck
 from runtime.predict import predict
-from spec.errors import DlspecError, SpecError
+from spec.errors import DlspecError
 from spec.loader import load
 from spec.version import __version__
 
@@ -124,13 +125,21 @@ def cmd_predict(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-def cmd_not_yet(args: argparse.Namespace, out: Console) -> int:
-    prog = load(args.spec)
-    model = prog.model(args.model)
-    train = prog.train(model.name)
-    span = train.span if train is not None else model.name_span
-    raise SpecError(f"`dlspec {args.command}` is not supported yet in dlspec {__version__}: this "
-                    "release validates train blocks but does not execute them", span)
+def cmd_train(args: argparse.Namespace, out: Console) -> int:
+    spec_path = Path(args.spec)
+    opts = FitOptions(epochs=args.epochs, batch=args.batch, seed=args.seed, device=args.device,
+                      out=Path(args.out) if args.out else None, resume=args.resume, threads=args.threads)
+    result = fit(load(spec_path), spec_path, args.model, opts, out)
+    table = Table(title=f"trained {result.run_dir}", title_justify="left")
+    table.add_column("epochs", justify="right")
+    table.add_column("steps", justify="right")
+    for key in result.metrics:
+        table.add_column(f"test {key}", justify="right")
+    table.add_row(str(result.epochs), str(result.steps), *(f"{v:.4f}" for v in result.metrics.values()))
+    out.print(table)
+    out.print(f"wrote {result.run_dir / 'model.onnx'} (best checkpoint), metrics.jsonl, last.npz, best.npz",
+              markup=False)
+    return 0
 
 
 def _si(n: int) -> str:
@@ -147,6 +156,13 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _seed(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
     return value
 
 
@@ -174,7 +190,13 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", help=".npz file with one array per model input")
     pr.add_argument("-o", "--output", help="save outputs to this .npz instead of printing them")
     grad_cli.add_parser(sub)
-    spec_cmd("train", "train a spec (not supported yet)")
+    t = spec_cmd("train", "train a spec on its data set with onnxruntime")
+    t.add_argument("--epochs", type=_positive, help="epochs (default: the train block's)")
+    t.add_argument("--batch", type=_positive, help="batch size (default: the train block's)")
+    t.add_argument("--out", help="run folder (default runs/MODEL)")
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    t.add_argument("--threads", type=_positive, help="onnxruntime intra-op threads (default: all cores)")
     gc = spec_cmd("gradcheck", "compare compiled gradients with finite differences (slow; debugging)")
     gc.add_argument("--eps", type=float, default=1e-4, help="finite-difference step (default 1e-4)")
     gc.add_argument("--tol", type=float, default=1e-4, help="largest relative error (default 1e-4)")
@@ -185,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "predict": cmd_predict,
-            "train": cmd_not_yet, "gradcheck": cmd_gradcheck, "grad": grad_cli.run}
+            "train": cmd_train, "gradcheck": cmd_gradcheck, "grad": grad_cli.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -377,20 +377,11 @@ def _line_of(path: Path, prefix: str) -> int:
     return next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.startswith(prefix))
 
 
-@pytest.mark.parametrize("command", ["train"])
-def test_train_and_gradcheck_are_not_supported_yet(command: str, capsys: Capture) -> None:
-    code, out, err = run([command, DIGITS], capsys)
-    assert code == 2
-    assert "not supported yet" in err and f"dlspec {command}" in err
-    assert f"{DIGITS}:{_line_of(DIGITS, 'train {')}:1:" in err  # points at the train block
-    assert "Traceback" not in err and out == ""
-
-
-def test_train_without_a_train_block_points_at_the_model(tmp_path: Path,
-                                                         capsys: Capture) -> None:
-    spec = write(tmp_path / "m.dlspec", "model tiny {\n  input x: float32[N, 4]\n  head linear(2)\n}\n")
-    code, _, err = run(["train", spec], capsys)
-    assert code == 2 and "not supported yet" in err and f"{spec}:1:7:" in err
+def test_train_without_data_says_what_is_missing(tmp_path: Path, capsys: Capture) -> None:
+    spec = write(tmp_path / "m.dlspec", "model tiny {\n  input x: float32[N, 4]\n  target y: int64[N]\n"
+                 "  head linear(2)\n  loss cross_entropy\n}\n")
+    code, out, err = run(["train", spec, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and "names no data set" in err and "Traceback" not in err and out == ""
 
 
 def test_train_validates_the_spec_first(tmp_path: Path, capsys: Capture) -> None:
@@ -409,8 +400,9 @@ def test_the_dlspec_console_script_is_installed(tmp_path: Path) -> None:
     ok = subprocess.run([exe, "check", str(LAND)], capture_output=True, text=True, env=env, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "head.linear1" in ok.stdout and "land_price.dlspec is valid" in ok.stdout
-    bad = subprocess.run([exe, "train", str(DIGITS)], capture_output=True, text=True, env=env, timeout=60)
-    assert bad.returncode == 2 and "not supported yet" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run([exe, "train", str(DIGITS), "--resume", "--out", str(tmp_path / "none")],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "no checkpoint" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_paths_are_printed_literally(tmp_path: Path, capsys: Capture) -> None:

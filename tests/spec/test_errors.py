@@ -10,7 +10,7 @@ import pytest
 import spec
 from compiler import compile_model
 from runtime.cli import main
-from spec.errors import CompileError, SpecError
+from spec.errors import CompileError, RunError, SpecError
 
 HEAD = (
     "model m {",
@@ -376,20 +376,17 @@ def test_cli_debug_raises(tmp_path: Path) -> None:
         main(["--debug", "check", str(path)])
 
 
-@pytest.mark.parametrize("command", ["train"])
-def test_cli_train_is_not_supported_yet(command: str, tmp_path: Path, capsys: Capture) -> None:
+def test_cli_train_run_errors_have_no_traceback(tmp_path: Path, capsys: Capture) -> None:
     path = tmp_path / "good.dlspec"
     path.write_text(GOOD)
     assert main(["check", str(path)]) == 0
     capsys.readouterr()
-    assert main([command, str(path)]) == 2
+    missing = tmp_path / "missing-run"
+    assert main(["train", str(path), "--resume", "--out", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err
-    first = err.splitlines()[0]
-    assert first.startswith(f"{path}:9:1: error: `dlspec {command}` is not supported yet"), first
-    assert "validates train blocks but does not execute them" in first
-    with pytest.raises(SpecError, match="not supported yet"):
-        main(["--debug", command, str(path)])
+    assert "Traceback" not in err and "no checkpoint" in err and str(missing) in err
+    with pytest.raises(RunError, match="no checkpoint"):
+        main(["--debug", "train", str(path), "--resume", "--out", str(missing)])
 
 
 def test_cli_train_still_reports_spec_errors_first(tmp_path: Path, capsys: Capture) -> None:

@@ -1,0 +1,153 @@
+"""`dlspec train`: run a spec's train_step graph over its data, with validation, checkpoints,
+resume, NaN detection and a record of every epoch."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from compiler.train import TrainingGraphs, compile_training, with_weights
+from runtime import checkpoint
+from runtime.data import Dataset, batch_count, batches, load_dataset, size
+from runtime.files import atomic_write
+from runtime.schedule import base_rate, learning_rate
+from runtime.session import StepRunner, options, providers
+from spec import model as m
+from spec.errors import RunError
+from spec.loader import Program
+
+LAST, BEST = "last.npz", "best.npz"
+
+
+@dataclass
+class FitOptions:
+    epochs: int | None = None
+    batch: int | None = None
+    seed: int | None = None
+    device: str = "cpu"
+    out: Path | None = None
+    resume: bool = False
+    threads: int | None = None
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    epochs: int
+    steps: int
+    metrics: dict[str, float]  # of the best checkpoint on the test split
+
+
+def evaluate(tg: TrainingGraphs, weights: dict[str, np.ndarray], split: dict[str, np.ndarray],
+             sess: ort.InferenceSession, batch: int = 512) -> dict[str, float]:
+    """Eval-mode loss-free metrics: accuracy for classifiers, MAE and RMSE for regression."""
+    model = tg.inference.model
+    inputs = [t.name for t in model.inputs]
+    target = model.targets[0].name if model.targets else None
+    n = len(next(iter(split.values())))
+    if n == 0 or target is None:
+        return {}
+    params = {i.name: weights[i.name] for i in sess.get_inputs() if i.name in weights}
+    outs = []
+    for start in range(0, n, batch):
+        feeds = {k: split[k][start:start + batch] for k in inputs}
+        outs.append(sess.run(None, {**feeds, **params})[0])
+    pred = np.concatenate(outs)
+    truth = split[target]
+    if tg.inference.output.name == "logits":
+        if pred.ndim == 2:
+            return {"accuracy": float((pred.argmax(1) == truth).mean())}
+        return {"accuracy": float(((pred > 0) == (truth > 0.5)).mean())}
+    err = pred.reshape(truth.shape) - truth
+    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
+
+
+def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions,
+        console: Console) -> FitResult:
+    run_dir = opts.out or Path("runs") / prog.model(model_name).name
+    if opts.resume and not (run_dir / LAST).exists():
+        raise RunError(f"--resume: no checkpoint {run_dir / LAST} to resume from")
+    tg = compile_training(prog, model_name, opts.seed)
+    model = tg.inference.model
+    train = prog.train(model.name) or m.Train()
+    if train.data is None:
+        raise RunError(f"the train block of {spec_path} names no data set (data digits(...), "
+                       "npz(...) or csv(...))")
+    epochs = opts.epochs or train.epochs
+    bs = opts.batch or train.batch
+    seed = opts.seed if opts.seed is not None else train.seed
+    data = load_dataset(train, model, spec_path.parent)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runner = StepRunner(tg.train_step, tg.init, opts.device, opts.threads)
+    eval_sess = ort.InferenceSession(tg.evaluate.SerializeToString(), options(opts.threads),
+                                     providers=providers(opts.device))
+    optimizer = train.optimizer
+    lr0 = base_rate(optimizer.lr if optimizer else 1e-3, train.schedule, bs)
+    step, start, best, lr = 0, 0, math.inf, lr0
+    records = run_dir / "metrics.jsonl"
+    if opts.resume:
+        state, step, done, best = checkpoint.load(run_dir / LAST)
+        runner.load(state)
+        start = done + 1
+        console.print(f"resuming {run_dir} after epoch {done + 1} (step {step})", markup=False)
+    else:
+        atomic_write(run_dir / "spec.dlspec", spec_path.read_bytes())
+        records.write_text("")
+    has_val = size(data.val) > 0  # without a validation split nothing is selected: best = last
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        n_batches = batch_count(data.train, bs)
+        sums: dict[str, float] = {}
+        count = 0
+        with _progress(console) as bar:
+            task = bar.add_task(f"epoch {epoch + 1}/{epochs}", total=n_batches, info="")
+            for i, batch in enumerate(batches(data.train, bs, epoch, seed)):
+                step += 1
+                lr = learning_rate(train.schedule, lr0, epoch + i / n_batches, epochs)
+                out = runner.run(batch, lr, step)
+                if not math.isfinite(out["loss"]):
+                    raise RunError(f"the loss became {out['loss']} at step {step} (epoch {epoch + 1}); "
+                                   f"training stopped, the last good checkpoint is {run_dir / LAST}")
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                rate = count * bs / (time.perf_counter() - t0)
+                bar.update(task, advance=1, info=" ".join(f"{k} {v / count:.4f}" for k, v in sums.items())
+                           + f" lr {lr:.2e} {rate:,.0f} samples/s")
+        weights = runner.weights()
+        val = evaluate(tg, weights, data.val, eval_sess) if has_val else {}
+        record = {"epoch": epoch + 1, "step": step, "lr": lr,
+                  **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
+                  **{f"val_{k}": v for k, v in val.items()},
+                  "seconds": round(time.perf_counter() - t0, 3)}
+        with records.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        score = -val["accuracy"] if "accuracy" in val else val.get("mae", -epoch)
+        if score <= best:
+            best = score
+            checkpoint.save(run_dir / BEST, weights, step, epoch, best)
+        checkpoint.save(run_dir / LAST, weights, step, epoch, best)
+        console.print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                               for k, v in record.items()), markup=False, highlight=False)
+    final, _, _, _ = checkpoint.load(run_dir / (BEST if (run_dir / BEST).exists() else LAST))
+    atomic_write(run_dir / "model.onnx", with_weights(tg.inference.onnx, final).SerializeToString())
+    test = evaluate(tg, final, data.test, eval_sess)
+    return FitResult(run_dir, epochs, step, test)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
+                    transient=True)
+
+
+__all__ = ["Dataset", "FitOptions", "FitResult", "fit"]

@@ -1,0 +1,110 @@
+"""`dlspec train`: learning on real data, exported model, exact resume, NaN detection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from rich.console import Console
+
+import runtime.fit as fit_module
+from runtime.cli import main
+from runtime.fit import FitOptions, fit
+from spec import load
+from spec.errors import RunError
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = REPO / "examples" / "digits.dlspec"
+
+SMALL = """
+model small {
+  input  image: float32[N, 1, 8, 8]
+  target label: int64[N]
+  features { image = image / 16 }
+  backbone { stem: conv(8, k=3) -> bn -> relu -> maxpool(2) }
+  head classify(classes=10, dropout=0.1)
+  loss cross_entropy
+}
+
+train {
+  data      digits(test=0.2, val=0.1)
+  batch     32
+  epochs    3
+  optimizer OPTIMIZER
+  schedule  cosine(warmup=1)
+  seed      3
+}
+"""
+
+
+def _spec(tmp_path: Path, optimizer: str = "adam(lr=3e-3)") -> Path:
+    path = tmp_path / "small.dlspec"
+    path.write_text(SMALL.replace("OPTIMIZER", optimizer))
+    return path
+
+
+def _quiet() -> Console:
+    return Console(quiet=True)
+
+
+def test_digits_example_learns_and_exports_a_raw_pixel_model(tmp_path: Path) -> None:
+    """A shortened run of the example; the exported model takes raw 0..16 pixels."""
+    result = fit(load(DIGITS), DIGITS, None, FitOptions(epochs=10, out=tmp_path / "run"), _quiet())
+    assert result.metrics["accuracy"] >= 0.97, result.metrics
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    sess = ort.InferenceSession(str(tmp_path / "run" / "model.onnx"))
+    logits = sess.run(None, {"image": x.reshape(-1, 1, 8, 8).astype(np.float32)})[0]
+    assert (logits.argmax(1) == y).mean() >= 0.97
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 10
+
+
+def test_resume_gives_the_same_parameters_bit_for_bit(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(tmp_path)
+    fit(load(spec), spec, None, FitOptions(out=tmp_path / "straight"), _quiet())
+    calls = {"n": 0}
+    real = fit_module.evaluate
+
+    def interrupt_in_epoch_three(*args: object, **kwargs: object) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 3:  # after epoch 3's steps, before its checkpoint
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fit_module, "evaluate", interrupt_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        fit(load(spec), spec, None, FitOptions(out=tmp_path / "resumed"), _quiet())
+    monkeypatch.setattr(fit_module, "evaluate", real)
+    fit(load(spec), spec, None, FitOptions(out=tmp_path / "resumed", resume=True), _quiet())
+    a = np.load(tmp_path / "straight" / "last.npz")
+    b = np.load(tmp_path / "resumed" / "last.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _spec(tmp_path, "sgd(lr=1e30)")
+    code = main(["train", str(spec), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "the loss became" in err and "Traceback" not in err
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    with pytest.raises(RunError, match="no checkpoint"):
+        fit(load(spec), spec, None, FitOptions(out=tmp_path / "none", resume=True), _quiet())
+
+
+def test_cuda_without_the_gpu_build_names_the_extra(tmp_path: Path) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA provider")
+    spec = _spec(tmp_path)
+    with pytest.raises(RunError, match=r"dlspec\[gpu\]"):
+        fit(load(spec), spec, None, FitOptions(out=tmp_path / "run", device="cuda"), _quiet())
