@@ -35,8 +35,9 @@ def options(threads: int | None) -> ort.SessionOptions:
 
 
 class StepRunner:
-    """Runs train_step.onnx: each `<name>.next` output is written into a spare buffer that becomes
-    the next step's `<name>` input (double buffering)."""
+    """Runs train_step.onnx with two buffer sets A and B: one binding reads A and writes every
+    `<name>.next` into B, the other reads B and writes A. Both are bound once, so a step binds
+    only the batch, `lr` and `step`."""
 
     def __init__(self, model: onnx.ModelProto, init: dict[str, np.ndarray], device: str = "cpu",
                  threads: int | None = None):
@@ -46,39 +47,44 @@ class StepRunner:
         outputs = [o.name for o in self.sess.get_outputs()]
         inputs = [i.name for i in self.sess.get_inputs()]
         self.carried = [n for n in inputs if f"{n}.next" in outputs]
-        self.reported = [o for o in outputs if not o.endswith(".next")]  # loss and metrics
+        self.fixed = [n for n in inputs if n in init and n not in self.carried]  # frozen weights, stats
         self.batch_inputs = [n for n in inputs if n not in init and n not in ("lr", "step")]
-        self.io = self.sess.io_binding()
-        self.state = {n: self._value(init[n]) for n in self.carried}
-        self.spare = {n: self._value(np.empty_like(init[n])) for n in self.carried}
-        self._keep = [self._value(init[n]) for n in inputs if n in init and n not in self.carried]
-        for name, value in zip([n for n in inputs if n in init and n not in self.carried], self._keep):
-            self.io.bind_ortvalue_input(name, value)  # frozen weights and statistics: bound once
-        self.scalars = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.float32)) for n in self.reported}
-        for name, value in self.scalars.items():
-            self.io.bind_ortvalue_output(name, value)  # host scalars: read without a search
+        self.init = init
+        self.scalars = {o: ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.float32))
+                        for o in outputs if not o.endswith(".next")}  # loss and metrics, on the host
+        self.load(init)
 
     def _value(self, array: np.ndarray) -> Any:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
+    def load(self, values: dict[str, np.ndarray]) -> None:
+        """Put parameters and state (missing names: the initial values) into fresh buffers."""
+        self.buffers = [{n: self._value(values.get(n, self.init[n])) for n in self.carried},
+                        {n: self._value(np.empty_like(self.init[n])) for n in self.carried}]
+        self._fixed = {n: self._value(values.get(n, self.init[n])) for n in self.fixed}
+        self.bindings = []
+        for src, dst in ((0, 1), (1, 0)):
+            io = self.sess.io_binding()
+            for name in self.carried:
+                io.bind_ortvalue_input(name, self.buffers[src][name])
+                io.bind_ortvalue_output(f"{name}.next", self.buffers[dst][name])
+            for name, value in self._fixed.items():
+                io.bind_ortvalue_input(name, value)
+            for name, value in self.scalars.items():
+                io.bind_ortvalue_output(name, value)
+            self.bindings.append(io)
+        self.current = 0  # the buffer set holding the latest values
+
     def run(self, batch: dict[str, np.ndarray], lr: float, step: int) -> dict[str, float]:
-        io = self.io
+        io = self.bindings[self.current]
         for name in self.batch_inputs:
             io.bind_cpu_input(name, batch[name])
         io.bind_cpu_input("lr", np.array(lr, np.float32))
         io.bind_cpu_input("step", np.array(step, np.int64))
-        for name in self.carried:
-            io.bind_ortvalue_input(name, self.state[name])
-            io.bind_ortvalue_output(f"{name}.next", self.spare[name])
         self.sess.run_with_iobinding(io)
-        self.state, self.spare = self.spare, self.state
+        self.current ^= 1
         return {n: float(v.numpy()) for n, v in self.scalars.items()}
 
     def weights(self) -> dict[str, np.ndarray]:
-        """A host copy of the carried state (for checkpoints and evaluation)."""
-        return {n: v.numpy().copy() for n, v in self.state.items()}
-
-    def load(self, values: dict[str, np.ndarray]) -> None:
-        for n in self.carried:
-            if n in values:
-                self.state[n] = self._value(values[n])
+        """A host copy of the latest parameters and state (for checkpoints and evaluation)."""
+        return {n: v.numpy().copy() for n, v in self.buffers[self.current].items()}
