@@ -1,0 +1,81 @@
+"""The deployable inference model: trained weights, batch norm folded into the preceding
+convolution, probabilities for classifiers, metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def fold_batch_norm(model: onnx.ModelProto) -> int:
+    """Fold every BatchNormalization that alone consumes a Conv's output into that Conv:
+    W' = W * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps). Returns how many."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    users: dict[str, int] = {}
+    for node in g.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    for out in g.output:
+        users[out.name] = users.get(out.name, 0) + 1
+    producer = {o: node for node in g.node for o in node.output}
+    folded = []
+    for bn in g.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or users.get(bn.input[0], 0) != 1:
+            continue
+        if not all(n in inits for n in bn.input[1:5]) or conv.input[1] not in inits:
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
+        scale = gamma / np.sqrt(var + eps)
+        w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        b = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+             if len(conv.input) > 2 and conv.input[2] else np.zeros_like(mean))
+        w_name, b_name = conv.input[1], f"{conv.input[1].rsplit('.', 1)[0]}.folded_bias"
+        inits[w_name].CopyFrom(numpy_helper.from_array((w * scale.reshape(-1, *[1] * (w.ndim - 1)))
+                                                       .astype(np.float32), w_name))
+        new_b = numpy_helper.from_array(((b - mean) * scale + beta).astype(np.float32), b_name)
+        g.initializer.append(new_b)
+        inits[b_name] = new_b
+        if len(conv.input) > 2:
+            conv.input[2] = b_name
+        else:
+            conv.input.append(b_name)
+        conv.output[0] = bn.output[0]
+        folded.append(bn)
+    for bn in folded:
+        g.node.remove(bn)
+    used = {n for node in g.node for n in node.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return len(folded)
+
+
+def add_probabilities(model: onnx.ModelProto) -> None:
+    """Classifiers also output `probabilities` = softmax(logits) over the classes."""
+    g = model.graph
+    logits = next((o for o in g.output if o.name == "logits"), None)
+    if logits is None:
+        return
+    dims = [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim]
+    if len(dims) != 2:
+        return
+    g.node.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1,
+                                   name="probabilities/Softmax"))
+    g.output.append(helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, dims))
+
+
+def export(model: onnx.ModelProto, props: dict[str, str]) -> tuple[onnx.ModelProto, int]:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    folded = fold_batch_norm(out)
+    add_probabilities(out)
+    existing = {p.key: p.value for p in out.metadata_props}
+    helper.set_model_props(out, {**existing, **props, "batch_norm_folded": str(folded)})
+    onnx.checker.check_model(out, full_check=True)
+    return out, folded

@@ -1,0 +1,66 @@
+"""`dlspec export`: batch norm folded, probabilities added, same predictions as the run's model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from rich.console import Console
+
+from runtime.cli import main
+from runtime.fit import FitOptions, fit
+from spec import load
+
+SPEC = """
+model small {
+  input  image: float32[N, 1, 8, 8]
+  target label: int64[N]
+  features { image = image / 16 }
+  backbone {
+    stem:  conv(8, k=3) -> bn -> relu
+    stage: basic(16, stride=2)
+  }
+  head classify(classes=10)
+  loss cross_entropy
+}
+train {
+  data digits(test=0.2)
+  batch 64
+  epochs 2
+  optimizer adam(lr=3e-3)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    spec = root / "small.dlspec"
+    spec.write_text(SPEC)
+    fit(load(spec), spec, None, FitOptions(out=root / "run"), Console(quiet=True))
+    return root / "run"
+
+
+def test_export_folds_batch_norm_and_keeps_the_predictions(run_dir: Path, tmp_path: Path) -> None:
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "m.onnx")]) == 0
+    exported = onnx.load(tmp_path / "m.onnx")
+    ops = [n.op_type for n in exported.graph.node]
+    assert "BatchNormalization" not in ops  # every bn here follows a conv: all folded
+    props = {p.key: p.value for p in exported.metadata_props}
+    assert props["batch_norm_folded"] == "4" and "spec_hash" in props
+    x = (np.random.default_rng(0).random((16, 1, 8, 8)) * 16).astype(np.float32)
+    want = ort.InferenceSession(str(run_dir / "model.onnx")).run(None, {"image": x})[0]
+    logits, probs = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"image": x})
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(logits - want).max() <= 1e-4 * scale
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert (probs.argmax(1) == want.argmax(1)).all()
+
+
+def test_export_of_a_missing_run_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "no trained model" in err and "Traceback" not in err
