@@ -49,6 +49,8 @@ def load_dataset(train: m.Train, model: m.Model, spec_dir: Path) -> Dataset:
         raise RunError(f"test={data.test} and val={data.val} leave no samples for training")
     if isinstance(data, m.Bundled):
         arrays = _bundled(data.kind, model)
+        if data.classes is not None:
+            arrays = _only_classes(arrays, model, data.classes, data.kind)
     elif isinstance(data, m.NpzData):
         arrays = _npz(_resolve(spec_dir, data.path), data.fields, model)
     else:
@@ -61,6 +63,16 @@ def load_dataset(train: m.Train, model: m.Model, spec_dir: Path) -> Dataset:
                        f"after test={data.test}, val={data.val}")
     return Dataset(train=_take(arrays, train_idx), val=_take(arrays, val_idx), test=_take(arrays, test_idx),
                    stratified=stratified)
+
+
+def _only_classes(arrays: Split, model: m.Model, classes: list[int], kind: str) -> Split:
+    """The samples whose label is one of `classes` (labels kept as they are)."""
+    labels = arrays[model.targets[0].name]
+    missing = sorted(set(classes) - set(np.unique(labels).tolist()))
+    if missing:
+        raise RunError(f"bundled data set {kind} has no class {missing[0]}; its classes are "
+                       f"{sorted(np.unique(labels).tolist())}")
+    return _take(arrays, np.flatnonzero(np.isin(labels, classes)))
 
 
 def _resolve(spec_dir: Path, path: str) -> Path:

@@ -20,6 +20,7 @@ from runtime.data import Dataset, batch_count, batches, load_dataset, size
 from runtime.files import atomic_write
 from runtime.schedule import base_rate, learning_rate
 from runtime.session import StepRunner, options, providers
+from runtime.transfer import load_into, source_weights
 from spec import model as m
 from spec.errors import RunError
 from spec.loader import Program
@@ -86,6 +87,13 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
     seed = opts.seed if opts.seed is not None else train.seed
     data = load_dataset(train, model, spec_path.parent)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if train.from_ and not opts.resume:
+        # a run folder is usually relative to where training runs; a shipped file, to the spec
+        origin = Path(train.from_) if Path(train.from_).exists() else spec_path.parent / train.from_
+        params = [p.name for p in tg.inference.params]
+        loaded = load_into(tg.init, params, source_weights(origin), origin, train.from_except)
+        console.print(f"initialised {len(loaded)} of {len(params)} parameter tensors from {origin}",
+                      markup=False)
     runner = StepRunner(tg.train_step, tg.init, opts.device, opts.threads)
     eval_sess = ort.InferenceSession(tg.evaluate.SerializeToString(), options(opts.threads),
                                      providers=providers(opts.device))

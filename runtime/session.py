@@ -86,5 +86,6 @@ class StepRunner:
         return {n: float(v.numpy()) for n, v in self.scalars.items()}
 
     def weights(self) -> dict[str, np.ndarray]:
-        """A host copy of the latest parameters and state (for checkpoints and evaluation)."""
-        return {n: v.numpy().copy() for n, v in self.buffers[self.current].items()}
+        """A host copy of every parameter (frozen ones too) and state: for checkpoints, evaluation."""
+        values = {**self._fixed, **self.buffers[self.current]}
+        return {n: v.numpy().copy() for n, v in values.items()}

@@ -227,7 +227,7 @@ def _train_dict(item: Node, prog: Program) -> Node:
     s = item["settings"]
     spans = item["setting_spans"]
     out: Node = {"name": item["name"], "extends": item["extends"], "span": item["span"], "arg_spans": spans}
-    for key in ("model", "from", "freeze"):
+    for key in ("model", "from", "from_except", "freeze"):
         if key in s:
             out[key] = s[key]
     for key in ("batch", "epochs", "seed"):

@@ -226,6 +226,7 @@ class Bundled(Node):
     """`digits(test=0.2, val=0.1)`: a data set shipped with scikit-learn."""
 
     kind: Literal["digits", "iris", "wine", "breast_cancer", "diabetes"]
+    classes: list[int] | None = None  # keep only these labels (`digits(classes=[0, 1, 2])`)
     test: float = Field(0.2, ge=0.0, lt=1.0)
     val: float = Field(0.0, ge=0.0, lt=1.0)
 
@@ -349,6 +350,7 @@ class Train(Node):
     augment: list[Augment] = []
     seed: int = 0
     from_: str | None = Field(default=None, alias="from")
+    from_except: list[str] = []  # `from "run" except head`: parameters under these stay fresh
     freeze: list[str] = []
     lr_mult: list[LrRule] = []
 

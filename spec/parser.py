@@ -244,14 +244,20 @@ class _ToDicts(Transformer[Token, list[Node]]):
         value = children if key in _LIST_SETTINGS else children[0]
         if key == "model":
             value = str(value)
-        elif key == "from":
+        elif key == "from":  # `from "run" except head, neck`: skip those parameters
             value = _unquote(children[0])
+            skipped = [c for c in children[1:] if c is not None]
+            if skipped:
+                return ("from_except", skipped, self.sp(meta)), (key, value, self.sp(meta))
         return (key, value, self.sp(meta))
 
     def train_def(self, meta: Meta, c: list[Any]) -> Node:
         settings: dict[str, Any] = {}
         spans: dict[str, Span] = {}
-        for key, value, span in c[2:]:
+        flat: list[tuple[str, Any, Span]] = []
+        for item in c[2:]:
+            flat.extend(item if isinstance(item[0], tuple) else [item])
+        for key, value, span in flat:
             if key in settings:
                 raise SpecError(f"'{key}' is set twice in this train block (first on line {spans[key].line})",
                                 span)

@@ -104,7 +104,7 @@ def assert_parity(got: np.ndarray, want: Any, what: str = "") -> None:
 def example_inputs(example: str, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Plausible raw inputs for a model of examples/, batch n."""
     rng = np.random.default_rng(seed)
-    if example == "digits":  # raw pixels as the data set gives them: whole numbers 0 to 16
+    if example in ("digits", "digits_transfer"):  # raw pixels as the data set gives: 0 to 16
         return {"image": rng.integers(0, 17, (n, 1, 8, 8)).astype(np.float32)}
     if example == "land_price":
         return {"length": rng.uniform(5.0, 120.0, n).astype(np.float32),

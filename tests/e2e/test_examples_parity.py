@@ -30,19 +30,20 @@ EXAMPLE_FILES = sorted(p.stem for p in EXAMPLES.glob("*.dlspec"))
 
 
 def test_every_example_has_a_parity_test() -> None:
-    assert EXAMPLE_FILES == ["digits", "land_price", "resnet18_cifar", "vgg11"]
+    assert EXAMPLE_FILES == ["digits", "digits_transfer", "land_price", "resnet18_cifar", "vgg11"]
 
 
-def test_digits(tmp_path: Path) -> None:
-    c = compile_file(EXAMPLES / "digits.dlspec")
+@pytest.mark.parametrize("example", ["digits", "digits_transfer"])  # the same network
+def test_digits(example: str, tmp_path: Path) -> None:
+    c = compile_file(EXAMPLES / f"{example}.dlspec")
     assert c.output.name == "logits"
     params = randomize(c, seed=21)
     ref = pt.DigitsNet()
     pt.load_state(ref, params, pt.digits_map(ref))
-    x = example_inputs("digits", 2, seed=22)["image"]
+    x = example_inputs(example, 2, seed=22)["image"]
     got = run_ort(c.onnx, {"image": x})
     assert got.shape == (2, 10)
-    assert_parity(got, pt.run(ref, x), "digits")
+    assert_parity(got, pt.run(ref, x), example)
 
 
 def test_resnet18_cifar() -> None:

@@ -1,0 +1,64 @@
+"""Transfer learning: initialise parameters from another run or any ONNX file, by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from spec.errors import RunError
+
+
+def source_weights(path: Path) -> dict[str, np.ndarray]:
+    """Weights of a run folder (best, else last checkpoint), an .npz, or an ONNX file's
+    float initializers."""
+    if path.is_dir():
+        for name in ("best.npz", "last.npz", "model.onnx"):
+            if (path / name).exists():
+                return source_weights(path / name)
+        raise RunError(f"from: {path} holds no checkpoint (best.npz, last.npz) or model.onnx")
+    if not path.is_file():
+        raise RunError(f"from: no such file or run folder {path}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files if not k.startswith("__")}
+        model = onnx.load(str(path))
+    except Exception as err:  # unreadable: numpy and onnx raise their own errors
+        raise RunError(f"from: cannot read {path}: {err}") from None
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+            if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)}
+
+
+def _under(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _opt_state(name: str, source: dict[str, np.ndarray]) -> bool:
+    """Optimizer state saved beside a parameter (`w.m`, `w.v`, `w.momentum`) is not a weight."""
+    base, _, last = name.rpartition(".")
+    return last in ("m", "v", "momentum") and base in source
+
+
+def load_into(init: dict[str, np.ndarray], params: list[str], source: dict[str, np.ndarray],
+              origin: Path, skip: list[str]) -> list[str]:
+    """Copy `source` into `init` for every name in `params` outside `skip`; a missing, unexpected
+    or wrongly shaped parameter is an error naming each. Returns the names loaded."""
+    wanted = [p for p in params if not _under(p, skip)]
+    missing = [p for p in wanted if p not in source]
+    shapes = [f"{p} {list(source[p].shape)} (want {list(init[p].shape)})" for p in wanted
+              if p in source and source[p].shape != init[p].shape]
+    unexpected = [k for k in source if k not in params and not _under(k, skip) and not _opt_state(k, source)]
+    problems = []
+    for what, names in (("missing", missing), ("wrong shape", shapes), ("unexpected", unexpected)):
+        if names:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            problems.append(f"{what}: {shown}")
+    if problems:
+        raise RunError(f"from {origin}: the weights do not match this model ({'; '.join(problems)}); "
+                       "write `from \"...\" except head` to start those parameters fresh")
+    for p in wanted:
+        init[p] = source[p].astype(init[p].dtype)
+    return wanted

@@ -1,0 +1,81 @@
+"""Transfer learning: `from` loads weights by name, reports mismatches, respects `except`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from runtime.fit import FitOptions, fit
+from spec import load
+from spec.errors import RunError
+
+NET = """
+model MODEL {
+  input  image: float32[N, 1, 8, 8]
+  target label: int64[N]
+  features { image = image / 16 }
+  backbone { stem: conv(8, k=3) -> bn -> relu -> maxpool(2) }
+  head classify(classes=CLASSES)
+  loss cross_entropy
+}
+"""
+
+
+def _write(tmp_path: Path, name: str, classes: int, train: str) -> Path:
+    path = tmp_path / f"{name}.dlspec"
+    path.write_text(NET.replace("MODEL", name).replace("CLASSES", str(classes)) + train)
+    return path
+
+
+def _fit(spec: Path, out: Path) -> None:
+    fit(load(spec), spec, None, FitOptions(out=out), Console(quiet=True))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("source")
+    spec = _write(root, "source", 10, "train {\n  data digits(classes=[0, 1, 2])\n  epochs 1\n}\n")
+    _fit(spec, root / "run")
+    return root / "run"
+
+
+def test_frozen_backbone_keeps_the_source_weights_and_the_head_starts_fresh(source: Path,
+                                                                           tmp_path: Path) -> None:
+    spec = _write(tmp_path, "target", 10, f'train {{\n  data digits(classes=[5, 6])\n  epochs 2\n'
+                  f'  from "{source}" except head\n  freeze backbone\n}}\n')
+    _fit(spec, tmp_path / "run")
+    before = np.load(source / "last.npz")
+    after = np.load(tmp_path / "run" / "last.npz")
+    for name in ("backbone.stem.conv1.weight", "backbone.stem.bn1.running_mean"):
+        assert np.array_equal(before[name], after[name]), name
+    assert not np.array_equal(before["head.linear1.weight"], after["head.linear1.weight"])
+
+
+def test_a_new_head_shape_is_an_error_unless_excepted(source: Path, tmp_path: Path) -> None:
+    spec = _write(tmp_path, "five", 5, f'train {{\n  data digits(classes=[0, 1, 2, 3, 4])\n'
+                  f'  epochs 1\n  from "{source}"\n}}\n')
+    with pytest.raises(RunError, match=r"wrong shape: head\.linear1\.weight \[10, 8\] \(want \[5, 8\]\)"):
+        _fit(spec, tmp_path / "run")
+    spec.write_text(spec.read_text().replace(f'from "{source}"', f'from "{source}" except head'))
+    _fit(spec, tmp_path / "run")
+
+
+def test_missing_and_unexpected_parameters_are_named(source: Path, tmp_path: Path) -> None:
+    text = NET.replace("MODEL", "other").replace("CLASSES", "10").replace(
+        "conv(8, k=3) -> bn", "conv(8, k=3) -> conv(8, k=3) -> bn")
+    spec = tmp_path / "other.dlspec"
+    spec.write_text(text + f'train {{\n  data digits\n  epochs 1\n  from "{source / "model.onnx"}"\n}}\n')
+    with pytest.raises(RunError) as err:
+        _fit(spec, tmp_path / "run")
+    message = str(err.value)
+    assert "missing: backbone.stem.conv1.bias, backbone.stem.conv2.weight" in message
+    assert "model.onnx" in message
+
+
+def test_a_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    spec = _write(tmp_path, "t", 10, 'train {\n  data digits\n  epochs 1\n  from "no/such/run"\n}\n')
+    with pytest.raises(RunError, match="no such file or run folder"):
+        _fit(spec, tmp_path / "run")
