@@ -35,13 +35,25 @@ train {
 """
 
 
+TRAINED: dict[str, float] = {}
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("export")
     spec = root / "small.dlspec"
     spec.write_text(SPEC)
-    fit(load(spec), spec, None, FitOptions(out=root / "run"), Console(quiet=True))
+    result = fit(load(spec), spec, None, FitOptions(out=root / "run"), Console(quiet=True))
+    TRAINED.update(result.metrics)
     return root / "run"
+
+
+def test_eval_of_the_run_agrees_with_training(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlspec eval` reads the exported model and the run's spec; training measured the same
+    test split through the training graphs' eval model."""
+    assert main(["eval", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"accuracy {TRAINED['accuracy']:.4f}" in out, (out, TRAINED)
 
 
 def test_export_folds_batch_norm_and_keeps_the_predictions(run_dir: Path, tmp_path: Path) -> None:

@@ -1,0 +1,53 @@
+"""`dlspec eval RUN|model.onnx [--spec FILE]`: test-split metrics of a trained model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from runtime.data import load_dataset
+from runtime.predict import session
+from spec import model as m
+from spec.errors import RunError
+from spec.loader import load
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("eval", help="metrics of a trained model on its spec's test split")
+    p.add_argument("run", help="a run folder (runs/MODEL) or an .onnx model")
+    p.add_argument("--spec", help="the spec whose data to use (default RUN/spec.dlspec)")
+    p.add_argument("--model", help="which model, when the spec defines several")
+
+
+def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Accuracy for class scores ([N, C] or one logit), MAE and RMSE for real targets."""
+    if np.issubdtype(truth.dtype, np.integer):
+        hits = pred.argmax(1) == truth if pred.ndim == 2 else (pred > 0) == (truth > 0)
+        return {"accuracy": float(hits.mean())}
+    err = pred.reshape(truth.shape) - truth
+    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
+
+
+def run(args: argparse.Namespace, out: Console) -> int:
+    src = Path(args.run)
+    model_file = src / "model.onnx" if src.is_dir() else src
+    spec_file = Path(args.spec) if args.spec else (src / "spec.dlspec" if src.is_dir() else None)
+    if spec_file is None:
+        raise RunError("give --spec FILE: the spec whose data set to evaluate on")
+    prog = load(spec_file)
+    model = prog.model(args.model)
+    data = load_dataset(prog.train(model.name) or m.Train(), model, spec_file.parent)
+    if not model.targets:
+        raise RunError(f"model {model.name} declares no target to evaluate against")
+    sess = session(model_file)
+    feeds = {t.name: data.test[t.name] for t in model.inputs}
+    pred = sess.run(None, feeds)[0]
+    result = metrics(pred, data.test[model.targets[0].name])
+    n = len(data.test[model.targets[0].name])
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items())
+    out.print(f"{model_file} on the test split of {spec_file} ({n} samples): {shown}", markup=False)
+    return 0
