@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compiler import init
+from compiler.autodiff import Composite
 from compiler.graph import Graph
 from compiler.tensor import Shape
 from spec.errors import CompileError, Span
@@ -44,6 +45,7 @@ class Compilation:
     records: list[LayerRecord] = field(default_factory=list)
     params: list[ParamInfo] = field(default_factory=list)
     state_updates: dict[str, str] = field(default_factory=dict)  # running stat -> its next value
+    composites: dict[str, Composite] = field(default_factory=dict)  # closed-form gradients, by value
 
     def is_frozen(self, path: str) -> bool:
         return any(path == f or path.startswith(f + ".") for f in self.frozen)

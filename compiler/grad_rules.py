@@ -57,6 +57,12 @@ def _scalar(ctx: RuleCtx, v: float, like: str) -> str:
     return ctx.g.op1("CastLike", [c, like], "grad")
 
 
+def masked(ctx: RuleCtx, g: str, keep: str) -> str:
+    """g where `keep` holds, else 0, as g * float(keep): onnxruntime's CPU Where is 5 to 8 times
+    slower than Cast and Mul on activation-sized tensors (64x64x8x8: 1.44 ms vs 0.19 ms)."""
+    return ctx.g.op1("Mul", [g, ctx.g.op1("CastLike", [keep, g], "grad")], "grad")
+
+
 def static_shape(ctx: RuleCtx, name: str, op: str, axes: Sequence[int] | None = None) -> tuple[int, ...]:
     """The shape of `name`, which must be known statically (on `axes`, or everywhere).
 
@@ -172,8 +178,7 @@ def _unary(ctx: RuleCtx, g: str, local: str) -> str:
 @rule("Relu")
 def _relu(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     g, x = _need(gy[0]), n.input[0]
-    pos = ctx.g.op1("Greater", [x, _scalar(ctx, 0.0, x)], "grad")
-    return [ctx.g.op1("Where", [pos, g, _scalar(ctx, 0.0, g)], "grad")]
+    return [masked(ctx, g, ctx.g.op1("Greater", [x, _scalar(ctx, 0.0, x)], "grad"))]
 
 
 @rule("LeakyRelu")
@@ -282,15 +287,14 @@ def _pow(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
 def _clip(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     g, x, y = _need(gy[0]), n.input[0], n.output[0]
     inside = ctx.g.op1("Equal", [x, y], "grad")  # the gradient passes where clipping did nothing
-    return [ctx.g.op1("Where", [inside, g, _scalar(ctx, 0.0, g)], "grad"), None, None]
+    return [masked(ctx, g, inside), None, None]
 
 
 @rule("Where")
 def _where(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     g, (c, a, b), y = _need(gy[0]), n.input, n.output[0]
-    zero = _scalar(ctx, 0.0, g)
-    return [None, unbroadcast(ctx, ctx.g.op1("Where", [c, g, zero], "grad"), a, y),
-            unbroadcast(ctx, ctx.g.op1("Where", [c, zero, g], "grad"), b, y)]
+    return [None, unbroadcast(ctx, masked(ctx, g, c), a, y),
+            unbroadcast(ctx, masked(ctx, g, ctx.g.op1("Not", [c], "grad")), b, y)]
 
 
 @rule("Max", "Min")
@@ -345,8 +349,7 @@ def _hard_sigmoid(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     alpha = float(attr(n, "alpha", 0.2))  # type: ignore[arg-type]
     inside = ctx.g.op1("And", [ctx.g.op1("Greater", [y, _scalar(ctx, 0.0, y)], "grad"),
                                ctx.g.op1("Less", [y, _scalar(ctx, 1.0, y)], "grad")], "grad")
-    return [ctx.g.op1("Where", [inside, ctx.g.op1("Mul", [g, _scalar(ctx, alpha, g)], "grad"),
-                                _scalar(ctx, 0.0, g)], "grad")]
+    return [masked(ctx, ctx.g.op1("Mul", [g, _scalar(ctx, alpha, g)], "grad"), inside)]
 
 
 @rule("HardSwish")

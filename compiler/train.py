@@ -25,7 +25,7 @@ from compiler.compile import (
     value_info,
 )
 from compiler.losses import metrics, total_loss
-from compiler.optim import Slot, clip, state_names, update
+from compiler.optim import Slot, state_names, step_graph
 from compiler.tensor import Tensor
 from spec import model as m
 from spec.errors import CompileError, SpecError, did_you_mean
@@ -72,7 +72,7 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
 
     fwd = model_proto(model.name, g.nodes, batch + scalars + param_inputs, [_vi(loss, np.float32(0))], {},
                       f.spec_hash)
-    ctx = RuleCtx(g, static_shapes(fwd), constants(fwd))
+    ctx = RuleCtx(g, static_shapes(fwd), constants(fwd), f.comp.composites)
     grads = backward(ctx, list(g.nodes), loss, trainable, g.const(1.0, hint="grad.seed"))
     missing = [p for p in trainable if p not in grads]
     if missing:
@@ -89,8 +89,8 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
 
     # train_step.onnx: + lr, step, optimizer state -> loss, metrics, next params and state
     spec = train.optimizer or DEFAULT_OPTIMIZER
-    slots = clip(g, [Slot(p, grads[p], mults[p]) for p in trainable], train.clip)
-    nexts = update(g, spec, slots, "lr", "step")
+    slots = [Slot(p, grads[p], tuple(values[p].shape), mults[p]) for p in trainable]
+    nexts = step_graph(g, spec, train.clip, slots, "lr", "step")
     opt_state = [s for p in trainable for s in state_names(spec, p)]
     step_nodes = list(g.nodes)
     outputs = [_named(step_nodes, loss, "loss"), *(_named(step_nodes, v, k) for k, v in mets.items())]

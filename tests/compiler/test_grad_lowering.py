@@ -1,0 +1,96 @@
+"""Which ops the gradient rules choose where several lowerings compute the same thing: the
+choices are measured speed-ups in onnxruntime, so a change that silently falls back to the slow
+form fails here (the values themselves are checked in test_grad_rules.py and the parity tests)."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto as TP
+from onnx import helper
+
+from compiler.gradients import gradient_model
+from compiler.opset import IR_VERSION, OPSET
+from compiler.optim import PACK_BELOW
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from train_helpers import compile_training_text  # noqa: E402
+
+SMALL_CNN = """model m {
+  input x: float32[N, 3, 8, 8]
+  target label: int64[N]
+  backbone { a: conv(4, k=3) -> bn -> relu -> conv(8, k=3) -> bn -> relu }
+  head classify(classes=3)
+  loss cross_entropy
+}
+train { optimizer adamw(lr=1e-3)  clip grad_norm(1.0) }
+"""
+
+
+def _grad_ops(node: onnx.NodeProto, shapes: dict[str, list[int | str]], wrt: list[str]) -> Counter[str]:
+    inputs = [helper.make_tensor_value_info(n, TP.FLOAT, s) for n, s in shapes.items()]
+    loss = helper.make_node("ReduceSum", [node.output[0]], ["loss"], keepdims=0)
+    out = [helper.make_tensor_value_info("loss", TP.FLOAT, [])]
+    graph = helper.make_graph([node, loss], "g", inputs, out)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    grads = gradient_model(model, "loss", wrt)
+    return Counter(n.op_type for n in grads.graph.node[len(model.graph.node):])
+
+
+def test_stride_one_conv_input_gradient_is_a_conv_not_a_conv_transpose() -> None:
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    ops = _grad_ops(conv, {"x": ["N", 8, 6, 6], "w": [4, 8, 3, 3]}, ["x"])
+    assert ops["Conv"] == 1 and ops["ConvTranspose"] == 0
+
+
+def test_strided_conv_input_gradient_stays_a_conv_transpose() -> None:
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])
+    ops = _grad_ops(conv, {"x": ["N", 8, 6, 6], "w": [4, 8, 3, 3]}, ["x"])
+    assert ops["ConvTranspose"] == 1 and ops["Conv"] == 0
+
+
+def test_pointwise_conv_weight_gradient_copies_no_taps() -> None:
+    conv = helper.make_node("Conv", ["x", "w"], ["y"])
+    ops = _grad_ops(conv, {"x": ["N", 8, 6, 6], "w": [4, 8, 1, 1]}, ["w"])
+    assert ops["Slice"] == 0 and ops["Concat"] == 0 and ops["MatMul"] == 1
+
+
+def test_relu_gradient_masks_with_a_multiply_not_where() -> None:
+    ops = _grad_ops(helper.make_node("Relu", ["x"], ["y"]), {"x": ["N", 3, 4]}, ["x"])
+    assert ops["Where"] == 0 and ops["Mul"] == 1
+
+
+def test_nearest_upsampling_with_a_symbolic_batch_sums_blocks() -> None:
+    factors = helper.make_tensor("s", TP.FLOAT, [4], [1, 1, 2, 2])
+    scales = helper.make_node("Constant", [], ["s"], value=factors)
+    resize = helper.make_node("Resize", ["x", "", "s"], ["y"], mode="nearest",
+                              coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    inputs = [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 3, 4, 4])]
+    loss = helper.make_node("ReduceSum", ["y"], ["loss"], keepdims=0)
+    graph = helper.make_graph([scales, resize, loss], "g", inputs,
+                              [helper.make_tensor_value_info("loss", TP.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    ops = Counter(n.op_type for n in gradient_model(model, "loss", ["x"]).graph.node[3:])
+    assert ops["ScatterElements"] == 0 and ops["ReduceSum"] >= 1
+
+
+def test_training_batch_norm_takes_its_closed_form_gradient(tmp_path: Path) -> None:
+    """The op-by-op rules differentiate batch norm's primitive ops in 35 nodes; the closed form
+    takes 17 (five of them full-size)."""
+    tg = compile_training_text(tmp_path, SMALL_CNN)
+    bn = [n.op_type for n in tg.gradients.graph.node
+          if n.name.startswith("grad/") and n.doc_string.endswith("backbone.a.bn1")]
+    assert 0 < len(bn) <= 20 and "Sqrt" not in bn and "Expand" not in bn
+
+
+def test_small_parameters_share_one_optimizer_update(tmp_path: Path) -> None:
+    tg = compile_training_text(tmp_path, SMALL_CNN)
+    small = [n for n, v in tg.init.items() if not n.endswith((".m", ".v", "running_mean", "running_var"))
+             and v.size < PACK_BELOW]
+    assert len(small) >= 6
+    ops = Counter(n.op_type for n in tg.train_step.graph.node if n.name.startswith("optim/"))
+    assert ops["Sqrt"] == 3  # sqrt(v) once for the pack; sqrt(1 - b2^t); the clipping norm
+    assert ops["Split"] == 3  # the pack's parameters, m and v go back to their own names
