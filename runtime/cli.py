@@ -19,7 +19,7 @@ from rich.table import Table
 from compiler.compile import Compiled, compile_model
 from compiler.tensor import show
 from compiler.train import compile_training
-from runtime import eval_cli, export_cli, grad_cli
+from runtime import eval_cli, export_cli, grad_cli, plot
 from runtime.artifacts import check_destination, write_training
 from runtime.files import atomic_write
 from runtime.fit import FitOptions, fit
@@ -192,6 +192,7 @@ def parser() -> argparse.ArgumentParser:
     grad_cli.add_parser(sub)
     export_cli.add_parser(sub)
     eval_cli.add_parser(sub)
+    plot.add_parser(sub)
     t = spec_cmd("train", "train a spec on its data set with onnxruntime")
     t.add_argument("--epochs", type=_positive, help="epochs (default: the train block's)")
     t.add_argument("--batch", type=_positive, help="batch size (default: the train block's)")
@@ -210,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "predict": cmd_predict,
             "train": cmd_train, "gradcheck": cmd_gradcheck, "grad": grad_cli.run,
-            "export": export_cli.run, "eval": eval_cli.run}
+            "export": export_cli.run, "eval": eval_cli.run, "plot": plot.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

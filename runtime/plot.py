@@ -1,0 +1,139 @@
+"""`dlspec plot RUN [-o FILE.png]`: loss and metric curves of a run folder's metrics.jsonl."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.console import Console
+
+from runtime.files import atomic_write
+from spec.errors import RunError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+Record = dict[str, float]
+
+SPLITS = {"train": "C0", "val": "C1", "test": "C2"}  # the colour of each split, in both panels
+STYLES = {"rmse": "--"}  # mae and rmse share the metric panel: tell them apart by line style
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("plot", help="draw a run's loss and metric curves per epoch to a PNG")
+    p.add_argument("run", help="a run folder (runs/MODEL)")
+    p.add_argument("-o", "--output", help="where to write the .png (default RUN/curves.png)")
+
+
+def run(args: argparse.Namespace, out: Console) -> int:
+    src = Path(args.run)
+    if not src.exists():
+        raise RunError(f"no run folder {src}")
+    if not src.is_dir():
+        raise RunError(f"{src} is not a run folder (dlspec train writes runs/MODEL/)")
+    dest = Path(args.output) if args.output else src / "curves.png"
+    if dest.suffix.lower() != ".png":
+        raise RunError(f"cannot write {dest}: plot writes PNG, give a file name ending in .png")
+    records = read_metrics(src / "metrics.jsonl")
+    fig = figure(records, best_epoch(src, records), src.resolve().name)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write(dest, buf.getvalue())
+    out.print(f"wrote {dest}", markup=False)
+    return 0
+
+
+def read_metrics(path: Path) -> list[Record]:
+    """One record per epoch; a later line for an epoch replaces an earlier one (as after --resume)."""
+    if not path.is_file():
+        raise RunError(f"no {path.name} in {path.parent}: not a run folder, or no epoch has finished yet")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunError(f"cannot read {path}: {err}") from None
+    by_epoch: dict[int, Record] = {}
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            record = _record(line, f"{path}:{n}")
+            by_epoch[int(record["epoch"])] = record
+    if not by_epoch:
+        raise RunError(f"{path} is empty: no epoch has finished yet")
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _record(line: str, where: str) -> Record:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise RunError(f"{where}: not a JSON record ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+        raise RunError(f"{where}: expected a JSON object with an integer 'epoch'")
+    for key in curves([record]):
+        if isinstance(record[key], bool) or not isinstance(record[key], (int, float)):
+            raise RunError(f"{where}: '{key}' is {json.dumps(record[key])}, expected a number")
+    return record
+
+
+def curves(records: list[Record]) -> list[str]:
+    """Keys such as train_loss, val_accuracy or val_rmse, in order of first appearance."""
+    keys = dict.fromkeys(k for r in records for k in r)
+    return [k for k in keys if k.partition("_")[0] in SPLITS and k.partition("_")[2]]
+
+
+def best_epoch(run: Path, records: list[Record]) -> int | None:
+    """The epoch best.npz holds (it stores the 0-based epoch); without best.npz, fit.py's choice."""
+    path = run / "best.npz"
+    if path.exists():
+        try:
+            with np.load(path) as data:
+                return int(data["__epoch__"]) + 1
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+            raise RunError(f"cannot read checkpoint {path}: {err}") from None
+    # fit.py: highest val accuracy, else lowest val mae, else the last epoch; a tie goes to the later
+    best, chosen = math.inf, None
+    for r in records:
+        score = -r["val_accuracy"] if "val_accuracy" in r else r.get("val_mae", -r["epoch"])
+        if score <= best:
+            best, chosen = score, int(r["epoch"])
+    return chosen
+
+
+def figure(records: list[Record], best: int | None, title: str) -> Figure:
+    """Two panels side by side: the losses, then the metrics (accuracy, or mae and rmse)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        raise RunError("dlspec plot needs matplotlib: pip install 'matplotlib>=3.7'") from None
+    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)  # render with Agg: no display, no GUI toolkit
+    fig.suptitle(title)
+    keys = curves(records)
+    left, right = fig.subplots(1, 2)
+    for ax, panel, default in ((left, [k for k in keys if k.endswith("_loss")], "loss"),
+                            (right, [k for k in keys if not k.endswith("_loss")], "metric")):
+        name = " / ".join(dict.fromkeys(k.partition("_")[2] for k in panel)) or default  # "mae / rmse"
+        for key in panel:
+            split, _, what = key.partition("_")
+            epochs = [int(r["epoch"]) for r in records if key in r]
+            values = [r[key] for r in records if key in r]
+            ax.plot(epochs, values, marker=".", ls=STYLES.get(what, "-"), color=SPLITS[split], label=key)
+            if best in epochs:
+                ax.plot(best, values[epochs.index(best)], marker="*", ms=12, color=SPLITS[split])
+        if best is not None:
+            ax.axvline(best, color="0.5", ls=":", label=f"best (epoch {best})")
+        if panel:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no {name} recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
