@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -12,7 +13,7 @@ from onnx import helper
 
 from compiler.augment import augment
 from compiler.context import Compilation, LayerRecord, ParamInfo
-from compiler.features import lower_features
+from compiler.features import Moments, lower_features
 from compiler.graph import ONNX_DTYPES, Graph
 from compiler.init import InitPolicy
 from compiler.necks import NECKS, fpn
@@ -35,6 +36,7 @@ class Compiled:
     params: list[ParamInfo]
     output: Tensor
     spec_hash: str
+    notes: list[str] = field(default_factory=list)  # e.g. a standardize compiled without statistics
 
 
 @dataclass
@@ -47,19 +49,93 @@ class Forward:
     inputs: list[Tensor]
     output: Tensor
     spec_hash: str
+    unfitted: list[str] = field(default_factory=list)  # features whose standardize had no statistics
 
 
-def compile_model(prog: Program, name: str | None = None, seed: int | None = None) -> Compiled:
-    """The inference graph of a model: raw inputs -> features -> backbone -> neck -> head."""
-    f = build_forward(prog, name, seed)
+Stats = Mapping[str, Moments]
+
+
+def compile_model(prog: Program, name: str | None = None, seed: int | None = None,
+                  stats: Stats | None = None) -> Compiled:
+    """The inference graph of a model: raw inputs -> features -> backbone -> neck -> head.
+
+    `stats`: the training-split moments of each standardized feature (runtime.standardize fits
+    them); without them standardize is the identity and `notes` says so."""
+    f = build_forward(prog, name, seed, stats=stats)
     g = f.comp.g
     proto = model_proto(f.model.name, g.nodes, [value_info(t) for t in f.inputs], [value_info(f.output)],
-                        g.initializers, f.spec_hash)
-    return Compiled(f.model, proto, f.comp.records, f.comp.params, f.output, f.spec_hash)
+                        g.initializers, f.spec_hash, _stats_props(stats, f.model))
+    return Compiled(f.model, proto, f.comp.records, f.comp.params, f.output, f.spec_hash,
+                    unfitted_notes(f.unfitted))
+
+
+def unfitted_notes(features: Sequence[str]) -> list[str]:
+    if not features:
+        return []
+    return [f"standardize in feature{'s' if len(features) > 1 else ''} {', '.join(features)} is compiled "
+            "as the identity: no training data here to fit its mean and std (`dlspec train` fits them "
+            "on the training split and bakes them into the run's model.onnx)"]
+
+
+def _stats_props(stats: Stats | None, model: m.Model) -> dict[str, str]:
+    """Model metadata `standardize`: {"feature": {"mean": ..., "std": ...}} of the constants used."""
+    used = {k: v for k, v in (stats or {}).items()
+            if model.features is not None and any(d.name == k for d in model.features.defs)}
+    if not used:
+        return {}
+    return {"standardize": json.dumps({k: {"mean": v.mean.tolist(), "std": v.std.tolist()}
+                                       for k, v in used.items()})}
+
+
+@dataclass
+class Probe:
+    """A graph from the raw inputs to the argument of each standardize in `ready`, as output
+    `standardize.<feature>`: those whose argument does not depend on a standardize still unfitted."""
+
+    onnx: onnx.ModelProto
+    ready: list[str]
+
+
+def probe_features(prog: Program, name: str | None = None, stats: Stats | None = None) -> Probe:
+    """The features block alone, exposing what standardize sees, to fit its statistics in rounds:
+    a standardize whose argument uses another standardized feature waits for that one's statistics."""
+    model = prog.model(name)
+    g = Graph()
+    inputs = [_input(t) for t in model.inputs]
+    if model.features is None:
+        return Probe(model_proto(model.name, [], [], [], {}, ""), [])
+    low = lower_features(g, model.features, {t.name: t for t in inputs}, stats)
+    producer = {o: n for n in g.nodes for o in n.output}
+    pending = set(low.unfitted.values())
+    ready = []
+    outputs = []
+    for feature, arg in low.arguments.items():
+        if feature not in low.unfitted or _depends_on(arg.name, pending, producer):
+            continue
+        ready.append(feature)
+        out = f"standardize.{feature}"
+        g.nodes.append(helper.make_node("Identity", [arg.name], [out], name=f"{out}/Identity"))
+        outputs.append(value_info(Tensor(out, arg.shape)))
+    proto = model_proto(model.name, g.nodes, [value_info(t) for t in inputs], outputs, g.initializers, "")
+    return Probe(proto, ready)
+
+
+def _depends_on(value: str, names: set[str], producer: Mapping[str, onnx.NodeProto]) -> bool:
+    """Whether `value` is one of `names` or computed from one of them."""
+    seen: set[str] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if v in names:
+            return True
+        if v not in seen and v in producer:
+            seen.add(v)
+            stack.extend(producer[v].input)
+    return False
 
 
 def build_forward(prog: Program, name: str | None = None, seed: int | None = None,
-                  training: bool = False, frozen: Sequence[str] = ()) -> Forward:
+                  training: bool = False, frozen: Sequence[str] = (), stats: Stats | None = None) -> Forward:
     """Walk features, backbone, neck and head; `training` gives batch-statistics batch norm and
     active dropout everywhere but under the `frozen` path prefixes."""
     model = prog.model(name)
@@ -72,8 +148,10 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
         raise SpecError(f"model '{model.name}' declares no input (input x: float32[N, ...])",
                         model.name_span)
     values = {t.name: t for t in inputs}
+    unfitted: list[str] = []
     if model.features is not None:
-        values = lower_features(comp.g, model.features, values)
+        low = lower_features(comp.g, model.features, values, stats)
+        values, unfitted = low.values, list(low.unfitted)
     w = Walker(prog.blocks, comp)
     xs = [_network_input(comp.g, model, values)]
     if training and train is not None and train.augment:
@@ -101,7 +179,7 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
     policy.check_all_used([p.name for p in comp.params], [r.kind for r in comp.records])
     spec_hash = hashlib.sha256((model.model_dump_json() + (train.model_dump_json() if train else "")
                                 + str(policy.seed)).encode()).hexdigest()[:16]
-    return Forward(model, train, comp, inputs, out, spec_hash)
+    return Forward(model, train, comp, inputs, out, spec_hash, unfitted)
 
 
 def loss_targets(model: m.Model) -> list[tuple[m.LossTerm, Tensor]]:
@@ -206,7 +284,7 @@ def value_info(t: Tensor) -> onnx.ValueInfoProto:
 
 def model_proto(name: str, nodes: Sequence[onnx.NodeProto], inputs: Sequence[onnx.ValueInfoProto],
                 outputs: Sequence[onnx.ValueInfoProto], initializers: dict[str, np.ndarray],
-                spec_hash: str) -> onnx.ModelProto:
+                spec_hash: str, props: Mapping[str, str] | None = None) -> onnx.ModelProto:
     """Fill one ModelProto in place: copying large initializers between protos costs seconds."""
     proto = onnx.ModelProto()
     proto.ir_version = IR_VERSION
@@ -225,5 +303,5 @@ def model_proto(name: str, nodes: Sequence[onnx.NodeProto], inputs: Sequence[onn
         t.dims.extend(value.shape)
         t.raw_data = np.ascontiguousarray(value).tobytes()
     helper.set_model_props(proto, {"dlspec_version": __version__, "spec_hash": spec_hash,
-                                   "opset": str(OPSET), "model": name})
+                                   "opset": str(OPSET), "model": name, **(props or {})})
     return proto

@@ -1,6 +1,15 @@
-"""Lower the `features` block: derived inputs computed inside the graph from raw inputs."""
+"""Lower the `features` block: derived inputs computed inside the graph from raw inputs.
+
+`standardize(x)` is the one fitted function: (x - mean) / std with the mean and std of x over
+the training split, which the runtime measures (through `probe_features` in compiler.compile)
+and passes in as `Moments` keyed by the name of the feature that calls it. Without them (a spec
+compiled with no data) it is the identity, and `Lowered.unfitted` says so.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -12,19 +21,88 @@ from spec.errors import CompileError, SpecError, did_you_mean
 _BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow"}
 _UNARY = {"log": "Log", "exp": "Exp", "sqrt": "Sqrt", "abs": "Abs", "neg": "Neg"}
 _VARIADIC = {"min": "Min", "max": "Max"}
-FUNCTIONS = sorted(list(_UNARY) + list(_VARIADIC) + ["pow", "clip"])
+STANDARDIZE = "standardize"
+FUNCTIONS = sorted(list(_UNARY) + list(_VARIADIC) + ["pow", "clip", STANDARDIZE])
 
 
-def lower_features(g: Graph, feats: m.Features, values: dict[str, Tensor]) -> dict[str, Tensor]:
+@dataclass(frozen=True)
+class Moments:
+    """Mean and std of one standardize argument on the training split: scalars for an [N] value,
+    one per column or channel (axis 1) otherwise. std is never 0 (a constant value gets 1)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+@dataclass
+class Lowered:
+    values: dict[str, Tensor]
+    arguments: dict[str, Tensor] = field(default_factory=dict)  # feature -> its standardize argument
+    unfitted: dict[str, str] = field(default_factory=dict)  # feature -> its identity stand-in's output
+
+
+def standardized(feats: m.Features | None) -> list[str]:
+    """The features whose definition calls standardize, in order (at most one call each)."""
+    out: list[str] = []
+    for d in feats.defs if feats is not None else []:
+        calls = [e for e in _walk(d.expr) if isinstance(e, m.Func) and e.name == STANDARDIZE]
+        if len(calls) > 1:
+            raise SpecError(f"feature '{d.name}' calls standardize {len(calls)} times; one call per "
+                            "feature (its statistics are named after the feature): define a feature for "
+                            "each standardized value", calls[1].span)
+        if calls:
+            out.append(d.name)
+    return out
+
+
+def _walk(e: m.Expr) -> Iterator[m.Expr]:
+    yield e
+    for a in getattr(e, "args", None) or getattr(e, "items", None) or []:
+        yield from _walk(a)
+
+
+def lower_features(g: Graph, feats: m.Features, values: dict[str, Tensor],
+                   stats: Mapping[str, Moments] | None = None) -> Lowered:
     """Each definition adds a value (or replaces the input of the same name), in order."""
-    out = dict(values)
+    standardized(feats)  # one standardize per feature, checked before any node is made
+    low = Lowered(dict(values))
     for d in feats.defs:
         g.where = f"{d.span} features.{d.name}"
-        t = _expr(g, d.expr, out, f"features.{d.name}")
+        st = _Standardize(d.name, stats, low)
+        t = _expr(g, d.expr, low.values, f"features.{d.name}", st)
         if isinstance(t, float):
             raise SpecError(f"feature '{d.name}' is a constant; it must use an input", d.span)
-        out[d.name] = t
-    return out
+        low.values[d.name] = t
+    return low
+
+
+@dataclass
+class _Standardize:
+    """What standardize(...) inside the definition of `feature` lowers to."""
+
+    feature: str
+    stats: Mapping[str, Moments] | None
+    low: Lowered
+
+    def apply(self, g: Graph, x: Tensor, e: m.Func, hint: str) -> Tensor:
+        self.low.arguments[self.feature] = x
+        hint = f"{hint}.standardize"
+        if self.stats is None or self.feature not in self.stats:
+            out = g.op1("Identity", [x.name], hint)  # a stand-in with its own name (probe_features)
+            self.low.unfitted[self.feature] = out
+            return Tensor(out, x.shape)
+        mo = self.stats[self.feature]
+        channels = () if x.rank == 1 else (x.shape[1],)
+        if mo.mean.shape != channels or mo.std.shape != channels:
+            raise CompileError(f"the statistics of standardize in feature '{self.feature}' have shape "
+                               f"{list(mo.mean.shape)}, but its value {show(x.shape)} needs "
+                               f"{list(channels)} (one per column or channel): they were fitted to "
+                               "another version of the spec", e.span)
+        shape = channels + (1,) * max(x.rank - 2, 0)  # broadcasts along axis 1
+        mean = g.const(mo.mean.reshape(shape), hint=f"{hint}.mean")
+        std = g.const(mo.std.reshape(shape), hint=f"{hint}.std")
+        centred = g.op1("Sub", [x.name, mean], hint)  # (x - mean) / std
+        return Tensor(g.op1("Div", [centred, std], hint), x.shape)
 
 
 def _broadcast(a: Shape, b: Shape, span: object) -> Shape:
@@ -48,7 +126,7 @@ def _as_tensor(g: Graph, v: Tensor | float, hint: str) -> Tensor:
     return v if isinstance(v, Tensor) else Tensor(g.const(v, hint=hint), ())
 
 
-def _expr(g: Graph, e: m.Expr, vals: dict[str, Tensor], hint: str) -> Tensor | float:
+def _expr(g: Graph, e: m.Expr, vals: dict[str, Tensor], hint: str, st: _Standardize) -> Tensor | float:
     if isinstance(e, m.Num):
         return float(e.value)
     if isinstance(e, m.Name):
@@ -60,7 +138,7 @@ def _expr(g: Graph, e: m.Expr, vals: dict[str, Tensor], hint: str) -> Tensor | f
             t = Tensor(g.op1("Cast", [t.name], hint, to=1), t.shape)
         return t
     if isinstance(e, m.Op):
-        args = [_expr(g, a, vals, hint) for a in e.args]
+        args = [_expr(g, a, vals, hint, st) for a in e.args]
         if all(isinstance(a, float) for a in args):
             return _fold(e.op, args, e)  # type: ignore[arg-type]
         if e.op == "neg":
@@ -68,7 +146,7 @@ def _expr(g: Graph, e: m.Expr, vals: dict[str, Tensor], hint: str) -> Tensor | f
             return Tensor(g.op1("Neg", [t.name], hint), t.shape)
         return _binary(g, _BINARY[e.op], args, hint, e.span)
     if isinstance(e, m.Func):
-        return _func(g, e, vals, hint)
+        return _func(g, e, vals, hint, st)
     raise SpecError("features are arithmetic over inputs: numbers, names, + - * / ** and "
                     f"{', '.join(FUNCTIONS)}", e.span)
 
@@ -89,8 +167,8 @@ def _fold(op: str, args: list[float], e: m.Op) -> float:
         raise SpecError("division by zero", e.span) from None
 
 
-def _func(g: Graph, e: m.Func, vals: dict[str, Tensor], hint: str) -> Tensor:
-    args = [_expr(g, a, vals, hint) for a in e.args]
+def _func(g: Graph, e: m.Func, vals: dict[str, Tensor], hint: str, st: _Standardize) -> Tensor:
+    args = [_expr(g, a, vals, hint, st) for a in e.args]
     name = e.name
 
     def arity(n: int, form: str) -> None:
@@ -121,5 +199,11 @@ def _func(g: Graph, e: m.Func, vals: dict[str, Tensor], hint: str) -> Tensor:
             raise SpecError(f"clip bounds are reversed: low {lo} > high {hi}", e.span)
         t = _as_tensor(g, x, hint)
         return Tensor(g.op1("Clip", [t.name, g.const(lo), g.const(hi)], hint), t.shape)
+    if name == STANDARDIZE:
+        arity(1, "standardize(x)")
+        if isinstance(args[0], float):
+            raise SpecError("standardize needs a value computed from the inputs, not a number", e.span)
+        return st.apply(g, args[0], e, hint)
+    hint_for = {"normalize": "; for (x - mean) / std with training-set statistics, use standardize(x)"}
     raise SpecError(f"unknown function '{name}'{did_you_mean(name, FUNCTIONS)}; "
-                    f"features can use: {', '.join(FUNCTIONS)}", e.span)
+                    f"features can use: {', '.join(FUNCTIONS)}{hint_for.get(name, '')}", e.span)

@@ -18,6 +18,7 @@ from compiler.autodiff import RuleCtx, backward, constants, static_shapes
 from compiler.compile import (
     Compiled,
     Forward,
+    Stats,
     build_forward,
     compile_model,
     loss_targets,
@@ -43,18 +44,20 @@ class TrainingGraphs:
     trainable: list[str]
     frozen: list[str]
     metrics: list[str]
-    evaluate: onnx.ModelProto  # the inference graph with parameters as inputs: eval mode, any weights
+    evaluate: onnx.ModelProto  # inference graph + loss, parameters as inputs: eval mode, any weights
 
 
-def compile_training(prog: Program, name: str | None = None, seed: int | None = None) -> TrainingGraphs:
-    inference = compile_model(prog, name, seed)
+def compile_training(prog: Program, name: str | None = None, seed: int | None = None,
+                     moments: Stats | None = None) -> TrainingGraphs:
+    """`moments`: the fitted statistics of standardized features, as `stats` of compile_model."""
+    inference = compile_model(prog, name, seed, moments)
     model = inference.model
     train = prog.train(model.name) or m.Train()
     if model.loss is None:
         raise SpecError(f"model '{model.name}' has no loss: training needs `loss ...`", model.name_span)
     names = [p.name for p in inference.params]
     _check_targets(train, names)
-    f = build_forward(prog, name, seed, training=True, frozen=train.freeze)
+    f = build_forward(prog, name, seed, training=True, frozen=train.freeze, stats=moments)
     g = f.comp.g
     g.where = f"{model.loss.span} loss"
     loss = total_loss(g, f.output, loss_targets(model))
@@ -100,7 +103,22 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
                              [_out(n, values, o) for n, o in outputs], {}, f.spec_hash)
     init = {n: values[n] for n in weights + stats + opt_state}
     return TrainingGraphs(inference, train_step, grads_model, init, trainable, frozen, list(mets),
-                          params_as_inputs(inference.onnx))
+                          _evaluate_model(prog, name, seed, moments))
+
+
+def _evaluate_model(prog: Program, name: str | None, seed: int | None,
+                    moments: Stats | None) -> onnx.ModelProto:
+    """The inference graph plus the loss, parameters as inputs: validation loss and metrics with
+    the current weights, in eval mode (running statistics, no dropout, no augmentation)."""
+    f = build_forward(prog, name, seed, stats=moments)
+    g, model = f.comp.g, f.model
+    assert model.loss is not None
+    g.where = f"{model.loss.span} loss"
+    loss = total_loss(g, f.output, loss_targets(model))
+    inputs = [value_info(t) for t in f.inputs] + [value_info(t) for _, t in _unique_targets(model)]
+    proto = model_proto(model.name, g.nodes, inputs, [value_info(f.output), _vi(loss, np.float32(0))],
+                        g.initializers, f.spec_hash)
+    return params_as_inputs(proto)
 
 
 def params_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,5 +29,5 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], int, int, float]:
         with np.load(path) as data:
             state = {k: data[k] for k in data.files if k not in META}
             return state, int(data["__step__"]), int(data["__epoch__"]), float(data["__best__"])
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise RunError(f"cannot read checkpoint {path}: {err}") from None

@@ -54,8 +54,14 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
                     for t in c.model.inputs)
     out.print(f"inputs {ins}; {params:,} trainable parameters; {_si(flops)} FLOPs per sample "
               "(a multiply-add counts 2)")
+    _notes(c.notes, out)
     out.print(f"[green]ok[/green]: {escape(str(args.spec))} is valid")
     return 0
+
+
+def _notes(notes: Sequence[str], out: Console) -> None:
+    for note in notes:
+        out.print(f"note: {note}", markup=False)
 
 
 def cmd_compile(args: argparse.Namespace, out: Console) -> int:
@@ -68,6 +74,7 @@ def cmd_compile(args: argparse.Namespace, out: Console) -> int:
     params = sum(r.params for r in c.records)
     out.print(f"wrote {dest}: model {c.model.name}, {params:,} parameters, output "
               f"{c.output.name} {show(c.output.shape)}", markup=False)
+    _notes(c.notes, out)
     return 0
 
 
@@ -82,6 +89,7 @@ def _compile_training(args: argparse.Namespace, out: Console) -> int:
     out.print(f"wrote {dest}/: model.onnx, train_step.onnx ({len(tg.train_step.graph.node)} nodes), "
               f"gradients.onnx, init.npz; {len(tg.trainable)} trainable and {len(tg.frozen)} frozen "
               f"parameter tensors; metrics: {', '.join(tg.metrics)}", markup=False)
+    _notes(tg.inference.notes, out)
     return 0
 
 

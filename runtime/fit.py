@@ -1,5 +1,5 @@
 """`dlspec train`: run a spec's train_step graph over its data, with validation, checkpoints,
-resume, NaN detection and a record of every epoch."""
+resume, early stopping, NaN detection and a record of every epoch."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from compiler.train import TrainingGraphs, compile_training, with_weights
-from runtime import checkpoint
+from runtime import checkpoint, standardize
 from runtime.data import Dataset, batch_count, batches, load_dataset, size
 from runtime.files import atomic_write
 from runtime.schedule import base_rate, learning_rate
@@ -42,42 +42,96 @@ class FitOptions:
 @dataclass
 class FitResult:
     run_dir: Path
-    epochs: int
+    epochs: int  # the epochs trained, fewer than asked when early_stop ended the run
     steps: int
     metrics: dict[str, float]  # of the best checkpoint on the test split
+    stopped_early: str | None = None  # why early_stop ended the run before its last epoch
 
 
 def evaluate(tg: TrainingGraphs, weights: dict[str, np.ndarray], split: dict[str, np.ndarray],
              sess: ort.InferenceSession, batch: int = 512) -> dict[str, float]:
-    """Eval-mode loss-free metrics: accuracy for classifiers, MAE and RMSE for regression."""
+    """Eval-mode loss and metrics: accuracy for classifiers, MAE and RMSE for regression."""
     model = tg.inference.model
-    inputs = [t.name for t in model.inputs]
     target = model.targets[0].name if model.targets else None
     n = len(next(iter(split.values())))
     if n == 0 or target is None:
         return {}
-    params = {i.name: weights[i.name] for i in sess.get_inputs() if i.name in weights}
-    outs = []
+    names = [i.name for i in sess.get_inputs()]
+    params = {k: weights[k] for k in names if k in weights}
+    outs, loss = [], 0.0
     for start in range(0, n, batch):
-        feeds = {k: split[k][start:start + batch] for k in inputs}
-        outs.append(sess.run(None, {**feeds, **params})[0])
+        feeds = {k: split[k][start:start + batch] for k in names if k in split}
+        pred, chunk_loss = sess.run(None, {**feeds, **params})
+        outs.append(pred)
+        loss += float(chunk_loss) * len(pred)  # the loss is a batch mean: weigh it by its rows
     pred = np.concatenate(outs)
     truth = split[target]
+    out = {"loss": loss / n}
     if tg.inference.output.name == "logits":
         if pred.ndim == 2:
-            return {"accuracy": float((pred.argmax(1) == truth).mean())}
-        return {"accuracy": float(((pred > 0) == (truth > 0.5)).mean())}
+            return {**out, "accuracy": float((pred.argmax(1) == truth).mean())}
+        return {**out, "accuracy": float(((pred > 0) == (truth > 0.5)).mean())}
     err = pred.reshape(truth.shape) - truth
-    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
+    return {**out, "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
+
+
+def _score(val: dict[str, float], epoch: int) -> float:
+    """What picks best.npz and what early_stop watches, lower is better: -accuracy, else MAE
+    (without a validation split, -epoch: the last epoch is the best)."""
+    return -val["accuracy"] if "accuracy" in val else val.get("mae", -epoch)
+
+
+@dataclass
+class Patience:
+    """early_stop's counter: epochs since the score last improved by more than min_delta."""
+
+    rule: m.EarlyStop
+    best: float = math.inf
+    best_epoch: int = 0  # 1-based
+    stale: int = 0
+    watched: str = "MAE"
+
+    def update(self, val: dict[str, float], epoch: int) -> bool:
+        """Count one finished epoch (1-based) by its validation metrics; True when training should stop."""
+        score = _score(val, epoch - 1)
+        self.watched = "accuracy" if "accuracy" in val else "MAE"
+        if score < self.best - self.rule.min_delta:
+            self.best, self.best_epoch, self.stale = score, epoch, 0
+        else:
+            self.stale += 1
+        return self.stale >= self.rule.patience
+
+    def replay(self, records: Path, done: int) -> bool:
+        """The counter as it stood after epoch `done` (1-based), from metrics.jsonl: a resumed run
+        keeps its patience. A later line for an epoch replaces an earlier one (an interrupted
+        epoch is redone); lines past `done` belong to an epoch the checkpoint does not hold."""
+        by_epoch: dict[int, dict[str, float]] = {}
+        for line in records.read_text().splitlines() if records.exists() else []:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] <= done:
+                by_epoch[r["epoch"]] = r
+        stop = False
+        for e in sorted(by_epoch):
+            val = {k[4:]: v for k, v in by_epoch[e].items() if k.startswith("val_")}
+            stop = self.update(val, e)
+        return stop
+
+    def reason(self, epoch: int) -> str:
+        best = -self.best if self.watched == "accuracy" else self.best
+        return (f"early stop after epoch {epoch}: validation {self.watched} has not improved by more than "
+                f"{self.rule.min_delta:g} for {self.stale} epochs (patience {self.rule.patience}); "
+                f"the best, {best:.4f} at epoch {self.best_epoch}, is in best.npz and model.onnx")
 
 
 def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions,
         console: Console) -> FitResult:
-    run_dir = opts.out or Path("runs") / prog.model(model_name).name
+    model = prog.model(model_name)
+    run_dir = opts.out or Path("runs") / model.name
     if opts.resume and not (run_dir / LAST).exists():
         raise RunError(f"--resume: no checkpoint {run_dir / LAST} to resume from")
-    tg = compile_training(prog, model_name, opts.seed)
-    model = tg.inference.model
     train = prog.train(model.name) or m.Train()
     if train.data is None:
         raise RunError(f"the train block of {spec_path} names no data set (data digits(...), "
@@ -86,7 +140,15 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
     bs = opts.batch or train.batch
     seed = opts.seed if opts.seed is not None else train.seed
     data = load_dataset(train, model, spec_path.parent)
+
+    def note(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    stats = standardize.for_run(prog, model_name, data.train, run_dir, opts.resume, opts.threads, note)
+    tg = compile_training(prog, model_name, opts.seed, stats.moments)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if stats.fitted:
+        standardize.save(run_dir / standardize.FILE, stats.moments)
     if train.from_ and not opts.resume:
         # a run folder is usually relative to where training runs; a shipped file, to the spec
         origin = Path(train.from_) if Path(train.from_).exists() else spec_path.parent / train.from_
@@ -105,12 +167,24 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
         state, step, done, best = checkpoint.load(run_dir / LAST)
         runner.load(state)
         start = done + 1
+        _forget_after(records, start)
+        for leftover in run_dir.glob(".*.tmp"):  # a write that a kill cut short
+            leftover.unlink()
         console.print(f"resuming {run_dir} after epoch {done + 1} (step {step})", markup=False)
     else:
         atomic_write(run_dir / "spec.dlspec", spec_path.read_bytes())
         records.write_text("")
     has_val = size(data.val) > 0  # without a validation split nothing is selected: best = last
-    for epoch in range(start, epochs):
+    patience = Patience(train.early_stop) if train.early_stop is not None else None
+    if patience is not None and not has_val:
+        raise RunError(f"early_stop watches the validation split, and val={train.data.val} leaves it "
+                       "no samples: give the data a larger val share")
+    stopped = None
+    if patience is not None and opts.resume and patience.replay(records, start):
+        stopped = patience.reason(start)
+        note(f"{stopped} (before this resume: nothing more to train)")
+    last, end = start, epochs if stopped is None else start
+    for epoch in range(start, end):
         t0 = time.perf_counter()
         n_batches = batch_count(data.train, bs)
         sums: dict[str, float] = {}
@@ -136,19 +210,45 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
                   **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
                   **{f"val_{k}": v for k, v in val.items()},
                   "seconds": round(time.perf_counter() - t0, 3)}
+        score = _score(val, epoch)
+        if patience is not None:
+            if patience.update(val, epoch + 1) and epoch + 1 < epochs:
+                stopped = patience.reason(epoch + 1)
+            record["stale_epochs"] = patience.stale
+            if stopped is not None:
+                record["early_stop"] = True
         with records.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        score = -val["accuracy"] if "accuracy" in val else val.get("mae", -epoch)
         if score <= best:
             best = score
             checkpoint.save(run_dir / BEST, weights, step, epoch, best)
         checkpoint.save(run_dir / LAST, weights, step, epoch, best)
         console.print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in record.items()), markup=False, highlight=False)
+        last = epoch + 1
+        if stopped is not None:
+            note(stopped)
+            break
     final, _, _, _ = checkpoint.load(run_dir / (BEST if (run_dir / BEST).exists() else LAST))
     atomic_write(run_dir / "model.onnx", with_weights(tg.inference.onnx, final).SerializeToString())
     test = evaluate(tg, final, data.test, eval_sess)
-    return FitResult(run_dir, epochs, step, test)
+    return FitResult(run_dir, last if stopped else epochs, step, test, stopped)
+
+
+def _forget_after(records: Path, epochs: int) -> None:
+    """Drop the records of epochs after the checkpoint's (1-based `epochs`): a kill between an
+    epoch's record and its checkpoint means the resumed run trains that epoch again."""
+    if not records.exists():
+        return
+    kept = []
+    for line in records.read_text().splitlines(keepends=True):
+        try:
+            epoch = json.loads(line).get("epoch")
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a line torn by the kill
+        if isinstance(epoch, int) and epoch <= epochs:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write(records, "".join(kept).encode())
 
 
 def _progress(console: Console) -> Progress:

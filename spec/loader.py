@@ -67,7 +67,7 @@ def load(path: str | Path) -> Program:
     for name in raw.models:
         prog.models[name] = _validate(m.Model, _resolve_model(name, raw, ()))
     for key in raw.trains:
-        prog.trains[key] = _validate(m.Train, _train_dict(_resolve_train(key, raw, ()), prog))
+        prog.trains[key] = _check_train(_validate(m.Train, _train_dict(_resolve_train(key, raw, ()), prog)))
     return prog
 
 
@@ -185,6 +185,7 @@ def _resolve_train(key: str, raw: _Raw, stack: tuple[str, ...]) -> Node:
 _POSITIONAL: dict[str, tuple[str, ...]] = {
     "npz": ("path",), "csv": ("path",), "constant": ("value",), "normal": ("std",),
     "uniform": ("limit",), "grad_norm": ("max_norm",), "grad_value": ("limit",),
+    "early_stop": ("patience",),
 }
 
 
@@ -254,7 +255,17 @@ def _train_dict(item: Node, prog: Program) -> Node:
         out["augment"] = [_static_call(c, m.Augment, "augmentation") for c in s["augment"]]
     if "lr_mult" in s:
         out["lr_mult"] = s["lr_mult"]
+    if "early_stop" in s:
+        out["early_stop"] = _static_call(s["early_stop"], m.EarlyStop, "early stopping")
     return out
+
+
+def _check_train(t: m.Train) -> m.Train:
+    """Settings that are valid alone but not together."""
+    if t.early_stop is not None and t.data is not None and t.data.val == 0:
+        raise SpecError(f"early_stop watches the validation split, but data {t.data.kind}(...) has none: "
+                        "give it a share of the samples, e.g. val=0.1", t.early_stop.span)
+    return t
 
 
 def _validate(cls: type[BaseModel], data: Node) -> Any:
@@ -332,7 +343,7 @@ def cls_for(owner: dict[str, Any]) -> type[BaseModel] | None:
         for cls in typing.get_args(typing.get_args(union)[0]):
             if kind in typing.get_args(cls.model_fields["kind"].annotation):
                 return cls  # type: ignore[no-any-return]
-    for cls in (m.Schedule, m.Initializer, m.Augment):
+    for cls in (m.Schedule, m.Initializer, m.Augment, m.EarlyStop):
         if kind in typing.get_args(cls.model_fields["kind"].annotation):
             return cls
     return None

@@ -331,6 +331,15 @@ class Augment(Node):
     p: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class EarlyStop(Node):
+    """`early_stop(patience=5, min_delta=0.0)`: stop when the validation score that picks best.npz
+    (accuracy, else MAE) has not improved by more than min_delta for `patience` epochs in a row."""
+
+    kind: Literal["early_stop"]
+    patience: Annotated[int, Field(gt=0, strict=True)] = 5
+    min_delta: float = Field(0.0, ge=0.0)
+
+
 class LrRule(Node):
     target: str
     value: float = Field(ge=0.0)
@@ -353,5 +362,6 @@ class Train(Node):
     from_except: list[str] = []  # `from "run" except head`: parameters under these stay fresh
     freeze: list[str] = []
     lr_mult: list[LrRule] = []
+    early_stop: EarlyStop | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -227,6 +227,13 @@ class _ToDicts(Transformer[Token, list[Node]]):
                 model["parts"][role] = part
         return model
 
+    def early_stop(self, meta: Meta, c: list[Any]) -> Node:
+        """`early_stop(patience=5)` as the call `_static_call` validates (the keyword is its name)."""
+        args, kwargs, spans = self._split_args(c[0] if c else None)
+        keyword = Span(self.file, meta.line, meta.column, meta.line, meta.column + len("early_stop"))
+        return {"kind": "call", "name": "early_stop", "args": args, "kwargs": kwargs,
+                "arg_spans": spans, "name_span": keyword, "span": self.sp(meta)}
+
     def init_rule(self, meta: Meta, c: list[Any]) -> Node:
         return {"target": c[0], "call": c[1], "span": self.sp(meta)}
 
