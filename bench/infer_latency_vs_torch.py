@@ -1,6 +1,7 @@
 """Inference latency of dlspec's exported model (batch norm folded, probabilities added, as
 `dlspec export` writes it, in onnxruntime on the CPU) against the same model in PyTorch eager
-(model.eval(), torch.inference_mode(), logits then softmax), side by side, same threads.
+(model.eval(), torch.inference_mode(), logits then softmax), same threads, in alternating rounds
+(bench/paired.py).
 
     python bench/infer_latency_vs_torch.py [--threads 2] [--runs 50] [--only digits|resnet18]
 
@@ -13,10 +14,9 @@ match, the values need not. Prints the median ms per batch and the ratio PyTorch
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +24,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+from paired import paired  # noqa: E402
 
 
-def dlspec_infer(example: str, x: np.ndarray, threads: int) -> Callable[[], object]:
+def image(size: int, shape: tuple[int, ...]) -> np.ndarray:
+    return (np.random.default_rng(0).random((size, *shape)) * 16).astype(np.float32)
+
+
+def dlspec_infer(example: str, size: int, shape: tuple[int, ...], threads: int) -> Callable[[int], object]:
     import onnxruntime as ort
 
     from compiler.compile import compile_model
@@ -36,11 +42,11 @@ def dlspec_infer(example: str, x: np.ndarray, threads: int) -> Callable[[], obje
 
     exported, _ = export(compile_model(load(REPO / "examples" / f"{example}.dlspec")).onnx, {})
     sess = ort.InferenceSession(exported.SerializeToString(), options(threads), providers=providers("cpu"))
-    feeds = {sess.get_inputs()[0].name: x}
-    return lambda: sess.run(None, feeds)  # logits and probabilities
+    feeds = {sess.get_inputs()[0].name: image(size, shape)}
+    return lambda _: sess.run(None, feeds)  # logits and probabilities
 
 
-def torch_infer(example: str, x: np.ndarray, threads: int) -> Callable[[], object]:
+def torch_infer(example: str, size: int, shape: tuple[int, ...], threads: int) -> Callable[[int], object]:
     import torch
     from parity_torch import BasicBlock, DigitsNet, ResNet
 
@@ -48,25 +54,13 @@ def torch_infer(example: str, x: np.ndarray, threads: int) -> Callable[[], objec
     net: torch.nn.Module = (DigitsNet() if example == "digits"
                             else ResNet(BasicBlock, [2, 2, 2, 2], stem="cifar", classes=10))
     net.eval()
-    image = torch.from_numpy(x)
+    x = torch.from_numpy(image(size, shape))
 
-    def infer() -> object:
+    def infer(_: int) -> object:
         with torch.inference_mode():
-            logits = net(image)
+            logits = net(x)
             return logits, logits.softmax(1)
     return infer
-
-
-def latency(infer: Callable[[], object], runs: int, warmup: int = 3) -> float:
-    """Median milliseconds per call."""
-    for _ in range(warmup):
-        infer()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        infer()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:
@@ -75,7 +69,6 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--only", choices=["digits", "resnet18"])
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
     cases = [("digits", "digits", 64, (1, 8, 8), args.runs),
              ("digits", "digits", 1, (1, 8, 8), args.runs),
              ("resnet18", "resnet18_cifar", 128, (3, 32, 32), max(args.runs // 5, 3)),
@@ -83,11 +76,11 @@ def main() -> None:
     for key, example, bs, shape, runs in cases:
         if args.only and key != args.only:
             continue
-        x = (rng.random((bs, *shape)) * 16).astype(np.float32)
-        ours = latency(dlspec_infer(example, x, args.threads), runs)
-        ref = latency(torch_infer(example, x, args.threads), runs)
-        print(f"{example:16} batch {bs:3}  dlspec {ours:8.2f} ms  PyTorch eager {ref:8.2f} ms  "
-              f"ratio {ref / ours:.2f}  (median of {runs} runs, {args.threads} threads)")
+        ours, ref = paired(partial(dlspec_infer, example, bs, shape, args.threads),
+                           partial(torch_infer, example, bs, shape, args.threads), runs)
+        print(f"{example:16} batch {bs:3}  dlspec {1e3 * ours:8.2f} ms  PyTorch eager {1e3 * ref:8.2f} ms  "
+              f"ratio {ref / ours:.2f}  (median of {runs} runs each, alternating rounds, "
+              f"{args.threads} threads)")
 
 
 if __name__ == "__main__":

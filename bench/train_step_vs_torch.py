@@ -1,5 +1,5 @@
 """Train-step throughput of dlspec (train_step.onnx in onnxruntime, IOBinding loop) against the
-same model in PyTorch eager, side by side in one process, same threads and batch.
+same model in PyTorch eager, same threads and batch, in alternating rounds (bench/paired.py).
 
     python bench/train_step_vs_torch.py [--threads 2] [--steps 30] [--only digits|resnet18]
 
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import sys
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,33 +22,43 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+from paired import paired  # noqa: E402
 
 
-def dlspec_steps(example: str, batch: dict[str, np.ndarray], threads: int) -> Callable[[int], None]:
+def batch_of(size: int, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"image": (rng.random((size, *shape)) * 16).astype(np.float32),
+            "label": rng.integers(0, 10, size).astype(np.int64)}
+
+
+def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int) -> Callable[[int], None]:
     from compiler.train import compile_training
     from runtime.session import StepRunner
     from spec.loader import load
 
     text = re.sub(r"^\s*augment\b.*\n", "", (REPO / "examples" / f"{example}.dlspec").read_text(), flags=re.M)
-    path = REPO / "bench" / f".{example}.bench.dlspec"
+    path = REPO / "bench" / f".{example}.{threads}.bench.dlspec"
     path.write_text(text)
     try:
         tg = compile_training(load(path))
     finally:
         path.unlink()
     runner = StepRunner(tg.train_step, tg.init, "cpu", threads)
+    batch = batch_of(size, shape)
 
     def step(i: int) -> None:
         runner.run(batch, 1e-3, i + 1)
     return step
 
 
-def torch_steps(example: str, batch: dict[str, np.ndarray], threads: int) -> Callable[[int], None]:
+def torch_steps(example: str, size: int, shape: tuple[int, ...], threads: int) -> Callable[[int], None]:
     import torch
     import torch.nn.functional as F
     from parity_torch import BasicBlock, DigitsNet, ResNet
 
     torch.set_num_threads(threads)
+    batch = batch_of(size, shape)
     x, y = torch.tensor(batch["image"]), torch.tensor(batch["label"])
     if example == "digits":
         net: torch.nn.Module = DigitsNet()
@@ -71,36 +80,22 @@ def torch_steps(example: str, batch: dict[str, np.ndarray], threads: int) -> Cal
     return step
 
 
-def rate(step: Callable[[int], None], steps: int, warmup: int = 3) -> float:
-    for i in range(warmup):
-        step(i)
-    times = []
-    for i in range(steps):
-        t = time.perf_counter()
-        step(warmup + i)
-        times.append(time.perf_counter() - t)
-    return 1.0 / statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--only", choices=["digits", "resnet18"])
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
     cases = {"digits": ("digits", 64, (1, 8, 8), args.steps),
              "resnet18": ("resnet18_cifar", 128, (3, 32, 32), max(args.steps // 10, 3))}
     for key, (example, bs, shape, steps) in cases.items():
         if args.only and key != args.only:
             continue
-        batch = {"image": (rng.random((bs, *shape)) * 16).astype(np.float32),
-                 "label": rng.integers(0, 10, bs).astype(np.int64)}
-        ours = rate(dlspec_steps(example, batch, args.threads), steps)
-        ref = rate(torch_steps(example, batch, args.threads), steps)
-        print(f"{example:16} batch {bs:3}  dlspec {ours:8.2f} steps/s  PyTorch eager {ref:8.2f} steps/s  "
-              f"ratio {ours / ref:.2f}  (median of {steps} steps, {args.threads} threads)")
-
+        ours, ref = paired(partial(dlspec_steps, example, bs, shape, args.threads),
+                           partial(torch_steps, example, bs, shape, args.threads), steps)
+        print(f"{example:16} batch {bs:3}  dlspec {1 / ours:8.2f} steps/s  PyTorch eager {1 / ref:8.2f} "
+              f"steps/s  ratio {ref / ours:.2f}  (median of {steps} steps each, alternating rounds, "
+              f"{args.threads} threads)")
 
 if __name__ == "__main__":
     main()
