@@ -18,6 +18,8 @@ import numpy as np
 from spec import model as m
 from spec.errors import RunError, did_you_mean
 
+BUNDLED = ("digits", "iris", "wine", "breast_cancer", "diabetes")  # sklearn.datasets, no download
+
 Split = dict[str, np.ndarray]
 
 _SPLIT_STREAM = 0  # rng stream tags: one for the split, one for the batch order
@@ -63,6 +65,28 @@ def load_dataset(train: m.Train, model: m.Model, spec_dir: Path) -> Dataset:
                        f"after test={data.test}, val={data.val}")
     return Dataset(train=_take(arrays, train_idx), val=_take(arrays, val_idx), test=_take(arrays, test_idx),
                    stratified=stratified)
+
+
+def load_all(source: str, model: m.Model) -> Split:
+    """Every sample of a data source named on the command line: an .npz file (arrays named like
+    the model's inputs and target), a .csv file (columns by name, the target column named like
+    the model's target) or a bundled set (digits, iris, wine, breast_cancer, diabetes)."""
+    path = Path(source)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise RunError(f"no data file {source}")
+        return _npz(path, {}, model)
+    if path.suffix == ".csv":
+        if not path.is_file():
+            raise RunError(f"no data file {source}")
+        if len(model.targets) != 1:
+            raise RunError(f"{source}: a csv holds one target column; model {model.name} declares "
+                           f"{len(model.targets)} targets")
+        return _csv(path, model.targets[0].name, model)
+    if source in BUNDLED:
+        return _bundled(source, model)
+    raise RunError(f"data '{source}' is neither an .npz or .csv file nor a bundled set"
+                   f"{did_you_mean(source, list(BUNDLED))} ({', '.join(BUNDLED)})")
 
 
 def _only_classes(arrays: Split, model: m.Model, classes: list[int], kind: str) -> Split:

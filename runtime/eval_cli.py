@@ -1,4 +1,5 @@
-"""`dlspec eval RUN|model.onnx [--spec FILE]`: test-split metrics of a trained model."""
+"""`dlspec eval RUN|model.onnx [DATA] [--spec FILE]`: metrics of a trained model on its spec's
+test split, or on every sample of DATA (an .npz or .csv file, or a bundled set)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from runtime.data import load_dataset
+from runtime.data import load_all, load_dataset
 from runtime.predict import session
 from spec import model as m
 from spec.errors import RunError
@@ -17,8 +18,10 @@ from spec.loader import load
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("eval", help="metrics of a trained model on its spec's test split")
+    p = sub.add_parser("eval", help="metrics of a trained model on its spec's test split or on DATA")
     p.add_argument("run", help="a run folder (runs/MODEL) or an .onnx model")
+    p.add_argument("data", nargs="?", help="evaluate on every sample of this .npz or .csv file or "
+                   "bundled set (digits, iris, ...) instead of the spec's test split")
     p.add_argument("--spec", help="the spec whose data to use (default RUN/spec.dlspec)")
     p.add_argument("--model", help="which model, when the spec defines several")
 
@@ -40,14 +43,18 @@ def run(args: argparse.Namespace, out: Console) -> int:
         raise RunError("give --spec FILE: the spec whose data set to evaluate on")
     prog = load(spec_file)
     model = prog.model(args.model)
-    data = load_dataset(prog.train(model.name) or m.Train(), model, spec_file.parent)
     if not model.targets:
         raise RunError(f"model {model.name} declares no target to evaluate against")
+    if args.data:
+        split, where = load_all(args.data, model), args.data
+    else:
+        split = load_dataset(prog.train(model.name) or m.Train(), model, spec_file.parent).test
+        where = f"the test split of {spec_file}"
     sess = session(model_file)
-    feeds = {t.name: data.test[t.name] for t in model.inputs}
+    feeds = {t.name: split[t.name] for t in model.inputs}
     pred = sess.run(None, feeds)[0]
-    result = metrics(pred, data.test[model.targets[0].name])
-    n = len(data.test[model.targets[0].name])
+    result = metrics(pred, split[model.targets[0].name])
+    n = len(split[model.targets[0].name])
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items())
-    out.print(f"{model_file} on the test split of {spec_file} ({n} samples): {shown}", markup=False)
+    out.print(f"{model_file} on {where} ({n} samples): {shown}", markup=False)
     return 0

@@ -56,6 +56,39 @@ def test_eval_of_the_run_agrees_with_training(run_dir: Path, capsys: pytest.Capt
     assert f"accuracy {TRAINED['accuracy']:.4f}" in out, (out, TRAINED)
 
 
+def test_eval_on_a_data_file_or_bundled_set_uses_every_sample(run_dir: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = digits.data.reshape(-1, 1, 8, 8).astype(np.float32)
+    sess = ort.InferenceSession(str(run_dir / "model.onnx"))
+    want = float((sess.run(None, {"image": images})[0].argmax(1) == digits.target).mean())
+    np.savez(tmp_path / "all.npz", image=images, label=digits.target)
+    np.savez(tmp_path / "half.npz", image=images[::2], label=digits.target[::2])
+    for data, n in (("digits", 1797), (str(tmp_path / "all.npz"), 1797), (str(tmp_path / "half.npz"), 899)):
+        assert main(["eval", str(run_dir), data]) == 0
+        out = capsys.readouterr().out
+        assert f"({n} samples)" in out, out
+        if n == 1797:
+            assert f"accuracy {want:.4f}" in out, (out, want)
+
+
+@pytest.mark.parametrize("data,message", [
+    ("digitz", "neither an .npz or .csv file nor a bundled set (did you mean 'digits'?)"),
+    ("missing.npz", "no data file missing.npz"),
+    ("wrong.npz", "target 'label': the file has no array 'label' (did you mean 'lab'?)"),
+])
+def test_eval_data_errors_say_what_is_wrong(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str], data: str,
+                                           message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "wrong.npz", image=np.zeros((3, 1, 8, 8), np.float32), lab=np.zeros(3, np.int64))
+    assert main(["eval", str(run_dir), data]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
 def test_export_folds_batch_norm_and_keeps_the_predictions(run_dir: Path, tmp_path: Path) -> None:
     assert main(["export", str(run_dir), "-o", str(tmp_path / "m.onnx")]) == 0
     exported = onnx.load(tmp_path / "m.onnx")
