@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -38,12 +39,10 @@ def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int) 
     from spec.loader import load
 
     text = re.sub(r"^\s*augment\b.*\n", "", (REPO / "examples" / f"{example}.dlspec").read_text(), flags=re.M)
-    path = REPO / "bench" / f".{example}.{threads}.bench.dlspec"
-    path.write_text(text)
-    try:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{example}.dlspec"
+        path.write_text(text)
         tg = compile_training(load(path))
-    finally:
-        path.unlink()
     runner = StepRunner(tg.train_step, tg.init, "cpu", threads)
     batch = batch_of(size, shape)
 
