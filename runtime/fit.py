@@ -19,6 +19,7 @@ from runtime import checkpoint, standardize
 from runtime.data import Dataset, batch_count, batches, load_dataset, size
 from runtime.files import atomic_write
 from runtime.schedule import base_rate, learning_rate
+from runtime.selection import Patience, val_score
 from runtime.session import StepRunner, options, providers
 from runtime.transfer import load_into, source_weights
 from spec import model as m
@@ -73,57 +74,6 @@ def evaluate(tg: TrainingGraphs, weights: dict[str, np.ndarray], split: dict[str
         return {**out, "accuracy": float(((pred > 0) == (truth > 0.5)).mean())}
     err = pred.reshape(truth.shape) - truth
     return {**out, "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
-
-
-def _score(val: dict[str, float], epoch: int) -> float:
-    """What picks best.npz and what early_stop watches, lower is better: -accuracy, else MAE
-    (without a validation split, -epoch: the last epoch is the best)."""
-    return -val["accuracy"] if "accuracy" in val else val.get("mae", -epoch)
-
-
-@dataclass
-class Patience:
-    """early_stop's counter: epochs since the score last improved by more than min_delta."""
-
-    rule: m.EarlyStop
-    best: float = math.inf
-    best_epoch: int = 0  # 1-based
-    stale: int = 0
-    watched: str = "MAE"
-
-    def update(self, val: dict[str, float], epoch: int) -> bool:
-        """Count one finished epoch (1-based) by its validation metrics; True when training should stop."""
-        score = _score(val, epoch - 1)
-        self.watched = "accuracy" if "accuracy" in val else "MAE"
-        if score < self.best - self.rule.min_delta:
-            self.best, self.best_epoch, self.stale = score, epoch, 0
-        else:
-            self.stale += 1
-        return self.stale >= self.rule.patience
-
-    def replay(self, records: Path, done: int) -> bool:
-        """The counter as it stood after epoch `done` (1-based), from metrics.jsonl: a resumed run
-        keeps its patience. A later line for an epoch replaces an earlier one (an interrupted
-        epoch is redone); lines past `done` belong to an epoch the checkpoint does not hold."""
-        by_epoch: dict[int, dict[str, float]] = {}
-        for line in records.read_text().splitlines() if records.exists() else []:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] <= done:
-                by_epoch[r["epoch"]] = r
-        stop = False
-        for e in sorted(by_epoch):
-            val = {k[4:]: v for k, v in by_epoch[e].items() if k.startswith("val_")}
-            stop = self.update(val, e)
-        return stop
-
-    def reason(self, epoch: int) -> str:
-        best = -self.best if self.watched == "accuracy" else self.best
-        return (f"early stop after epoch {epoch}: validation {self.watched} has not improved by more than "
-                f"{self.rule.min_delta:g} for {self.stale} epochs (patience {self.rule.patience}); "
-                f"the best, {best:.4f} at epoch {self.best_epoch}, is in best.npz and model.onnx")
 
 
 def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions,
@@ -210,7 +160,7 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
                   **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
                   **{f"val_{k}": v for k, v in val.items()},
                   "seconds": round(time.perf_counter() - t0, 3)}
-        score = _score(val, epoch)
+        score = val_score(val, epoch)
         if patience is not None:
             if patience.update(val, epoch + 1) and epoch + 1 < epochs:
                 stopped = patience.reason(epoch + 1)

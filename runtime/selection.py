@@ -1,0 +1,62 @@
+"""Which epoch is best, and when to stop: the validation score that picks best.npz, and
+early_stop's patience counter over it."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from spec import model as m
+
+
+def val_score(val: dict[str, float], epoch: int) -> float:
+    """What picks best.npz and what early_stop watches, lower is better: -accuracy, else MAE
+    (without a validation split, -epoch: the last epoch is the best)."""
+    return -val["accuracy"] if "accuracy" in val else val.get("mae", -epoch)
+
+
+@dataclass
+class Patience:
+    """early_stop's counter: epochs since the score last improved by more than min_delta."""
+
+    rule: m.EarlyStop
+    best: float = math.inf
+    best_epoch: int = 0  # 1-based
+    stale: int = 0
+    watched: str = "MAE"
+
+    def update(self, val: dict[str, float], epoch: int) -> bool:
+        """Count one finished epoch (1-based) by its validation metrics; True when training should stop."""
+        score = val_score(val, epoch - 1)
+        self.watched = "accuracy" if "accuracy" in val else "MAE"
+        if score < self.best - self.rule.min_delta:
+            self.best, self.best_epoch, self.stale = score, epoch, 0
+        else:
+            self.stale += 1
+        return self.stale >= self.rule.patience
+
+    def replay(self, records: Path, done: int) -> bool:
+        """The counter as it stood after epoch `done` (1-based), from metrics.jsonl: a resumed run
+        keeps its patience. A later line for an epoch replaces an earlier one (an interrupted
+        epoch is redone); lines past `done` belong to an epoch the checkpoint does not hold."""
+        by_epoch: dict[int, dict[str, float]] = {}
+        for line in records.read_text().splitlines() if records.exists() else []:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] <= done:
+                by_epoch[r["epoch"]] = r
+        stop = False
+        for e in sorted(by_epoch):
+            val = {k[4:]: v for k, v in by_epoch[e].items() if k.startswith("val_")}
+            stop = self.update(val, e)
+        return stop
+
+    def reason(self, epoch: int) -> str:
+        best = -self.best if self.watched == "accuracy" else self.best
+        return (f"early stop after epoch {epoch}: validation {self.watched} has not improved by more than "
+                f"{self.rule.min_delta:g} for {self.stale} epochs (patience {self.rule.patience}); "
+                f"the best, {best:.4f} at epoch {self.best_epoch}, is in best.npz and model.onnx")
