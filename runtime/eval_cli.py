@@ -4,6 +4,7 @@ test split, or on every sample of DATA (an .npz or .csv file, or a bundled set).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 from rich.console import Console
 
 from runtime.data import load_all, load_dataset
+from runtime.fit import SOURCE
 from runtime.predict import session
 from spec import model as m
 from spec.errors import RunError
@@ -22,8 +24,19 @@ def add_parser(sub: Any) -> None:
     p.add_argument("run", help="a run folder (runs/MODEL) or an .onnx model")
     p.add_argument("data", nargs="?", help="evaluate on every sample of this .npz or .csv file or "
                    "bundled set (digits, iris, ...) instead of the spec's test split")
-    p.add_argument("--spec", help="the spec whose data to use (default RUN/spec.dlspec)")
+    p.add_argument("--spec", help="the spec whose data to use (default: the spec RUN was trained "
+                   "from, else RUN/spec.dlspec)")
     p.add_argument("--model", help="which model, when the spec defines several")
+
+
+def run_spec(run: Path) -> Path:
+    """The spec a run was trained from (its imports and relative data paths resolve there), else
+    the copy in the run folder."""
+    try:
+        source = Path(json.loads((run / SOURCE).read_text())["spec"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return run / "spec.dlspec"
+    return source if source.is_file() else run / "spec.dlspec"
 
 
 def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -38,7 +51,7 @@ def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 def run(args: argparse.Namespace, out: Console) -> int:
     src = Path(args.run)
     model_file = src / "model.onnx" if src.is_dir() else src
-    spec_file = Path(args.spec) if args.spec else (src / "spec.dlspec" if src.is_dir() else None)
+    spec_file = Path(args.spec) if args.spec else (run_spec(src) if src.is_dir() else None)
     if spec_file is None:
         raise RunError("give --spec FILE: the spec whose data set to evaluate on")
     prog = load(spec_file)

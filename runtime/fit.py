@@ -27,6 +27,7 @@ from spec.errors import RunError
 from spec.loader import Program
 
 LAST, BEST = "last.npz", "best.npz"
+SOURCE = "run.json"  # the spec the run came from: its imports and data paths are relative to it
 
 
 @dataclass
@@ -122,7 +123,9 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
             leftover.unlink()
         console.print(f"resuming {run_dir} after epoch {done + 1} (step {step})", markup=False)
     else:
-        atomic_write(run_dir / "spec.dlspec", spec_path.read_bytes())
+        atomic_write(run_dir / "spec.dlspec", spec_path.read_bytes())  # what was trained, as a record
+        atomic_write(run_dir / SOURCE, json.dumps({"spec": str(spec_path.resolve()), "model": model.name},
+                                                  indent=1).encode())
         records.write_text("")
     has_val = size(data.val) > 0  # without a validation split nothing is selected: best = last
     patience = Patience(train.early_stop) if train.early_stop is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,17 @@ def test_eval_of_the_run_agrees_with_training(run_dir: Path, capsys: pytest.Capt
     assert main(["eval", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert f"accuracy {TRAINED['accuracy']:.4f}" in out, (out, TRAINED)
+
+
+def test_eval_of_a_run_without_its_source_spec_reads_the_copy(run_dir: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A run folder moved away from its spec (or written before run.json) still evaluates: the
+    copy spec.dlspec in the folder holds the model and the bundled data set."""
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    (moved / "run.json").write_text('{"spec": "/nonexistent/small.dlspec"}')
+    assert main(["eval", str(moved)]) == 0
+    assert f"accuracy {TRAINED['accuracy']:.4f}" in capsys.readouterr().out
 
 
 def test_eval_on_a_data_file_or_bundled_set_uses_every_sample(run_dir: Path, tmp_path: Path,

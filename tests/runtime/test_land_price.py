@@ -67,3 +67,7 @@ def test_land_price_with_and_without_area(tmp_path: Path, capsys: pytest.Capture
                      usecols=[rows[0].split(",").index(c) for c in ("length", "width", "distance", "price")])
     pred = sess.run(None, {"length": few[:, 0], "width": few[:, 1], "distance": few[:, 2]})[0]
     assert "(100 samples)" in out and f"mae {float(np.abs(pred - few[:, 3]).mean()):.4f}" in out, out
+
+    # without --spec, eval finds the spec the run came from (run.json): the csv path is relative to it
+    assert main(["eval", str(tmp_path / "with")]) == 0
+    assert f"mae {with_area.metrics['mae']:.4f}" in capsys.readouterr().out
