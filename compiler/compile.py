@@ -87,53 +87,6 @@ def _stats_props(stats: Stats | None, model: m.Model) -> dict[str, str]:
                                        for k, v in used.items()})}
 
 
-@dataclass
-class Probe:
-    """A graph from the raw inputs to the argument of each standardize in `ready`, as output
-    `standardize.<feature>`: those whose argument does not depend on a standardize still unfitted."""
-
-    onnx: onnx.ModelProto
-    ready: list[str]
-
-
-def probe_features(prog: Program, name: str | None = None, stats: Stats | None = None) -> Probe:
-    """The features block alone, exposing what standardize sees, to fit its statistics in rounds:
-    a standardize whose argument uses another standardized feature waits for that one's statistics."""
-    model = prog.model(name)
-    g = Graph()
-    inputs = [_input(t) for t in model.inputs]
-    if model.features is None:
-        return Probe(model_proto(model.name, [], [], [], {}, ""), [])
-    low = lower_features(g, model.features, {t.name: t for t in inputs}, stats)
-    producer = {o: n for n in g.nodes for o in n.output}
-    pending = set(low.unfitted.values())
-    ready = []
-    outputs = []
-    for feature, arg in low.arguments.items():
-        if feature not in low.unfitted or _depends_on(arg.name, pending, producer):
-            continue
-        ready.append(feature)
-        out = f"standardize.{feature}"
-        g.nodes.append(helper.make_node("Identity", [arg.name], [out], name=f"{out}/Identity"))
-        outputs.append(value_info(Tensor(out, arg.shape)))
-    proto = model_proto(model.name, g.nodes, [value_info(t) for t in inputs], outputs, g.initializers, "")
-    return Probe(proto, ready)
-
-
-def _depends_on(value: str, names: set[str], producer: Mapping[str, onnx.NodeProto]) -> bool:
-    """Whether `value` is one of `names` or computed from one of them."""
-    seen: set[str] = set()
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if v in names:
-            return True
-        if v not in seen and v in producer:
-            seen.add(v)
-            stack.extend(producer[v].input)
-    return False
-
-
 def build_forward(prog: Program, name: str | None = None, seed: int | None = None,
                   training: bool = False, frozen: Sequence[str] = (), stats: Stats | None = None) -> Forward:
     """Walk features, backbone, neck and head; `training` gives batch-statistics batch norm and
@@ -143,7 +96,7 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
     policy = InitPolicy(rules=train.init if train else (),
                         seed=seed if seed is not None else (train.seed if train else 0))
     comp = Compilation(Graph(), policy, training=training, frozen=frozen)
-    inputs = [_input(t) for t in model.inputs]
+    inputs = [declared_tensor(t) for t in model.inputs]
     if not inputs:
         raise SpecError(f"model '{model.name}' declares no input (input x: float32[N, ...])",
                         model.name_span)
@@ -186,10 +139,12 @@ def loss_targets(model: m.Model) -> list[tuple[m.LossTerm, Tensor]]:
     """Each loss term with the target tensor it compares against (validated by `_finish`)."""
     assert model.loss is not None
     targets = {t.name: t for t in model.targets}
-    return [(term, _input(targets[term.target or model.targets[0].name])) for term in model.loss.terms]
+    return [(term, declared_tensor(targets[term.target or model.targets[0].name]))
+            for term in model.loss.terms]
 
 
-def _input(t: m.TensorDecl) -> Tensor:
+def declared_tensor(t: m.TensorDecl) -> Tensor:
+    """A declared input or target as a graph tensor; its first dimension must be the batch."""
     dims = t.shape
 
     def at(i: int) -> Span | None:
@@ -251,7 +206,7 @@ def _finish(comp: Compilation, model: m.Model, y: Tensor, last: m.Section) -> Te
                 raise SpecError(f"loss target '{tname}' is not a declared target"
                                 f"{did_you_mean(tname, targets)}; targets: {', '.join(targets) or 'none'}",
                                 term.span)
-            y = _check_loss(g, term, y, _input(targets[tname]), last)
+            y = _check_loss(g, term, y, declared_tensor(targets[tname]), last)
     name = output_name(model)
     g.nodes.append(helper.make_node("Identity", [y.name], [name], name="output/Identity"))
     return Tensor(name, y.shape)

@@ -1,7 +1,7 @@
 """Lower the `features` block: derived inputs computed inside the graph from raw inputs.
 
 `standardize(x)` is the one fitted function: (x - mean) / std with the mean and std of x over
-the training split, which the runtime measures (through `probe_features` in compiler.compile)
+the training split, which the runtime measures (through compiler.feature_probe)
 and passes in as `Moments` keyed by the name of the feature that calls it. Without them (a spec
 compiled with no data) it is the identity, and `Lowered.unfitted` says so.
 """

@@ -1,5 +1,5 @@
 """Fit `standardize(...)` in a spec's features: the mean and std of each argument over the
-training split, measured by running the compiled features (compiler.compile.probe_features) in
+training split, measured by running the compiled features (compiler.feature_probe) in
 onnxruntime, so the numbers are those of the very graph that will use them.
 
 They are kept in the run folder as standardize.json, so --resume compiles the same graph.
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from compiler.compile import Stats, probe_features
+from compiler.compile import Stats
+from compiler.feature_probe import probe_features
 from compiler.features import Moments, standardized
 from runtime.data import Split, size
 from runtime.files import atomic_write

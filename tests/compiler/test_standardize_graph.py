@@ -10,7 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from compiler.compile import compile_model, probe_features
+from compiler.compile import compile_model
+from compiler.feature_probe import probe_features
 from compiler.features import Moments
 from compiler.train import compile_training
 from spec import load
