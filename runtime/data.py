@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from spec import model as m
 from spec.errors import RunError, did_you_mean
 
-BUNDLED = ("digits", "iris", "wine", "breast_cancer", "diabetes")  # sklearn.datasets, no download
+BUNDLED: tuple[str, ...] = typing.get_args(m.Bundled.model_fields["kind"].annotation)  # sklearn.datasets
 
 Split = dict[str, np.ndarray]
 

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 
 from runtime.data import load_all, load_dataset
 from runtime.fit import SOURCE
+from runtime.metrics import prediction_metrics
 from runtime.predict import session
 from spec import model as m
 from spec.errors import RunError
@@ -39,15 +39,6 @@ def run_spec(run: Path) -> Path:
     return source if source.is_file() else run / "spec.dlspec"
 
 
-def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Accuracy for class scores ([N, C] or one logit), MAE and RMSE for real targets."""
-    if np.issubdtype(truth.dtype, np.integer):
-        hits = pred.argmax(1) == truth if pred.ndim == 2 else (pred > 0) == (truth > 0)
-        return {"accuracy": float(hits.mean())}
-    err = pred.reshape(truth.shape) - truth
-    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
-
-
 def run(args: argparse.Namespace, out: Console) -> int:
     src = Path(args.run)
     model_file = src / "model.onnx" if src.is_dir() else src
@@ -66,7 +57,8 @@ def run(args: argparse.Namespace, out: Console) -> int:
     sess = session(model_file)
     feeds = {t.name: split[t.name] for t in model.inputs}
     pred = sess.run(None, feeds)[0]
-    result = metrics(pred, split[model.targets[0].name])
+    classifier = sess.get_outputs()[0].name == "logits"
+    result = prediction_metrics(pred, split[model.targets[0].name], classifier)
     n = len(split[model.targets[0].name])
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items())
     out.print(f"{model_file} on {where} ({n} samples): {shown}", markup=False)

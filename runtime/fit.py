@@ -18,8 +18,9 @@ from compiler.train import TrainingGraphs, compile_training, with_weights
 from runtime import checkpoint, standardize
 from runtime.data import Dataset, batch_count, batches, load_dataset, size
 from runtime.files import atomic_write
+from runtime.metrics import prediction_metrics
 from runtime.schedule import base_rate, learning_rate
-from runtime.selection import Patience, val_score
+from runtime.selection import Patience, read_records, val_score
 from runtime.session import StepRunner, options, providers
 from runtime.transfer import load_into, source_weights
 from spec import model as m
@@ -66,15 +67,8 @@ def evaluate(tg: TrainingGraphs, weights: dict[str, np.ndarray], split: dict[str
         pred, chunk_loss = sess.run(None, {**feeds, **params})
         outs.append(pred)
         loss += float(chunk_loss) * len(pred)  # the loss is a batch mean: weigh it by its rows
-    pred = np.concatenate(outs)
-    truth = split[target]
-    out = {"loss": loss / n}
-    if tg.inference.output.name == "logits":
-        if pred.ndim == 2:
-            return {**out, "accuracy": float((pred.argmax(1) == truth).mean())}
-        return {**out, "accuracy": float(((pred > 0) == (truth > 0.5)).mean())}
-    err = pred.reshape(truth.shape) - truth
-    return {**out, "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
+    classifier = tg.inference.output.name == "logits"
+    return {"loss": loss / n, **prediction_metrics(np.concatenate(outs), split[target], classifier)}
 
 
 def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions,
@@ -191,17 +185,8 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
 def _forget_after(records: Path, epochs: int) -> None:
     """Drop the records of epochs after the checkpoint's (1-based `epochs`): a kill between an
     epoch's record and its checkpoint means the resumed run trains that epoch again."""
-    if not records.exists():
-        return
-    kept = []
-    for line in records.read_text().splitlines(keepends=True):
-        try:
-            epoch = json.loads(line).get("epoch")
-        except (json.JSONDecodeError, AttributeError):
-            continue  # a line torn by the kill
-        if isinstance(epoch, int) and epoch <= epochs:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    atomic_write(records, "".join(kept).encode())
+    kept = [r for r in read_records(records) if r["epoch"] <= epochs]
+    atomic_write(records, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
 def _progress(console: Console) -> Progress:

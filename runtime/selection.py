@@ -17,6 +17,20 @@ def val_score(val: dict[str, float], epoch: int) -> float:
     return -val["accuracy"] if "accuracy" in val else val.get("mae", -epoch)
 
 
+def read_records(path: Path) -> list[dict]:
+    """The epoch records of metrics.jsonl, skipping a line that a kill cut short; where an epoch
+    was trained again after an interruption, its later record."""
+    by_epoch: dict[int, dict] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict) and isinstance(r.get("epoch"), int):
+            by_epoch[r["epoch"]] = r
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 @dataclass
 class Patience:
     """early_stop's counter: epochs since the score last improved by more than min_delta."""
@@ -39,20 +53,11 @@ class Patience:
 
     def replay(self, records: Path, done: int) -> bool:
         """The counter as it stood after epoch `done` (1-based), from metrics.jsonl: a resumed run
-        keeps its patience. A later line for an epoch replaces an earlier one (an interrupted
-        epoch is redone); lines past `done` belong to an epoch the checkpoint does not hold."""
-        by_epoch: dict[int, dict[str, float]] = {}
-        for line in records.read_text().splitlines() if records.exists() else []:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] <= done:
-                by_epoch[r["epoch"]] = r
+        keeps its patience."""
         stop = False
-        for e in sorted(by_epoch):
-            val = {k[4:]: v for k, v in by_epoch[e].items() if k.startswith("val_")}
-            stop = self.update(val, e)
+        for r in read_records(records):
+            if r["epoch"] <= done:
+                stop = self.update({k[4:]: v for k, v in r.items() if k.startswith("val_")}, r["epoch"])
         return stop
 
     def reason(self, epoch: int) -> str:
