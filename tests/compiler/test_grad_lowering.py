@@ -30,14 +30,20 @@ train { optimizer adamw(lr=1e-3)  clip grad_norm(1.0) }
 """
 
 
-def _grad_ops(node: onnx.NodeProto, shapes: dict[str, list[int | str]], wrt: list[str]) -> Counter[str]:
+Shapes = dict[str, list[int | str]]
+
+
+def _grad_nodes(node: onnx.NodeProto, shapes: Shapes, wrt: list[str]) -> list[onnx.NodeProto]:
     inputs = [helper.make_tensor_value_info(n, TP.FLOAT, s) for n, s in shapes.items()]
     loss = helper.make_node("ReduceSum", [node.output[0]], ["loss"], keepdims=0)
     out = [helper.make_tensor_value_info("loss", TP.FLOAT, [])]
     graph = helper.make_graph([node, loss], "g", inputs, out)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
-    grads = gradient_model(model, "loss", wrt)
-    return Counter(n.op_type for n in grads.graph.node[len(model.graph.node):])
+    return list(gradient_model(model, "loss", wrt).graph.node[len(model.graph.node):])
+
+
+def _grad_ops(node: onnx.NodeProto, shapes: Shapes, wrt: list[str]) -> Counter[str]:
+    return Counter(n.op_type for n in _grad_nodes(node, shapes, wrt))
 
 
 def test_stride_one_conv_input_gradient_is_a_conv_not_a_conv_transpose() -> None:
@@ -52,10 +58,14 @@ def test_strided_conv_input_gradient_stays_a_conv_transpose() -> None:
     assert ops["ConvTranspose"] == 1 and ops["Conv"] == 0
 
 
-def test_pointwise_conv_weight_gradient_copies_no_taps() -> None:
-    conv = helper.make_node("Conv", ["x", "w"], ["y"])
-    ops = _grad_ops(conv, {"x": ["N", 8, 6, 6], "w": [4, 8, 1, 1]}, ["w"])
-    assert ops["Slice"] == 0 and ops["Concat"] == 0 and ops["MatMul"] == 1
+def test_pointwise_conv_weight_gradient_is_one_gemm_without_channels_last_copies() -> None:
+    for strides in ([1, 1], [2, 2]):
+        conv = helper.make_node("Conv", ["x", "w"], ["y"], strides=strides)
+        nodes = _grad_nodes(conv, {"x": ["N", 8, 6, 6], "w": [4, 8, 1, 1]}, ["w"])
+        ops = Counter(n.op_type for n in nodes)
+        assert ops["Concat"] == 0 and ops["Gemm"] == 1 and ops["MatMul"] == 0
+        perms = [list(a.ints) for n in nodes if n.op_type == "Transpose" for a in n.attribute]
+        assert perms == [[1, 0, 2, 3]] * 2  # channels first for X and G, never [0, 2, 3, 1]
 
 
 def test_relu_gradient_masks_with_a_multiply_not_where() -> None:
@@ -84,6 +94,11 @@ def test_training_batch_norm_takes_its_closed_form_gradient(tmp_path: Path) -> N
     bn = [n.op_type for n in tg.gradients.graph.node
           if n.name.startswith("grad/") and n.doc_string.endswith("backbone.a.bn1")]
     assert 0 < len(bn) <= 20 and "Sqrt" not in bn and "Expand" not in bn
+    # the per-channel affine maps are single inference-mode BatchNormalization passes
+    assert bn.count("BatchNormalization") == 2
+    forward = [n for n in tg.train_step.graph.node if n.op_type == "BatchNormalization"
+               and not n.name.startswith("grad/") and n.doc_string.endswith("backbone.a.bn1")]
+    assert len(forward) == 1 and not any(a.name == "training_mode" and a.i for a in forward[0].attribute)
 
 
 def test_small_parameters_share_one_optimizer_update(tmp_path: Path) -> None:
