@@ -76,11 +76,11 @@ def main() -> None:
     for key, example, bs, shape, runs in cases:
         if args.only and key != args.only:
             continue
-        ours, ref = paired(partial(dlspec_infer, example, bs, shape, args.threads),
-                           partial(torch_infer, example, bs, shape, args.threads), runs)
-        print(f"{example:16} batch {bs:3}  dlspec {1e3 * ours:8.2f} ms  PyTorch eager {1e3 * ref:8.2f} ms  "
-              f"ratio {ref / ours:.2f}  (median of {runs} runs each, alternating rounds, "
-              f"{args.threads} threads)")
+        pair = paired(partial(dlspec_infer, example, bs, shape, args.threads),
+                      partial(torch_infer, example, bs, shape, args.threads), runs)
+        print(f"{example:16} batch {bs:3}  dlspec {1e3 * pair.a:8.2f} ms  "
+              f"PyTorch eager {1e3 * pair.b:8.2f} ms  ratio {pair.ratio:.2f}  "
+              f"({pair.spread()}, {runs} runs each, {args.threads} threads)")
 
 
 if __name__ == "__main__":

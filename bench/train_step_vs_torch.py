@@ -1,11 +1,12 @@
 """Train-step throughput of dlspec (train_step.onnx in onnxruntime, IOBinding loop) against the
 same model in PyTorch eager, same threads and batch, in alternating rounds (bench/paired.py).
 
-    python bench/train_step_vs_torch.py [--threads 2] [--steps 30] [--only digits|resnet18]
+    python bench/train_step_vs_torch.py [--threads 2] [--steps 60] [--only digits|resnet18]
 
 Models: examples/digits.dlspec (batch 64, adamw, clipping, label smoothing) and
 examples/resnet18_cifar.dlspec (3x32x32, batch 128, sgd nesterov). Augmentation is left out of
-both sides, so each step does the same work. Prints steps/s and the ratio dlspec / PyTorch.
+both sides, so each step does the same work. Prints steps/s and the ratio dlspec / PyTorch: the
+median over rounds of each round's ratio, with its quartiles.
 """
 
 from __future__ import annotations
@@ -82,19 +83,20 @@ def torch_steps(example: str, size: int, shape: tuple[int, ...], threads: int) -
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--only", choices=["digits", "resnet18"])
     args = ap.parse_args()
     cases = {"digits": ("digits", 64, (1, 8, 8), args.steps),
-             "resnet18": ("resnet18_cifar", 128, (3, 32, 32), max(args.steps // 10, 3))}
+             "resnet18": ("resnet18_cifar", 128, (3, 32, 32), max(args.steps // 6, 3))}
     for key, (example, bs, shape, steps) in cases.items():
         if args.only and key != args.only:
             continue
-        ours, ref = paired(partial(dlspec_steps, example, bs, shape, args.threads),
-                           partial(torch_steps, example, bs, shape, args.threads), steps)
-        print(f"{example:16} batch {bs:3}  dlspec {1 / ours:8.2f} steps/s  PyTorch eager {1 / ref:8.2f} "
-              f"steps/s  ratio {ref / ours:.2f}  (median of {steps} steps each, alternating rounds, "
+        pair = paired(partial(dlspec_steps, example, bs, shape, args.threads),
+                      partial(torch_steps, example, bs, shape, args.threads), steps)
+        print(f"{example:16} batch {bs:3}  dlspec {1 / pair.a:8.2f} steps/s  PyTorch eager {1 / pair.b:8.2f} "
+              f"steps/s  ratio {pair.ratio:.2f}  ({pair.spread()}, {steps} steps each, "
               f"{args.threads} threads)")
+
 
 if __name__ == "__main__":
     main()
