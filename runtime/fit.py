@@ -81,6 +81,7 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
     if train.data is None:
         raise RunError(f"the train block of {spec_path} names no data set (data digits(...), "
                        "npz(...) or csv(...))")
+    providers(opts.device)  # a missing CUDA provider fails here, before anything is written
     epochs = opts.epochs or train.epochs
     bs = opts.batch or train.batch
     seed = opts.seed if opts.seed is not None else train.seed
@@ -89,11 +90,13 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
     def note(text: str) -> None:
         console.print(text, markup=False, highlight=False)
 
+    has_val = size(data.val) > 0  # without a validation split nothing is selected: best = last
+    patience = Patience(train.early_stop) if train.early_stop is not None else None
+    if patience is not None and not has_val:
+        raise RunError(f"early_stop watches the validation split, and val={train.data.val} leaves it "
+                       "no samples: give the data a larger val share")
     stats = standardize.for_run(prog, model_name, data.train, run_dir, opts.resume, opts.threads, note)
     tg = compile_training(prog, model_name, opts.seed, stats.moments)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if stats.fitted:
-        standardize.save(run_dir / standardize.FILE, stats.moments)
     if train.from_ and not opts.resume:
         # a run folder is usually relative to where training runs; a shipped file, to the spec
         origin = Path(train.from_) if Path(train.from_).exists() else spec_path.parent / train.from_
@@ -104,6 +107,9 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
     runner = StepRunner(tg.train_step, tg.init, opts.device, opts.threads)
     eval_sess = ort.InferenceSession(tg.evaluate.SerializeToString(), options(opts.threads),
                                      providers=providers(opts.device))
+    run_dir.mkdir(parents=True, exist_ok=True)  # only once the run can start
+    if stats.fitted:
+        standardize.save(run_dir / standardize.FILE, stats.moments)
     optimizer = train.optimizer
     lr0 = base_rate(optimizer.lr if optimizer else 1e-3, train.schedule, bs)
     step, start, best, lr = 0, 0, math.inf, lr0
@@ -121,11 +127,6 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
         atomic_write(run_dir / SOURCE, json.dumps({"spec": str(spec_path.resolve()), "model": model.name},
                                                   indent=1).encode())
         records.write_text("")
-    has_val = size(data.val) > 0  # without a validation split nothing is selected: best = last
-    patience = Patience(train.early_stop) if train.early_stop is not None else None
-    if patience is not None and not has_val:
-        raise RunError(f"early_stop watches the validation split, and val={train.data.val} leaves it "
-                       "no samples: give the data a larger val share")
     stopped = None
     if patience is not None and opts.resume and patience.replay(records, start):
         stopped = patience.reason(start)

@@ -13,6 +13,7 @@ from rich.console import Console
 import runtime.fit as fit_module
 from runtime.fit import FitOptions, FitResult, fit
 from spec import load
+from spec.errors import RunError
 
 # sgd at lr 1e-12 leaves the weights as they were: the validation accuracy of epoch 1 is never
 # beaten, so with patience 3 the run ends after epoch 1 + 3 = 4 of its 20.
@@ -153,3 +154,11 @@ def test_a_record_left_by_an_unfinished_epoch_does_not_count(tmp_path: Path) -> 
     assert result.epochs == 4  # epochs 3 and 4 redone; still stops after 4
     by_epoch = {int(r["epoch"]): r for r in _records(tmp_path / "run")}  # type: ignore[call-overload]
     assert [by_epoch[e]["stale_epochs"] for e in (3, 4)] == [2, 3]
+
+
+def test_an_empty_validation_split_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # a spec without val fails at load (spec/loader.py); a share too small for the data, here
+    spec = _spec(tmp_path, STALLED.replace("iris(test=0.2, val=0.2)", "iris(test=0.2, val=0.001)"))
+    with pytest.raises(RunError, match=r"val=0.001 leaves it no samples"):
+        _fit(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -108,3 +108,4 @@ def test_cuda_without_the_gpu_build_names_the_extra(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     with pytest.raises(RunError, match=r"dlspec\[gpu\]"):
         fit(load(spec), spec, None, FitOptions(out=tmp_path / "run", device="cuda"), _quiet())
+    assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start

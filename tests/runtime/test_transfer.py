@@ -59,6 +59,7 @@ def test_a_new_head_shape_is_an_error_unless_excepted(source: Path, tmp_path: Pa
                   f'  epochs 1\n  from "{source}"\n}}\n')
     with pytest.raises(RunError, match=r"wrong shape: head\.linear1\.weight \[10, 8\] \(want \[5, 8\]\)"):
         _fit(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # a refused source leaves no half-made run folder
     spec.write_text(spec.read_text().replace(f'from "{source}"', f'from "{source}" except head'))
     _fit(spec, tmp_path / "run")
 
