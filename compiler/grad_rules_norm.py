@@ -49,9 +49,9 @@ def batch_norm_composite(x: str, weight: str, bias: str, centred: str, inv: str,
                          axes: str, channels: int) -> Composite:
     """The gradient of training-mode batch norm y = d inv w + b with d = x - mean, as the
     compiler writes it (compiler/layers.py; inv [C]), in two reductions and four full-size ops
-    where the per-op rules take about twelve: dx = s (g - sum(g) / n - d inv^2 sum(g d) / n) = g s - (d a + b) with
-    per-channel s = inv w, a = s inv^2 sum(g d) / n and b = s sum(g) / n; dw = inv sum(g d);
-    db = sum(g)."""
+    where the per-op rules take about twelve:
+    dx = s (g - sum(g) / n - d inv^2 sum(g d) / n) = g s - (d a + b) with per-channel s = inv w,
+    a = s inv^2 sum(g d) / n and b = s sum(g) / n; dw = inv sum(g d); db = sum(g)."""
 
     def back(ctx: RuleCtx, g: str) -> Sequence[G]:
         op = ctx.g.op1
