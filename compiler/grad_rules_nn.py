@@ -358,12 +358,11 @@ def _resize(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
                            "tf_crop_and_resize")
     x, g = n.input[0], _need(gy[0])
     factors = _block_factors(ctx, n, coords)
-    area = math.prod(factors or [3])
-    if factors is not None and factors[:2] == [1, 1] and len(factors) > 2 and area & (area - 1) == 0:
+    if factors is not None and _poolable(factors):
         # sum each block: an AveragePool over the blocks times their size, exact as the size is a
         # power of two; 1.5x to 3x faster in onnxruntime than the block ReduceSum below
         pooled = ctx.g.op1("AveragePool", [g], "grad", kernel_shape=factors[2:], strides=factors[2:])
-        summed = ctx.g.op1("Mul", [pooled, _scalar(ctx, float(area), g)], "grad")
+        summed = ctx.g.op1("Mul", [pooled, _scalar(ctx, float(math.prod(factors)), g)], "grad")
         return [summed] + [None] * (len(n.input) - 1)
     if factors is not None:  # sum each f x f block
         rank = len(ctx.shape(x) or ())
@@ -386,6 +385,13 @@ def _resize(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     dx = op("ScatterElements", [zeros, index, op("Reshape", [g, flat], "grad")], "grad", axis=0,
             reduction="add")
     return [op("Reshape", [dx, shape], "grad")] + [None] * (len(n.input) - 1)
+
+
+def _poolable(factors: list[int]) -> bool:
+    """Blocks over the spatial axes only, of a power-of-two size (so averaging then scaling back
+    is exact)."""
+    area = math.prod(factors)
+    return len(factors) > 2 and factors[:2] == [1, 1] and area & (area - 1) == 0
 
 
 def _block_factors(ctx: RuleCtx, n: onnx.NodeProto, coords: str) -> list[int] | None:
