@@ -27,7 +27,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from compiler.autodiff import RuleCtx, _used, constants, load_rules, static_shapes  # noqa: E402
+from compiler.autodiff import RuleCtx, constants, load_rules, static_shapes, used_nodes  # noqa: E402
 from compiler.grad_rules_norm import channel_affine  # noqa: E402
 from compiler.graph import Graph  # noqa: E402
 from compiler.opset import IR_VERSION, OPSET  # noqa: E402
@@ -55,7 +55,7 @@ def _chosen(node: onnx.NodeProto, inputs: Feeds, index: int, seed: np.ndarray,
                   constants(model))
     grad = load_rules()[node.op_type](ctx, node, ["seed"])[index]
     assert grad is not None
-    needed = _used(ctx.g.nodes, [grad])  # the rule also wrote the other inputs' gradients
+    needed = used_nodes(ctx.g.nodes, [grad])  # the rule also wrote the other inputs' gradients
     out = _model(needed + [helper.make_node("Identity", [grad], ["grad"])], feeds, "grad")
     out.graph.initializer.extend(c for c in consts if any(c.name in n.input for n in needed))
     return out, feeds

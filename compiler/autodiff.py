@@ -186,7 +186,7 @@ def backward(ctx: RuleCtx, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Sequ
         total = _total(ctx, grads.get(name))
         if total is not None:
             out[name] = total
-    ctx.g.nodes[start:] = _used(ctx.g.nodes[start:], out.values())
+    ctx.g.nodes[start:] = used_nodes(ctx.g.nodes[start:], out.values())
     return out
 
 
@@ -195,7 +195,7 @@ def _need_grad(g: str | None) -> str:
     return g
 
 
-def _used(nodes: list[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx.NodeProto]:
+def used_nodes(nodes: list[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx.NodeProto]:
     """The nodes that some of `outputs` depend on, in their order."""
     wanted, kept = set(outputs), []
     for node in reversed(nodes):

@@ -185,6 +185,13 @@ def _conv_weight_grad(ctx: RuleCtx, x: str, g: str, cin: int, size: list[int], k
     return parts[0] if len(parts) == 1 else ctx.g.op1("Concat", parts, "grad", axis=0)
 
 
+def _channels_first_rows(ctx: RuleCtx, t: str, channels: int, nd: int) -> str:
+    """[N, C, *S] (nd spatial axes) -> [C, N * prod(S)]: moving the channel axis first copies at
+    memcpy speed in onnxruntime."""
+    moved = ctx.g.op1("Transpose", [t], "grad", perm=[1, 0] + list(range(2, 2 + nd)))
+    return ctx.g.op1("Reshape", [moved, ctx.g.ints([channels, -1])], "grad")
+
+
 def _weight_grad_pointwise(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size: list[int], k: list[int],
                            s: list[int], d: list[int], p: list[int]) -> str:
     """A 1x1 kernel: dW = G X^T over (batch, space) with both in [C, N, *S] order, one Gemm with
@@ -201,7 +208,7 @@ def _weight_grad_pointwise(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, si
         stop = [(out[a] - 1) * s[a] + 1 for a in range(nd)]
         xc = op("Slice", [xc, ints([0] * nd), ints(stop), ints(list(range(2, 2 + nd))), ints(s)], "grad")
     x_rows = op("Reshape", [xc, ints([cin, -1])], "grad")  # [C, N * prod(out)]
-    g_rows = op("Reshape", [op("Transpose", [g], "grad", perm=first), ints([cout, -1])], "grad")
+    g_rows = _channels_first_rows(ctx, g, cout, nd)  # [O, N * prod(out)]
     dw = op("Gemm", [g_rows, x_rows], "grad", transB=1)  # [O, C]
     return op("Reshape", [dw, ints([cout, cin] + [1] * nd)], "grad")
 
@@ -219,8 +226,7 @@ def _weight_grad_taps(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size: l
     last = op("Transpose", [x], "grad", perm=[0] + list(range(2, 2 + nd)) + [1])  # [N, *S, C]
     if any(p):
         last = op("Pad", [last, ints([0, *p[:nd], 0, 0, *p[nd:], 0])], "grad")
-    g_rows = op("Reshape", [op("Transpose", [g], "grad", perm=[1, 0] + list(range(2, 2 + nd))),
-                            ints([cout, -1])], "grad")  # [O, N * prod(out)]
+    g_rows = _channels_first_rows(ctx, g, cout, nd)  # [O, N * prod(out)]
     rows, tail = ints([-1, cin]), ints([-1])
     per_tap = []
     for t in itertools.product(*(range(kk) for kk in k)):
