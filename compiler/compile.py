@@ -232,8 +232,11 @@ def _check_loss(g: Graph, term: m.LossTerm, y: Tensor, t: Tensor, last: m.Sectio
                        f"'{t.name}' {show(t.shape)}: the shapes must match", term.span)
 
 
+BATCH_DIM = "N"  # the name of the batch dimension, the one symbolic dimension of every graph
+
+
 def value_info(t: Tensor) -> onnx.ValueInfoProto:
-    dims = ["N" if d is None else d for d in t.shape]
+    dims = [BATCH_DIM if d is None else d for d in t.shape]
     return helper.make_tensor_value_info(t.name, ONNX_DTYPES[t.dtype], dims)
 
 

@@ -380,7 +380,7 @@ def _resize(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
         return [summed] + [None] * (len(n.input) - 1)
     # any other nearest resize: resize the flat positions of x to learn which one each output copied
     op, shape = ctx.g.op1, ctx.g.op1("Shape", [x], "grad")
-    positions = op("Range", [ctx.g.const(0, "int64"), op("Size", [x], "grad"), ctx.g.const(1, "int64")],
+    positions = op("Range", [ctx.g.const(0, "int64"), ctx.g.numel(x, "grad"), ctx.g.const(1, "int64")],
                    "grad")
     iota = op("Reshape", [op("Cast", [positions], "grad", to=onnx.TensorProto.INT32), shape], "grad")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}

@@ -126,7 +126,7 @@ def _layer_norm(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     g_mean, g_inv = (list(gy) + [None, None])[1:3]
     if g_mean is not None or g_inv is not None:
         stat = next(o for o in n.output[1:] if o)  # Mean or InvStdDev: x with the axes reduced to 1
-        count = op("CastLike", [op("Div", [op("Size", [x], "grad"), op("Size", [stat], "grad")], "grad"), x],
+        count = op("CastLike", [op("Div", [ctx.g.numel(x, "grad"), ctx.g.numel(stat, "grad")], "grad"), x],
                    "grad")
         if g_mean is not None:  # d mean / dx = 1 / count
             parts.append(op("Div", [g_mean, count], "grad"))

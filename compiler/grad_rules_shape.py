@@ -235,7 +235,7 @@ def _reduce(ctx: RuleCtx, n: onnx.NodeProto, gy: list[G]) -> Sequence[G]:
     x, y = n.input[0], n.output[0]
     g = _spread(ctx, n, _need(gy[0]))
     if n.op_type == "ReduceMean":  # each input element had weight 1 / (elements per output)
-        count = ctx.g.op1("Div", [ctx.g.op1("Size", [x], "grad"), ctx.g.op1("Size", [y], "grad")], "grad")
+        count = ctx.g.op1("Div", [ctx.g.numel(x, "grad"), ctx.g.numel(y, "grad")], "grad")
         g = ctx.g.op1("Div", [g, ctx.g.op1("CastLike", [count, g], "grad")], "grad")
     return [g] + [None] * (len(n.input) - 1)
 

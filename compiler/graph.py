@@ -64,3 +64,9 @@ class Graph:
 
     def ints(self, values: Sequence[int], hint: str = "shape") -> str:
         return self.const(list(values), "int64", hint)
+
+    def numel(self, x: str, hint: str) -> str:
+        """x's element count, an int64 scalar. ReduceProd(Shape(x)) rather than Size(x): once the
+        batch is static, onnxruntime folds Shape, and so this, to a constant, but never Size, whose
+        host-side output would pull the arithmetic after it off a GPU provider onto the CPU."""
+        return self.op1("ReduceProd", [self.op1("Shape", [x], hint)], hint, keepdims=0)

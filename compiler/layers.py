@@ -164,7 +164,7 @@ class BatchNorm(Layer):
                   p, epsilon=self.eps)
         inv = g.op1("Reciprocal", [g.op1("Sqrt", [g.op1("Add", [var, g.const(self.eps)], p)], p)], p)
         # running statistics as PyTorch keeps them: the variance unbiased, n / (n - 1)
-        n = g.op1("Cast", [g.op1("Div", [g.op1("Size", [x.name], p), g.ints([x.channels])], p)], p, to=1)
+        n = g.op1("Cast", [g.op1("Div", [g.numel(x.name, p), g.ints([x.channels])], p)], p, to=1)
         ctx.comp.composites[y] = batch_norm_composite(x.name, weight, bias, d, inv, n, axes, x.channels)
         unbias = g.op1("Div", [n, g.op1("Sub", [n, g.const(1.0)], p)], p)
         m = g.const(self.momentum)

@@ -23,7 +23,7 @@ def uniform_like(g: Graph, x: str, step: str, seed: int, hint: str) -> str:
     map h -> (h^2 + c) mod P, which breaks the lattice structure of the linear first step.
     """
     i64 = 7  # TensorProto.INT64
-    n = g.op1("Size", [x], hint)
+    n = g.numel(x, hint)
     idx = g.op1("Range", [g.const(0, "int64"), n, g.const(1, "int64")], hint)
     p = g.const(_P, "int64")
     s = g.op1("Mod", [g.op1("Cast", [step], hint, to=i64), p], hint)
