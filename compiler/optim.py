@@ -7,7 +7,10 @@ Small parameters (biases, norm scales, small kernels) are updated together: thei
 values and state are concatenated into one flat tensor per learning-rate multiplier, updated in
 one run of ops, and split back. Per tensor, each of the ~15 elementwise ops costs onnxruntime a
 fixed overhead that dominates on small tensors (the digits model: 12 ms of a 78 ms step on one
-thread); large tensors stay apart, where concatenating would only add copies.
+thread); large tensors stay apart, where concatenating would only add copies. A step replayed as
+a CUDA graph has no per-op overhead to save, and the pack's uneven Concat and Split would stage
+their metadata through host buffers that a captured graph re-reads, so `pack=False` leaves every
+parameter apart.
 """
 
 from __future__ import annotations
@@ -53,9 +56,9 @@ def _suffixes(spec: m.Optimizer) -> list[str]:
 
 
 def step_graph(g: Graph, spec: m.Optimizer, clip: m.Clip | None, slots: list[Slot], lr: str,
-               step: str) -> dict[str, str]:
+               step: str, pack: bool = True) -> dict[str, str]:
     """Next values: `name` -> value for every parameter and state slot (named without `.next`)."""
-    groups = _groups(g, slots)
+    groups = _groups(g, slots) if pack else [_single(s) for s in slots]
     grads = _clip(g, [gr.grad for gr in groups], clip)
     t = g.op1("Cast", [step], H, to=1)
     first = g.op1("Equal", [step, g.const(1, "int64")], H)

@@ -48,8 +48,9 @@ class TrainingGraphs:
 
 
 def compile_training(prog: Program, name: str | None = None, seed: int | None = None,
-                     moments: Stats | None = None) -> TrainingGraphs:
-    """`moments`: the fitted statistics of standardized features, as `stats` of compile_model."""
+                     moments: Stats | None = None, pack: bool = True) -> TrainingGraphs:
+    """`moments`: the fitted statistics of standardized features, as `stats` of compile_model.
+    `pack`: update small parameters in one flat pack (see compiler.optim); False for CUDA graphs."""
     inference = compile_model(prog, name, seed, moments)
     model = inference.model
     train = prog.train(model.name) or m.Train()
@@ -93,7 +94,7 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
     # train_step.onnx: + lr, step, optimizer state -> loss, metrics, next params and state
     spec = train.optimizer or DEFAULT_OPTIMIZER
     slots = [Slot(p, grads[p], tuple(values[p].shape), mults[p]) for p in trainable]
-    nexts = step_graph(g, spec, train.clip, slots, "lr", "step")
+    nexts = step_graph(g, spec, train.clip, slots, "lr", "step", pack)
     opt_state = [s for p in trainable for s in state_names(spec, p)]
     step_nodes = list(g.nodes)
     outputs = [_named(step_nodes, loss, "loss"), *(_named(step_nodes, v, k) for k, v in mets.items())]

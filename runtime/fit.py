@@ -96,7 +96,8 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
         raise RunError(f"early_stop watches the validation split, and val={train.data.val} leaves it "
                        "no samples: give the data a larger val share")
     stats = standardize.for_run(prog, model_name, data.train, run_dir, opts.resume, opts.threads, note)
-    tg = compile_training(prog, model_name, opts.seed, stats.moments)
+    # on CUDA the step is replayed as a CUDA graph, which the small-parameter pack would block
+    tg = compile_training(prog, model_name, opts.seed, stats.moments, pack=opts.device != "cuda")
     if train.from_ and not opts.resume:
         # a run folder is usually relative to where training runs; a shipped file, to the spec
         origin = Path(train.from_) if Path(train.from_).exists() else spec_path.parent / train.from_
@@ -104,7 +105,9 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
         loaded = load_into(tg.init, params, source_weights(origin), origin, train.from_except)
         console.print(f"initialised {len(loaded)} of {len(params)} parameter tensors from {origin}",
                       markup=False)
-    runner = StepRunner(tg.train_step, tg.init, opts.device, opts.threads)
+    runner = StepRunner(tg.train_step, tg.init, opts.device, opts.threads, bs)
+    if runner.graph_blockers:
+        note(f"the step runs node by node, not as a CUDA graph: {runner.graph_blockers[0]}")
     eval_sess = ort.InferenceSession(tg.evaluate.SerializeToString(), options(opts.threads),
                                      providers=providers(opts.device))
     run_dir.mkdir(parents=True, exist_ok=True)  # only once the run can start

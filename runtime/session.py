@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from compiler.compile import BATCH_DIM
+from runtime.cuda_graph import capture_blockers
 from spec.errors import RunError
 
 
@@ -36,52 +38,112 @@ def options(threads: int | None) -> ort.SessionOptions:
 
 class StepRunner:
     """Runs train_step.onnx with two buffer sets A and B: one binding reads A and writes every
-    `<name>.next` into B, the other reads B and writes A. Both are bound once, so a step binds
-    only the batch, `lr` and `step`."""
+    `<name>.next` into B, the other reads B and writes A. Both are bound once, so a step only
+    copies in the batch, `lr` and `step`.
+
+    With `fixed_batch` (the default on CUDA) each batch size gets its own session with the batch
+    dimension fixed: onnxruntime then folds every Shape, and the arithmetic on it, to constants
+    before placing nodes. A dynamic batch leaves that arithmetic behind, and the CUDA provider
+    sends it to the CPU on purpose, so each step would wait on host round trips. With every node
+    on the GPU, each binding of a fixed-batch session on CUDA is captured once as a CUDA graph and
+    replayed: one launch per step instead of one per node. That needs every bound value at a fixed
+    address, so the batch, `lr` and `step` go into buffers of their own, updated in place. The
+    CPU keeps one session for all sizes: a fixed batch measured no faster there."""
 
     def __init__(self, model: onnx.ModelProto, init: dict[str, np.ndarray], device: str = "cpu",
-                 threads: int | None = None):
+                 threads: int | None = None, batch: int | None = None, fixed_batch: bool | None = None,
+                 cuda_graph: bool = True):
+        """`batch`: the usual batch size, whose session is made now (others as they come)."""
         self.device = "cuda" if device == "cuda" else "cpu"
-        self.sess = ort.InferenceSession(model.SerializeToString(), options(threads),
-                                         providers=providers(device))
-        outputs = [o.name for o in self.sess.get_outputs()]
-        inputs = [i.name for i in self.sess.get_inputs()]
+        self.fixed_batch = self.device == "cuda" if fixed_batch is None else fixed_batch
+        graph = cuda_graph and self.device == "cuda" and self.fixed_batch
+        self.graph_blockers = capture_blockers(model, batch or 1) if graph else []
+        self.cuda_graph = graph and not self.graph_blockers
+        self.model, self.threads = model.SerializeToString(), threads
+        self.sessions = {self._key(batch): self._session(self._key(batch))}
+        outputs = [o.name for o in model.graph.output]
+        inputs = [i.name for i in model.graph.input]
         self.carried = [n for n in inputs if f"{n}.next" in outputs]
         self.fixed = [n for n in inputs if n in init and n not in self.carried]  # frozen weights, stats
         self.batch_inputs = [n for n in inputs if n not in init and n not in ("lr", "step")]
         self.init = init
-        self.scalars = {o: ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.float32))
-                        for o in outputs if not o.endswith(".next")}  # loss and metrics, on the host
-        self.load(init)
-
-    def _value(self, array: np.ndarray) -> Any:
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
-
-    def load(self, values: dict[str, np.ndarray]) -> None:
-        """Put parameters and state (missing names: the initial values) into fresh buffers."""
-        self.buffers = [{n: self._value(values.get(n, self.init[n])) for n in self.carried},
-                        {n: self._value(np.empty_like(self.init[n])) for n in self.carried}]
-        self._fixed = {n: self._value(values.get(n, self.init[n])) for n in self.fixed}
-        self.bindings = []
-        for src, dst in ((0, 1), (1, 0)):
-            io = self.sess.io_binding()
-            for name in self.carried:
-                io.bind_ortvalue_input(name, self.buffers[src][name])
-                io.bind_ortvalue_output(f"{name}.next", self.buffers[dst][name])
-            for name, value in self._fixed.items():
-                io.bind_ortvalue_input(name, value)
-            for name, value in self.scalars.items():
-                io.bind_ortvalue_output(name, value)
-            self.bindings.append(io)
+        # loss and metrics: read back after each step (on the device when a CUDA graph writes them)
+        self.scalars = {o: self._value(np.zeros((), np.float32)) for o in outputs if not o.endswith(".next")}
+        self.hyper = {"lr": self._value(np.zeros((), np.float32)),
+                      "step": self._value(np.zeros((), np.int64))}
+        self.buffers = [{n: self._value(init[n]) for n in self.carried},
+                        {n: self._value(np.empty_like(init[n])) for n in self.carried}]
+        self._fixed = {n: self._value(init[n]) for n in self.fixed}
+        self.feeds: dict[int | None, dict[str, Any]] = {}  # per fixed batch size: its batch buffers
+        self.bindings: dict[int | None, list[tuple[Any, ort.RunOptions]]] = {}
         self.current = 0  # the buffer set holding the latest values
 
+    def _key(self, batch: int | None) -> int | None:
+        return batch if self.fixed_batch else None
+
+    def _session(self, batch: int | None) -> ort.InferenceSession:
+        so = options(self.threads)
+        chosen: list[Any] = list(providers(self.device))
+        if batch is not None:
+            so.add_free_dimension_override_by_name(BATCH_DIM, batch)
+            if self.cuda_graph:
+                chosen[0] = (chosen[0], {"enable_cuda_graph": "1"})
+        return ort.InferenceSession(self.model, so, providers=chosen)
+
+    def _value(self, array: np.ndarray) -> Any:
+        # a copy: on the CPU an OrtValue wraps the array's own memory, and the steps write into
+        # these buffers, which would overwrite the caller's arrays (the initial values, a checkpoint)
+        return ort.OrtValue.ortvalue_from_numpy(np.array(array, order="C"), self.device, 0)
+
+    def load(self, values: dict[str, np.ndarray]) -> None:
+        """Copy parameters and state (missing names: the initial values) into the buffers, in
+        place: their addresses stay, so do the bindings and any captured CUDA graph."""
+        for name, value in [*self.buffers[0].items(), *self._fixed.items()]:
+            new = np.ascontiguousarray(values.get(name, self.init[name]))
+            if new.shape != tuple(value.shape()) or new.dtype != self.init[name].dtype:
+                raise RunError(f"'{name}' is {new.dtype}{list(new.shape)} in the values to load, "
+                               f"the model needs {self.init[name].dtype}{list(value.shape())}")
+            value.update_inplace(new)
+        self.current = 0
+
+    def _bound(self, batch: int | None) -> list[tuple[Any, ort.RunOptions]]:
+        """The two IOBindings (A to B, B to A) of the session for this batch size, each with the
+        run options that name its CUDA graph."""
+        if batch not in self.bindings:
+            if batch not in self.sessions:
+                self.sessions[batch] = self._session(batch)
+            pair = []
+            for graph_id, (src, dst) in enumerate(((0, 1), (1, 0)), 1):
+                io = self.sessions[batch].io_binding()
+                for name in self.carried:
+                    io.bind_ortvalue_input(name, self.buffers[src][name])
+                    io.bind_ortvalue_output(f"{name}.next", self.buffers[dst][name])
+                for values in (self._fixed, self.hyper, self.feeds.get(batch, {})):
+                    for name, value in values.items():
+                        io.bind_ortvalue_input(name, value)
+                for name, value in self.scalars.items():
+                    io.bind_ortvalue_output(name, value)
+                run = ort.RunOptions()
+                if self.cuda_graph:
+                    run.add_run_config_entry("gpu_graph_id", str(graph_id))
+                pair.append((io, run))
+            self.bindings[batch] = pair
+        return self.bindings[batch]
+
     def run(self, batch: dict[str, np.ndarray], lr: float, step: int) -> dict[str, float]:
-        io = self.bindings[self.current]
-        for name in self.batch_inputs:
-            io.bind_cpu_input(name, batch[name])
-        io.bind_cpu_input("lr", np.array(lr, np.float32))
-        io.bind_cpu_input("step", np.array(step, np.int64))
-        self.sess.run_with_iobinding(io)
+        size = self._key(len(batch[self.batch_inputs[0]]) if self.batch_inputs else None)
+        if size is not None and size not in self.feeds:
+            self.feeds[size] = {n: self._value(batch[n]) for n in self.batch_inputs}
+        io, run = self._bound(size)[self.current]
+        if size is None:
+            for name in self.batch_inputs:
+                io.bind_cpu_input(name, batch[name])
+        else:
+            for name, value in self.feeds[size].items():
+                value.update_inplace(np.ascontiguousarray(batch[name]))
+        self.hyper["lr"].update_inplace(np.array(lr, np.float32))
+        self.hyper["step"].update_inplace(np.array(step, np.int64))
+        self.sessions[size].run_with_iobinding(io, run)
         self.current ^= 1
         return {n: float(v.numpy()) for n, v in self.scalars.items()}
 
