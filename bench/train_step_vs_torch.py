@@ -2,11 +2,16 @@
 same model in PyTorch eager, same threads and batch, in alternating rounds (bench/paired.py).
 
     python bench/train_step_vs_torch.py [--threads 2] [--steps 60] [--only digits|resnet18]
+                                        [--device cpu|cuda]
 
 Models: examples/digits.dlspec (batch 64, adamw, clipping, label smoothing) and
 examples/resnet18_cifar.dlspec (3x32x32, batch 128, sgd nesterov). Augmentation is left out of
 both sides, so each step does the same work. Prints steps/s and the ratio dlspec / PyTorch: the
 median over rounds of each round's ratio, with its quartiles.
+
+--device cuda runs dlspec on onnxruntime's CUDA provider and PyTorch on the GPU (cuDNN autotuned,
+as onnxruntime's is by default); both sides copy the batch from the host and read the loss back
+every step, as a training loop does.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ def batch_of(size: int, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
             "label": rng.integers(0, 10, size).astype(np.int64)}
 
 
-def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int) -> Callable[[int], None]:
+def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
+                 device: str) -> Callable[[int], None]:
     from compiler.train import compile_training
     from runtime.session import StepRunner
     from spec.loader import load
@@ -43,8 +49,8 @@ def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int) 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{example}.dlspec"
         path.write_text(text)
-        tg = compile_training(load(path))
-    runner = StepRunner(tg.train_step, tg.init, "cpu", threads)
+        tg = compile_training(load(path), pack=device != "cuda")  # as dlspec train compiles it
+    runner = StepRunner(tg.train_step, tg.init, device, threads, size)
     batch = batch_of(size, shape)
 
     def step(i: int) -> None:
@@ -52,12 +58,14 @@ def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int) 
     return step
 
 
-def torch_steps(example: str, size: int, shape: tuple[int, ...], threads: int) -> Callable[[int], None]:
+def torch_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
+                device: str) -> Callable[[int], None]:
     import torch
     import torch.nn.functional as F
     from parity_torch import BasicBlock, DigitsNet, ResNet
 
     torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = True
     batch = batch_of(size, shape)
     x, y = torch.tensor(batch["image"]), torch.tensor(batch["label"])
     if example == "digits":
@@ -68,15 +76,16 @@ def torch_steps(example: str, size: int, shape: tuple[int, ...], threads: int) -
         net = ResNet(BasicBlock, [2, 2, 2, 2], stem="cifar", classes=10)
         opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
         smoothing, clip = 0.0, 0.0
-    net.train()
+    net.train().to(device)
 
     def step(i: int) -> None:
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y, label_smoothing=smoothing)
+        loss = F.cross_entropy(net(x.to(device)), y.to(device), label_smoothing=smoothing)
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
+        loss.item()  # the loss on the host, as dlspec's runner returns it
     return step
 
 
@@ -85,17 +94,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--only", choices=["digits", "resnet18"])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
     cases = {"digits": ("digits", 64, (1, 8, 8), args.steps),
              "resnet18": ("resnet18_cifar", 128, (3, 32, 32), max(args.steps // 6, 3))}
     for key, (example, bs, shape, steps) in cases.items():
         if args.only and key != args.only:
             continue
-        pair = paired(partial(dlspec_steps, example, bs, shape, args.threads),
-                      partial(torch_steps, example, bs, shape, args.threads), steps)
+        pair = paired(partial(dlspec_steps, example, bs, shape, args.threads, args.device),
+                      partial(torch_steps, example, bs, shape, args.threads, args.device), steps)
         print(f"{example:16} batch {bs:3}  dlspec {1 / pair.a:8.2f} steps/s  PyTorch eager {1 / pair.b:8.2f} "
               f"steps/s  ratio {pair.ratio:.2f}  ({pair.spread()}, {steps} steps each, "
-              f"{args.threads} threads)")
+              f"{args.threads} threads, {args.device})")
 
 
 if __name__ == "__main__":

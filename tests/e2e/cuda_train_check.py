@@ -1,79 +1,185 @@
-"""Train the digits example's compiled train_step on onnxruntime's CUDA provider and on the CPU
-(a GPU machine with onnxruntime-gpu): lists every node the CUDA session left on the CPU, and
-prints loss, test accuracy and steps/s for both. Not collected by pytest; run it by hand:
+"""The digits example's train step on onnxruntime's CUDA provider, for a machine with
+onnxruntime-gpu. Not collected by pytest; run it by hand:
 
-    python tests/e2e/cuda_train_check.py DIGITS.npz [STEPS]
+    python tests/e2e/cuda_train_check.py [--device cuda|cpu] [--steps 30]
+
+It drives the runtime's own StepRunner (the path `dlspec train --device cuda` takes) through full
+batches and one short last batch, and checks:
+
+1. placement: onnxruntime's profiler lists the provider of every node each session ran; all of
+   them must be the device's;
+2. gradients: the compiled gradients graph on the device against the CPU provider at the same
+   weights (relative error per parameter, TF32 convolutions allowed for);
+3. CUDA graphs: steps replayed from the captured graphs against the same steps run node by
+   node, from the same state and batch, and the speed of both.
+
+It exits 1 if a check fails.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnx
 
 try:  # torch first: it loads the CUDA and cuDNN libraries onnxruntime-gpu needs
     import torch  # noqa: F401
 except ImportError:
     pass
 import onnxruntime as ort  # noqa: E402
-from onnx import numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ort_placements import placements  # noqa: E402
-
-from compiler.train import compile_training  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+import runtime.session as rs  # noqa: E402
+from compiler.compile import BATCH_DIM  # noqa: E402
+from compiler.train import TrainingGraphs, compile_training  # noqa: E402
 from spec import load  # noqa: E402
 
+PROVIDER = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+PLAIN_OPTIONS = rs.options
+Batch = dict[str, np.ndarray]
 
-def main() -> None:
-    data = np.load(sys.argv[1])
-    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 400
-    x, y = data["x"], data["y"]
+
+def profiled(folder: str):  # type: ignore[no-untyped-def]
+    """The runtime's session options with onnxruntime's profiler on, writing into `folder`."""
+    def options(threads: int | None):  # type: ignore[no-untyped-def]
+        so = PLAIN_OPTIONS(threads)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(folder) / "step")
+        return so
+    return options
+
+
+def kernel_events(profile: str) -> list[dict[str, Any]]:
+    events = json.loads(Path(profile).read_text())
+    return [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+
+
+def digit_batches(sizes: list[int]) -> list[Batch]:
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    x, y = digits.images.astype(np.float32)[:, None], digits.target.astype(np.int64)
     rng = np.random.default_rng(0)
-    order = rng.permutation(len(x))
-    train, test = order[: int(0.8 * len(x))], order[int(0.8 * len(x)):]
-    tg = compile_training(load(Path(__file__).resolve().parents[2] / "examples" / "digits.dlspec"))
-    for providers in (["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]):
-        sess, on_cpu = placements(tg.train_step.SerializeToString(), providers)
-        print(f"== {providers[0]}: session providers {sess.get_providers()}")
-        if providers[0] != "CPUExecutionProvider":
-            print(f"   train_step nodes {len(tg.train_step.graph.node)}; left on the CPU: "
-                  f"{dict(collections.Counter(on_cpu)) or 'none'}")
-        state = dict(tg.init)
-        inputs = [i.name for i in sess.get_inputs()]
-        outs = [o.name for o in sess.get_outputs()]
-        batch_rng = np.random.default_rng(1)
+    picks = [rng.choice(len(x), n, replace=False) for n in sizes]
+    return [{"image": x[i], "label": y[i]} for i in picks]
+
+
+def check_placement(tg: TrainingGraphs, device: str, batches: list[Batch]) -> bool:
+    ok = True
+    with tempfile.TemporaryDirectory() as folder:
+        rs.options = profiled(folder)  # StepRunner's sessions read it
+        try:
+            runner = rs.StepRunner(tg.train_step, tg.init, device, batch=len(batches[0]["image"]),
+                                   cuda_graph=False)
+            for i, b in enumerate(batches, 1):
+                runner.run(b, 3e-3, i)
+            events = {size: kernel_events(sess.end_profiling()) for size, sess in runner.sessions.items()}
+        finally:
+            rs.options = PLAIN_OPTIONS
+    for size, evs in events.items():
+        per_provider = collections.Counter(e["args"]["provider"] for e in evs)
+        print(f"batch {size}: nodes run per provider {dict(per_provider)}")
+        elsewhere = collections.Counter(e["args"]["op_name"] for e in evs
+                                        if e["args"]["provider"] != PROVIDER[device])
+        if elsewhere:
+            print(f"  not on {PROVIDER[device]}: {dict(elsewhere)}")
+            ok = False
+    busiest: collections.Counter[str] = collections.Counter()
+    for e in events[max(events, key=lambda k: len(events[k]))]:
+        busiest[e["args"]["op_name"]] += e["dur"]
+    total = sum(busiest.values())
+    shares = (f"{op} {100 * us / total:.0f}%" for op, us in busiest.most_common(8))
+    print("  kernel time by op: " + ", ".join(shares))
+    return ok
+
+
+def check_gradients(tg: TrainingGraphs, device: str, batch: Batch) -> bool:
+    """Relative L2 error of each parameter's gradient on `device` against the CPU provider: with
+    the provider's defaults (TF32 convolutions and matrix products on CUDA) and, on CUDA, without
+    TF32, where only float32 rounding may differ."""
+    feeds = {**batch, "step": np.array(1, np.int64)}
+
+    def run(providers: list[Any]) -> dict[str, np.ndarray]:
+        so = PLAIN_OPTIONS(None)
+        so.add_free_dimension_override_by_name(BATCH_DIM, len(batch["image"]))
+        sess = ort.InferenceSession(tg.gradients.SerializeToString(), so, providers=providers)
+        names = [i.name for i in sess.get_inputs()]
+        out = sess.run(None, {n: feeds[n] if n in feeds else tg.init[n] for n in names})
+        return dict(zip([o.name for o in sess.get_outputs()], out))
+
+    reference = run(["CPUExecutionProvider"])
+    ok = True
+    variants: list[tuple[str, list[Any], float]] = [("defaults", rs.providers(device), 1.0)]
+    if device == "cuda":
+        variants.append(("no TF32", [("CUDAExecutionProvider", {"use_tf32": "0"})], 1e-2))
+    for label, providers, limit in variants:
+        got = run(providers)
+        errors = {k: float(np.linalg.norm(got[k] - v) / np.linalg.norm(v))
+                  for k, v in reference.items() if k.startswith("grad.") and np.linalg.norm(v) > 0}
+        worst = max(errors, key=lambda k: errors[k])
+        print(f"gradients on {device} ({label}) against the CPU provider: loss {float(got['loss']):.6f} vs "
+              f"{float(reference['loss']):.6f}; relative error median "
+              f"{float(np.median(list(errors.values()))):.1e}, largest {errors[worst]:.1e} ({worst}), "
+              f"over {len(errors)} tensors")
+        ok &= errors[worst] < limit
+    return ok
+
+
+def check_replay(tg: TrainingGraphs, batches: list[Batch]) -> bool:
+    """After the graphs are captured: two steps (one through each graph) from the same state and
+    batches, replayed and node by node; then steps/s of both over the remaining batches."""
+    size = len(batches[0]["image"])
+    graph = rs.StepRunner(tg.train_step, tg.init, "cuda", batch=size, cuda_graph=True)
+    plain = rs.StepRunner(tg.train_step, tg.init, "cuda", batch=size, cuda_graph=False)
+    if not graph.cuda_graph:
+        print(f"no CUDA graph: {graph.graph_blockers}")
+        return False
+    speed = {}
+    for runner in (graph, plain):
+        for i, b in enumerate(batches[:5], 1):  # warm-up; the graphs are captured here
+            runner.run(b, 3e-3, i)
         t0 = time.perf_counter()
-        losses = []
-        for step in range(1, steps + 1):
-            idx = batch_rng.choice(train, 64, replace=False)
-            feeds = {"image": x[idx], "label": y[idx], "lr": np.array(3e-3, np.float32),
-                     "step": np.array(step, np.int64)}
-            feeds.update({k: state[k] for k in inputs if k in state})
-            res = dict(zip(outs, sess.run(None, feeds)))
-            for k, v in res.items():
-                if k.endswith(".next"):
-                    state[k[:-5]] = v
-            losses.append(float(res["loss"]))
-            if step == 10:
-                t0 = time.perf_counter()
-        rate = (steps - 10) / (time.perf_counter() - t0)
-        model = onnx.ModelProto()
-        model.CopyFrom(tg.inference.onnx)
-        for i, t in enumerate(model.graph.initializer):
-            if t.name in state:
-                model.graph.initializer[i].CopyFrom(numpy_helper.from_array(state[t.name], t.name))
-        inf = ort.InferenceSession(model.SerializeToString(), providers=providers)
-        logits = inf.run(None, {"image": x[test]})[0]
-        acc = float((logits.argmax(1) == y[test]).mean())
-        print(f"   loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}; test accuracy {acc:.4f}; "
-              f"{rate:.1f} steps/s (batch 64, plain sess.run loop)")
+        for i, b in enumerate(batches[5:], 6):
+            runner.run(b, 3e-3, i)
+        speed[runner] = (len(batches) - 5) / (time.perf_counter() - t0)
+    state = plain.weights()
+    losses = []
+    for runner in (graph, plain):
+        runner.load(state)
+        losses.append([runner.run(b, 3e-3, 1000 + i)["loss"] for i, b in enumerate(batches[:2])])
+    after = graph.weights(), plain.weights()
+    errors = [float(np.max(np.abs(w - after[1][k])) / (np.max(np.abs(after[1][k])) + 1e-12))
+              for k, w in after[0].items()]
+    gaps = [abs(a - b) / abs(b) for a, b in zip(*losses)]
+    print(f"CUDA graph: {speed[graph]:.1f} steps/s against {speed[plain]:.1f} node by node "
+          f"({speed[graph] / speed[plain]:.2f}x, batch {size}); the same two steps replayed and node by "
+          f"node: loss gaps {gaps[0]:.1e} and {gaps[1]:.1e}, weights' relative difference median "
+          f"{float(np.median(errors)):.1e}, largest {max(errors):.1e}")
+    return gaps[0] < 1e-4 and gaps[1] < 1e-3 and float(np.median(errors)) < 1e-3
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda", choices=sorted(PROVIDER))
+    ap.add_argument("--steps", type=int, default=30)
+    args = ap.parse_args()
+    tg = compile_training(load(ROOT / "examples" / "digits.dlspec"), pack=args.device != "cuda")
+    # full batches, then a short last one, which gets a session of its own
+    batches = digit_batches([64] * (args.steps - 1) + [40])
+    ok = check_placement(tg, args.device, batches)
+    ok &= check_gradients(tg, args.device, batches[0])
+    if args.device == "cuda":
+        ok &= check_replay(tg, digit_batches([64] * 300))
+    print("OK" if ok else "FAILED")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
