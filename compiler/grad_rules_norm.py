@@ -45,8 +45,19 @@ def channel_affine(g: Graph, x: str, scale: str, shift: str, channels: int, hint
     return g.op1("BatchNormalization", [x, scale, shift, zero, one], hint, epsilon=eps)
 
 
+def channel_sum(g: Graph, x: str, channels: int, hint: str) -> str:
+    """The sum of x [N, C, *S] over every axis but the channels, [C]: over the flattened space,
+    then over the batch. Each stage reduces one contiguous block of axes, which onnxruntime's CUDA
+    provider does with its own matrix kernels where one reduction over (0, 2, ...) goes through
+    cuDNN's general one (in a resnet18 step on an H200, 80 of those took 6.7 of 27.6 ms); its CPU
+    kernels are 1.1x to 2.5x faster this way too (64x64x8x8 to 128x256x8x8, one thread)."""
+    rows = g.op1("Reshape", [x, g.ints([0, channels, -1])], hint)  # [N, C, prod(S)]
+    per_sample = g.op1("ReduceSum", [rows, g.ints([2])], hint, keepdims=0)  # [N, C]
+    return g.op1("ReduceSum", [per_sample, g.ints([0])], hint, keepdims=0)
+
+
 def batch_norm_composite(x: str, weight: str, bias: str, centred: str, inv: str, count: str,
-                         axes: str, channels: int) -> Composite:
+                         channels: int) -> Composite:
     """The gradient of training-mode batch norm y = d inv w + b with d = x - mean, as the
     compiler writes it (compiler/layers.py; inv [C]), in two reductions and four full-size ops
     where the per-op rules take about twelve:
@@ -55,8 +66,8 @@ def batch_norm_composite(x: str, weight: str, bias: str, centred: str, inv: str,
 
     def back(ctx: RuleCtx, g: str) -> Sequence[G]:
         op = ctx.g.op1
-        sum_g = op("ReduceSum", [g, axes], "grad", keepdims=0)
-        sum_gd = op("ReduceSum", [op("Mul", [g, centred], "grad"), axes], "grad", keepdims=0)
+        sum_g = channel_sum(ctx.g, g, channels, "grad")
+        sum_gd = channel_sum(ctx.g, op("Mul", [g, centred], "grad"), channels, "grad")
         scale = op("Mul", [inv, weight], "grad")
         per_n = op("Div", [scale, count], "grad")  # s / n, per channel
         a = op("Mul", [op("Mul", [per_n, inv], "grad"), op("Mul", [inv, sum_gd], "grad")], "grad")

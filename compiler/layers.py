@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from compiler.grad_rules_norm import batch_norm_composite, channel_affine
+from compiler.grad_rules_norm import batch_norm_composite, channel_affine, channel_sum
 from compiler.random import stream_seed, uniform_like
 from compiler.tensor import Tensor, show
 
@@ -152,20 +152,20 @@ class BatchNorm(Layer):
         BatchNormalization at opset >= 14); also emits the updated running statistics."""
         g, p = ctx.g, ctx.path
         _, weight, bias, run_mean, run_var = names
-        axes = g.ints([0] + list(range(2, x.rank)))
-        mean = g.op1("ReduceMean", [x.name, axes], p, keepdims=0)  # [C]
-        ones = g.const(np.ones(x.channels, np.float32))
-        d = channel_affine(g, x.name, ones, g.op1("Neg", [mean], p), x.channels, p)  # x - mean
-        var = g.op1("ReduceMean", [g.op1("Mul", [d, d], p), axes], p, keepdims=0)  # biased, [C]
+        c = x.channels
+        n = g.op1("Cast", [g.op1("Div", [g.numel(x.name, p), g.ints([c])], p)], p, to=1)  # per channel
+        mean = g.op1("Div", [channel_sum(g, x.name, c, p), n], p)  # [C]
+        ones = g.const(np.ones(c, np.float32))
+        d = channel_affine(g, x.name, ones, g.op1("Neg", [mean], p), c, p)  # x - mean
+        var = g.op1("Div", [channel_sum(g, g.op1("Mul", [d, d], p), c, p), n], p)  # biased, [C]
         # y = d w / sqrt(var + eps) + b as one inference-mode BatchNormalization of the centred d:
         # one pass, where a broadcast Mul and Add take two slower ones in onnxruntime (and the
         # centring above is one for the same reason: a broadcast Sub takes 1.5x to 2.5x longer)
-        y = g.op1("BatchNormalization", [d, weight, bias, g.const(np.zeros(x.channels, np.float32)), var],
+        y = g.op1("BatchNormalization", [d, weight, bias, g.const(np.zeros(c, np.float32)), var],
                   p, epsilon=self.eps)
         inv = g.op1("Reciprocal", [g.op1("Sqrt", [g.op1("Add", [var, g.const(self.eps)], p)], p)], p)
+        ctx.comp.composites[y] = batch_norm_composite(x.name, weight, bias, d, inv, n, c)
         # running statistics as PyTorch keeps them: the variance unbiased, n / (n - 1)
-        n = g.op1("Cast", [g.op1("Div", [g.numel(x.name, p), g.ints([x.channels])], p)], p, to=1)
-        ctx.comp.composites[y] = batch_norm_composite(x.name, weight, bias, d, inv, n, axes, x.channels)
         unbias = g.op1("Div", [n, g.op1("Sub", [n, g.const(1.0)], p)], p)
         m = g.const(self.momentum)
         keep = g.const(1.0 - self.momentum)

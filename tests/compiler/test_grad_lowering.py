@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 from onnx import TensorProto as TP
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from compiler.gradients import gradient_model
 from compiler.opset import IR_VERSION, OPSET
@@ -76,6 +76,10 @@ def test_conv_weight_gradient_multiplies_per_tap_without_an_im2col_copy() -> Non
     made = {o: n.op_type for n in nodes for o in n.output}
     (concat,) = [n for n in nodes if n.op_type == "Concat"]
     assert {made[i] for i in concat.input} == {"Unsqueeze"}  # stacks [O, C] results, not the taps
+    # no zero-padded copy of x (onnxruntime's CUDA Pad is slow): each of the 8 border taps
+    # slices both x and G to the positions it reaches; the centre tap takes G whole
+    ops = Counter(n.op_type for n in nodes)
+    assert ops["Pad"] == 0 and ops["Slice"] == 9 + 8
 
 
 def test_relu_gradient_masks_with_a_multiply_not_where() -> None:
@@ -98,18 +102,32 @@ def test_nearest_upsampling_with_a_symbolic_batch_sums_blocks() -> None:
 
 
 def test_training_batch_norm_takes_its_closed_form_gradient(tmp_path: Path) -> None:
-    """The closed form takes 18 nodes (five of them constants, four full-size) where the op-by-op
+    """The closed form takes 22 nodes (seven of them constants, four full-size) where the op-by-op
     rules would differentiate each primitive op of the forward, and recompute its statistics."""
     tg = compile_training_text(tmp_path, SMALL_CNN)
     bn = [n.op_type for n in tg.gradients.graph.node
           if n.name.startswith("grad/") and n.doc_string.endswith("backbone.a.bn1")]
-    assert 0 < len(bn) <= 20 and "Sqrt" not in bn and "Expand" not in bn
+    assert 0 < len(bn) <= 22 and "Sqrt" not in bn and "Expand" not in bn
     # the per-channel affine maps are single inference-mode BatchNormalization passes
     assert bn.count("BatchNormalization") == 2
     forward = [n for n in tg.train_step.graph.node if n.op_type == "BatchNormalization"
                and not n.name.startswith("grad/") and n.doc_string.endswith("backbone.a.bn1")]
     assert len(forward) == 2  # x - mean, then the normalization; neither in training mode
     assert not any(a.name == "training_mode" and a.i for n in forward for a in n.attribute)
+
+
+def test_per_channel_sums_reduce_one_contiguous_block_of_axes_at_a_time(tmp_path: Path) -> None:
+    """Batch-norm statistics, their gradients and conv bias gradients sum over (0, 2, 3) as two
+    reductions, space then batch: onnxruntime's CUDA provider runs a contiguous block with its
+    own kernels, and anything else through cuDNN's slower general reduction."""
+    tg = compile_training_text(tmp_path, SMALL_CNN)
+    graph = tg.train_step.graph
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t).tolist()
+              for n in graph.node if n.op_type == "Constant"}
+    axes = [consts.get(n.input[1]) for n in graph.node
+            if n.op_type in ("ReduceSum", "ReduceMean") and len(n.input) > 1]
+    assert axes.count([2]) >= 8 and axes.count([0]) >= 8  # two BNs: mean, var, and two grad sums each
+    assert not any(a and 0 in a and len(a) > 1 for a in axes)
 
 
 def test_small_parameters_share_one_optimizer_update(tmp_path: Path) -> None:

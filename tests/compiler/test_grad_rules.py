@@ -159,6 +159,9 @@ ROWS = [
         id="dilated-asymmetric"),
     Row("Conv", [(2, 4, 6, 5), (6, 2, 3, 3), (6,)], {"group": 2, "pads": [1, 1, 1, 1]}, id="groups"),
     Row("Conv", [(2, 3, 5, 5), (4, 3, 1, 1)], id="pointwise"),
+    # a 2x2 input under a 5x5 kernel with pads 2: the corner taps only ever read padding
+    Row("Conv", [(2, 2, 2, 2), (3, 2, 5, 5), (3,)], {"pads": [2, 2, 2, 2]}, id="taps-all-padding"),
+    Row("Conv", [(1, 2, 6, 5), (2, 2, 3, 3)], {"strides": [2, 2], "pads": [2, 0, 1, 2]}, id="uneven-pads"),
     Row("Conv", [(2, 3, 7, 6), (4, 3, 1, 1), (4,)], {"strides": [2, 3], "pads": [1, 0, 0, 2]},
         id="pointwise-strided-padded"),
     Row("Conv", [(2, 4, 5, 5), (6, 2, 1, 1)], {"group": 2}, id="pointwise-groups"),
