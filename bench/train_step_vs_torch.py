@@ -49,7 +49,7 @@ def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{example}.dlspec"
         path.write_text(text)
-        tg = compile_training(load(path), pack=device != "cuda")  # as dlspec train compiles it
+        tg = compile_training(load(path), device=device)
     runner = StepRunner(tg.train_step, tg.init, device, threads, size)
     batch = batch_of(size, shape)
 

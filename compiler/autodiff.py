@@ -38,6 +38,7 @@ class RuleCtx:
     shapes: dict[str, tuple[Dim, ...]]
     consts: dict[str, np.ndarray] = field(default_factory=dict)  # initializers and Constant outputs
     composites: dict[str, Composite] = field(default_factory=dict)  # by output value
+    device: str = "cpu"  # where the graph will run, "cpu" or "cuda": some lowerings differ
 
     def shape(self, name: str) -> tuple[Dim, ...] | None:
         return self.shapes.get(name)

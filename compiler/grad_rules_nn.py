@@ -219,15 +219,19 @@ def _weight_grad_taps(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size: l
     lies inside x: one strided Slice of the channels-last input and one MatMul with the output
     gradient, the [O, C] results stacked last. Against one MatMul over all taps concatenated
     (im2col), this skips copying the taps again: 1.0x to 1.5x faster in onnxruntime (64x64x8x8
-    3x3: 9.4 ms vs 14.6 ms); against a Conv that treats the batch as channels, 2x to 5x. A tap
-    at the border sees fewer positions and slices G to them, where reading a zero-padded copy of
-    x would need a Pad: onnxruntime's CUDA Pad took 0.5 ms per resnet18 layer-1 input on an H200,
-    30% of the step."""
+    3x3: 9.4 ms vs 14.6 ms); against a Conv that treats the batch as channels, 2x to 5x.
+    With padding, the CPU reads every tap from one zero-padded copy of x. On CUDA a tap at the
+    border slices G to the positions it reaches instead: onnxruntime's CUDA Pad took 0.5 ms per
+    resnet18 layer-1 input on an H200, 30% of the step, where on the CPU the extra G copies made
+    the weight gradient up to 1.3x slower."""
     nd = len(k)
     out = [(size[a] + p[a] + p[nd + a] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a in range(nd)]
     op, ints = ctx.g.op1, ctx.g.ints
     spatial = list(range(1, 1 + nd))
     last = op("Transpose", [x], "grad", perm=[0] + list(range(2, 2 + nd)) + [1])  # [N, *S, C]
+    if any(p) and ctx.device != "cuda":  # every tap then reaches every output position
+        last = op("Pad", [last, ints([0, *p[:nd], 0, 0, *p[nd:], 0])], "grad")
+        size, p = [size[a] + p[a] + p[nd + a] for a in range(nd)], [0] * (2 * nd)
     gc = op("Transpose", [g], "grad", perm=[1, 0] + list(range(2, 2 + nd)))  # [O, N, *out]
     g_rows = op("Reshape", [gc, ints([cout, -1])], "grad")  # [O, N * prod(out)]
     rows, tail = ints([-1, cin]), ints([-1])

@@ -17,7 +17,8 @@ OLDEST_OPSET = 9  # the oldest opset whose models are converted to OPSET before 
 FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 
 
-def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None = None) -> onnx.ModelProto:
+def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None = None,
+                   device: str = "cpu") -> onnx.ModelProto:
     """Append the backward pass: outputs `loss` and `grad.<name>` for every name in `wrt`
     (default: every float initializer). Those initializers become graph inputs, so the caller
     feeds the current parameters (no constant folding of weights). A model of an older opset is
@@ -44,7 +45,7 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
     taken = {v for node in src.node for v in list(node.input) + list(node.output)}
     taken |= {v.name for v in list(src.input) + list(src.initializer)} | {node.name for node in src.node}
     g = Graph(taken)  # the new nodes must not reuse a name of the model they extend
-    ctx = RuleCtx(g, shapes, constants(model))
+    ctx = RuleCtx(g, shapes, constants(model), device=device)
     seed = g.op1("CastLike", [g.const(1.0), loss], "grad.seed")
     if shapes.get(loss) == (1,):
         seed = g.op1("Reshape", [seed, g.ints([1])], "grad.seed")

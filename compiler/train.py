@@ -48,9 +48,10 @@ class TrainingGraphs:
 
 
 def compile_training(prog: Program, name: str | None = None, seed: int | None = None,
-                     moments: Stats | None = None, pack: bool = True) -> TrainingGraphs:
+                     moments: Stats | None = None, device: str = "cpu") -> TrainingGraphs:
     """`moments`: the fitted statistics of standardized features, as `stats` of compile_model.
-    `pack`: update small parameters in one flat pack (see compiler.optim); False for CUDA graphs."""
+    `device`: where the step will run, "cpu" or "cuda"; a few lowerings differ (conv weight
+    gradients, the optimizer's small-parameter pack, which would block a CUDA graph)."""
     inference = compile_model(prog, name, seed, moments)
     model = inference.model
     train = prog.train(model.name) or m.Train()
@@ -76,7 +77,7 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
 
     fwd = model_proto(model.name, g.nodes, batch + scalars + param_inputs, [_vi(loss, np.float32(0))], {},
                       f.spec_hash)
-    ctx = RuleCtx(g, static_shapes(fwd), constants(fwd), f.comp.composites)
+    ctx = RuleCtx(g, static_shapes(fwd), constants(fwd), f.comp.composites, device)
     grads = backward(ctx, list(g.nodes), loss, trainable, g.const(1.0, hint="grad.seed"))
     missing = [p for p in trainable if p not in grads]
     if missing:
@@ -94,7 +95,7 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
     # train_step.onnx: + lr, step, optimizer state -> loss, metrics, next params and state
     spec = train.optimizer or DEFAULT_OPTIMIZER
     slots = [Slot(p, grads[p], tuple(values[p].shape), mults[p]) for p in trainable]
-    nexts = step_graph(g, spec, train.clip, slots, "lr", "step", pack)
+    nexts = step_graph(g, spec, train.clip, slots, "lr", "step", pack=device != "cuda")
     opt_state = [s for p in trainable for s in state_names(spec, p)]
     step_nodes = list(g.nodes)
     outputs = [_named(step_nodes, loss, "loss"), *(_named(step_nodes, v, k) for k, v in mets.items())]

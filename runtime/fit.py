@@ -96,8 +96,7 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
         raise RunError(f"early_stop watches the validation split, and val={train.data.val} leaves it "
                        "no samples: give the data a larger val share")
     stats = standardize.for_run(prog, model_name, data.train, run_dir, opts.resume, opts.threads, note)
-    # on CUDA the step is replayed as a CUDA graph, which the small-parameter pack would block
-    tg = compile_training(prog, model_name, opts.seed, stats.moments, pack=opts.device != "cuda")
+    tg = compile_training(prog, model_name, opts.seed, stats.moments, device=opts.device)
     if train.from_ and not opts.resume:
         # a run folder is usually relative to where training runs; a shipped file, to the spec
         origin = Path(train.from_) if Path(train.from_).exists() else spec_path.parent / train.from_

@@ -34,13 +34,14 @@ train { optimizer adamw(lr=1e-3)  clip grad_norm(1.0) }
 Shapes = dict[str, list[int | str]]
 
 
-def _grad_nodes(node: onnx.NodeProto, shapes: Shapes, wrt: list[str]) -> list[onnx.NodeProto]:
+def _grad_nodes(node: onnx.NodeProto, shapes: Shapes, wrt: list[str],
+                device: str = "cpu") -> list[onnx.NodeProto]:
     inputs = [helper.make_tensor_value_info(n, TP.FLOAT, s) for n, s in shapes.items()]
     loss = helper.make_node("ReduceSum", [node.output[0]], ["loss"], keepdims=0)
     out = [helper.make_tensor_value_info("loss", TP.FLOAT, [])]
     graph = helper.make_graph([node, loss], "g", inputs, out)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
-    return list(gradient_model(model, "loss", wrt).graph.node[len(model.graph.node):])
+    return list(gradient_model(model, "loss", wrt, device).graph.node[len(model.graph.node):])
 
 
 def _grad_ops(node: onnx.NodeProto, shapes: Shapes, wrt: list[str]) -> Counter[str]:
@@ -76,10 +77,14 @@ def test_conv_weight_gradient_multiplies_per_tap_without_an_im2col_copy() -> Non
     made = {o: n.op_type for n in nodes for o in n.output}
     (concat,) = [n for n in nodes if n.op_type == "Concat"]
     assert {made[i] for i in concat.input} == {"Unsqueeze"}  # stacks [O, C] results, not the taps
-    # no zero-padded copy of x (onnxruntime's CUDA Pad is slow): each of the 8 border taps
-    # slices both x and G to the positions it reaches; the centre tap takes G whole
+    # the CPU reads the 9 taps from one zero-padded copy of x
     ops = Counter(n.op_type for n in nodes)
-    assert ops["Pad"] == 0 and ops["Slice"] == 9 + 8
+    assert ops["Pad"] == 1 and ops["Slice"] == 9
+    # CUDA reads no padded copy (onnxruntime's CUDA Pad is slow): each of the 8 border taps
+    # slices both x and G to the positions it reaches; the centre tap takes G whole
+    nodes = _grad_nodes(conv, {"x": ["N", 8, 6, 6], "w": [4, 8, 3, 3]}, ["w"], "cuda")
+    ops = Counter(n.op_type for n in nodes)
+    assert ops["Pad"] == 0 and ops["Slice"] == 9 + 8 and ops["MatMul"] == 9
 
 
 def test_relu_gradient_masks_with_a_multiply_not_where() -> None:

@@ -300,6 +300,21 @@ def test_rule_matches_central_differences(row: Row) -> None:
         assert abs(numeric - analytic) <= row.tol * max(1.0, abs(numeric)), (name, numeric, analytic)
 
 
+CONV_ROWS = [r for r in ROWS if r.op in ("Conv", "ConvTranspose")]
+
+
+@pytest.mark.parametrize("row", CONV_ROWS, ids=[_row_id(r) for r in CONV_ROWS])
+def test_cuda_lowering_gives_the_cpu_lowerings_gradients(row: Row) -> None:
+    """On CUDA, conv weight gradients slice G per border tap instead of padding x: the same sums,
+    so the same gradients as the CPU lowering checked against finite differences above."""
+    names, xs, model, _ = _setup(row)
+    feeds = dict(zip(names, xs))
+    cpu = _ref(gradient_model(model, "loss", names)).run(None, feeds)
+    cuda = _ref(gradient_model(model, "loss", names, device="cuda")).run(None, feeds)
+    for name, a, b in zip(["loss", *names], cpu, cuda):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 def test_split_gradient_fills_zeros_for_unused_outputs() -> None:
     row = next(r for r in ROWS if r.id == "middle-unused")
     names, xs, model, _ = _setup(row)

@@ -170,7 +170,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", choices=sorted(PROVIDER))
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
-    tg = compile_training(load(ROOT / "examples" / "digits.dlspec"), pack=args.device != "cuda")
+    tg = compile_training(load(ROOT / "examples" / "digits.dlspec"), device=args.device)
     # full batches, then a short last one, which gets a session of its own
     batches = digit_batches([64] * (args.steps - 1) + [40])
     ok = check_placement(tg, args.device, batches)
