@@ -45,10 +45,11 @@ class StepRunner:
     dimension fixed: onnxruntime then folds every Shape, and the arithmetic on it, to constants
     before placing nodes. A dynamic batch leaves that arithmetic behind, and the CUDA provider
     sends it to the CPU on purpose, so each step would wait on host round trips. With every node
-    on the GPU, each binding of a fixed-batch session on CUDA is captured once as a CUDA graph and
-    replayed: one launch per step instead of one per node. That needs every bound value at a fixed
-    address, so the batch, `lr` and `step` go into buffers of their own, updated in place. The
-    CPU keeps one session for all sizes: a fixed batch measured no faster there."""
+    on the GPU, each binding of the usual batch size's session is captured once as a CUDA graph
+    and replayed: one launch per step instead of one per node. That needs every bound value at a
+    fixed address, so the batch, `lr` and `step` go into buffers of their own, updated in place.
+    A short last batch, once an epoch, runs node by node in its own session. The CPU keeps one
+    session for all sizes: a fixed batch measured no faster there."""
 
     def __init__(self, model: onnx.ModelProto, init: dict[str, np.ndarray], device: str = "cpu",
                  threads: int | None = None, batch: int | None = None, fixed_batch: bool | None = None,
@@ -56,9 +57,10 @@ class StepRunner:
         """`batch`: the usual batch size, whose session is made now (others as they come)."""
         self.device = "cuda" if device == "cuda" else "cpu"
         self.fixed_batch = self.device == "cuda" if fixed_batch is None else fixed_batch
-        graph = cuda_graph and self.device == "cuda" and self.fixed_batch
+        graph = cuda_graph and self.device == "cuda" and self.fixed_batch and batch is not None
         self.graph_blockers = capture_blockers(model, batch or 1) if graph else []
         self.cuda_graph = graph and not self.graph_blockers
+        self.graph_batch = batch if self.cuda_graph else None  # the one size replayed as a CUDA graph
         self.model, self.threads = model.SerializeToString(), threads
         self.sessions = {self._key(batch): self._session(self._key(batch))}
         outputs = [o.name for o in model.graph.output]
@@ -86,7 +88,7 @@ class StepRunner:
         chosen: list[Any] = list(providers(self.device))
         if batch is not None:
             so.add_free_dimension_override_by_name(BATCH_DIM, batch)
-            if self.cuda_graph:
+            if batch == self.graph_batch:
                 chosen[0] = (chosen[0], {"enable_cuda_graph": "1"})
         return ort.InferenceSession(self.model, so, providers=chosen)
 
@@ -124,7 +126,7 @@ class StepRunner:
                 for name, value in self.scalars.items():
                     io.bind_ortvalue_output(name, value)
                 run = ort.RunOptions()
-                if self.cuda_graph:
+                if batch is not None and batch == self.graph_batch:
                     run.add_run_config_entry("gpu_graph_id", str(graph_id))
                 pair.append((io, run))
             self.bindings[batch] = pair
