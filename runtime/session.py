@@ -59,8 +59,8 @@ class StepRunner:
         self.fixed_batch = self.device == "cuda" if fixed_batch is None else fixed_batch
         graph = cuda_graph and self.device == "cuda" and self.fixed_batch and batch is not None
         self.graph_blockers = capture_blockers(model, batch or 1) if graph else []
-        self.cuda_graph = graph and not self.graph_blockers
-        self.graph_batch = batch if self.cuda_graph else None  # the one size replayed as a CUDA graph
+        # the one batch size replayed as a CUDA graph, if any
+        self.graph_batch = batch if graph and not self.graph_blockers else None
         self.model, self.threads = model.SerializeToString(), threads
         self.sessions = {self._key(batch): self._session(self._key(batch))}
         outputs = [o.name for o in model.graph.output]
@@ -88,7 +88,7 @@ class StepRunner:
         chosen: list[Any] = list(providers(self.device))
         if batch is not None:
             so.add_free_dimension_override_by_name(BATCH_DIM, batch)
-            if batch == self.graph_batch:
+            if batch == self.graph_batch:  # batch is not None here
                 chosen[0] = (chosen[0], {"enable_cuda_graph": "1"})
         return ort.InferenceSession(self.model, so, providers=chosen)
 
@@ -126,7 +126,7 @@ class StepRunner:
                 for name, value in self.scalars.items():
                     io.bind_ortvalue_output(name, value)
                 run = ort.RunOptions()
-                if batch is not None and batch == self.graph_batch:
+                if self.graph_batch is not None and batch == self.graph_batch:
                     run.add_run_config_entry("gpu_graph_id", str(graph_id))
                 pair.append((io, run))
             self.bindings[batch] = pair

@@ -138,7 +138,7 @@ def check_replay(tg: TrainingGraphs, batches: list[Batch]) -> bool:
     size = len(batches[0]["image"])
     graph = rs.StepRunner(tg.train_step, tg.init, "cuda", batch=size, cuda_graph=True)
     plain = rs.StepRunner(tg.train_step, tg.init, "cuda", batch=size, cuda_graph=False)
-    if not graph.cuda_graph:
+    if graph.graph_batch is None:
         print(f"no CUDA graph: {graph.graph_blockers}")
         return False
     speed = {}
