@@ -1,0 +1,31 @@
+#!/bin/bash
+# The GPU check, for a machine with a CUDA GPU, PyTorch with CUDA and no package registry.
+# Prepare here first (from the repository root):
+#   bash ../shared/gpu/pack-onnxruntime-gpu.sh            # onnxruntime-gpu, in parts .ortgpu/p0..pN
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_17_x86_64 -d .whl \
+#     lark pydantic pydantic_core annotated-types typing-inspection   # what dlspec needs beside
+# then copy every part into /tmp/p on the GPU machine and run, from the repository root there:
+#   bash tests/e2e/gpu_check.sh
+# It checks where every train-step node runs, gradients against the CPU provider, CUDA-graph
+# replay against node-by-node steps, trains the digits example with --device cuda, evaluates
+# it, benchmarks against PyTorch on the GPU and lists resnet18's GPU kernels; logs go to $OUT.
+cd "$(dirname "$0")/../.."
+export PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
+mkdir -p /tmp/site && cat /tmp/p/part* | xz -d -T8 | tar -x -C /tmp/site || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site2 .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:/tmp/site2:$PWD
+nvidia-smi -L
+python3 -c "import torch, onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+echo "== 1. placement, gradients, CUDA graph"
+timeout 200 python3 tests/e2e/cuda_train_check.py --device cuda 2>&1 | tee "$out/check.log" | grep -v '^\s*$'
+echo "== 2. dlspec train --device cuda, then eval"
+( time timeout 200 python3 -m runtime.cli train examples/digits.dlspec --device cuda --out /tmp/runs/digits ) \
+  > "$out/train_cuda.log" 2>&1
+tail -9 "$out/train_cuda.log"
+timeout 60 python3 -m runtime.cli eval /tmp/runs/digits 2>&1 | tail -2 | tee "$out/eval_cuda.log"
+echo "== 3. train step against PyTorch on the GPU"
+timeout 150 python3 bench/train_step_vs_torch.py --device cuda 2>&1 | tee "$out/bench.log"
+echo "== 4. resnet18's GPU kernels"
+timeout 100 python3 bench/gpu_kernels.py resnet18_cifar --rows 12 2>&1 | grep -v Warn | tee "$out/kernels.log"
