@@ -58,7 +58,7 @@ class StepRunner:
         self.device = "cuda" if device == "cuda" else "cpu"
         self.fixed_batch = self.device == "cuda" if fixed_batch is None else fixed_batch
         graph = cuda_graph and self.device == "cuda" and self.fixed_batch and batch is not None
-        self.graph_blockers = capture_blockers(model, batch or 1) if graph else []
+        self.graph_blockers = capture_blockers(model) if graph else []
         # the one batch size replayed as a CUDA graph, if any
         self.graph_batch = batch if graph and not self.graph_blockers else None
         self.model, self.threads = model.SerializeToString(), threads
