@@ -80,11 +80,28 @@ def test_conv_weight_gradient_multiplies_per_tap_without_an_im2col_copy() -> Non
     # the CPU reads the 9 taps from one zero-padded copy of x
     ops = Counter(n.op_type for n in nodes)
     assert ops["Pad"] == 1 and ops["Slice"] == 9
-    # CUDA reads no padded copy (onnxruntime's CUDA Pad is slow): each of the 8 border taps
-    # slices both x and G to the positions it reaches; the centre tap takes G whole
-    nodes = _grad_nodes(conv, {"x": ["N", 8, 6, 6], "w": [4, 8, 3, 3]}, ["w"], "cuda")
+    # CUDA reads no padded copy (onnxruntime's CUDA Pad is slow): on maps above
+    # CONV_WEIGHT_GRAD_MAX_MAP each of the 8 border taps slices both x and G to the positions it
+    # reaches; the centre tap takes G whole
+    nodes = _grad_nodes(conv, {"x": ["N", 8, 12, 12], "w": [4, 8, 3, 3]}, ["w"], "cuda")
     ops = Counter(n.op_type for n in nodes)
     assert ops["Pad"] == 0 and ops["Slice"] == 9 + 8 and ops["MatMul"] == 9
+
+
+def test_cuda_conv_weight_gradient_on_small_maps_is_one_conv_over_the_batch() -> None:
+    """On CUDA, a 6x6 output map: dW is one Conv of x as [C, N, 6, 6] with G as [O, N, 6, 6] as
+    its kernel; strided, the forward stride becomes the kernel's dilation. 12x12 stays taps."""
+    for strides, x, dilations in (([1, 1], 6, [1, 1]), ([2, 2], 11, [2, 2])):
+        conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=strides)
+        nodes = _grad_nodes(conv, {"x": ["N", 8, x, x], "w": [4, 8, 3, 3]}, ["w"], "cuda")
+        ops = Counter(n.op_type for n in nodes)
+        assert ops["Conv"] == 1 and ops["MatMul"] == 0 and ops["Pad"] == 0
+        (dw,) = [n for n in nodes if n.op_type == "Conv"]
+        attrs = {a.name: list(a.ints) for a in dw.attribute}
+        assert attrs["dilations"] == dilations and attrs["strides"] == [1, 1]
+        made = {o: n for n in nodes for o in n.output}
+        assert all(made[i].op_type == "Transpose" and list(made[i].attribute[0].ints) == [1, 0, 2, 3]
+                   for i in dw.input)
 
 
 def test_relu_gradient_masks_with_a_multiply_not_where() -> None:

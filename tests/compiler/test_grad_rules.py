@@ -21,6 +21,7 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper
 
+from compiler import grad_rules_nn
 from compiler.autodiff import load_rules
 from compiler.gradients import gradient_model
 from compiler.opset import OPSET
@@ -155,6 +156,8 @@ ROWS = [
     Row("Einsum", [(4, 4)], {"equation": "ii->"}, id="trace"),
     Row("Conv", [(2, 3, 7, 7), (4, 3, 3, 3), (4,)], {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
     Row("Conv", [(2, 4, 6, 6), (4, 1, 3, 3)], {"group": 4, "pads": [1, 1, 1, 1]}, id="depthwise"),
+    Row("Conv", [(1, 2, 8, 8), (3, 2, 3, 3)], {"strides": [2, 2], "pads": [1, 1, 1, 1]},
+        id="stride-skips-the-end"),  # the last input row and column reach no output
     Row("Conv", [(1, 2, 9, 9), (3, 2, 3, 3)], {"dilations": [2, 2], "pads": [0, 1, 2, 1]},
         id="dilated-asymmetric"),
     Row("Conv", [(2, 4, 6, 5), (6, 2, 3, 3), (6,)], {"group": 2, "pads": [1, 1, 1, 1]}, id="groups"),
@@ -303,10 +306,14 @@ def test_rule_matches_central_differences(row: Row) -> None:
 CONV_ROWS = [r for r in ROWS if r.op in ("Conv", "ConvTranspose")]
 
 
+@pytest.mark.parametrize("max_map", [0, 10 ** 9], ids=["taps", "conv"])
 @pytest.mark.parametrize("row", CONV_ROWS, ids=[_row_id(r) for r in CONV_ROWS])
-def test_cuda_lowering_gives_the_cpu_lowerings_gradients(row: Row) -> None:
-    """On CUDA, conv weight gradients slice G per border tap instead of padding x: the same sums,
-    so the same gradients as the CPU lowering checked against finite differences above."""
+def test_cuda_lowering_gives_the_cpu_lowerings_gradients(row: Row, max_map: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA, conv weight gradients either slice G per border tap instead of padding x, or
+    (small maps) are one Conv over the batch: the same sums, so the same gradients as the CPU
+    lowering checked against finite differences above. Both forms run for every row."""
+    monkeypatch.setattr(grad_rules_nn, "CONV_WEIGHT_GRAD_MAX_MAP", max_map)
     names, xs, model, _ = _setup(row)
     feeds = dict(zip(names, xs))
     cpu = _ref(gradient_model(model, "loss", names)).run(None, feeds)
