@@ -2,12 +2,16 @@
 same model in PyTorch eager, same threads and batch, in alternating rounds (bench/paired.py).
 
     python bench/train_step_vs_torch.py [--threads 2] [--steps 60] [--only digits|resnet18]
-                                        [--device cpu|cuda]
+                                        [--device cpu|cuda] [--digits-widths 4 8 16]
 
 Models: examples/digits.dlspec (batch 64, adamw, clipping, label smoothing) and
 examples/resnet18_cifar.dlspec (3x32x32, batch 128, sgd nesterov). Augmentation is left out of
 both sides, so each step does the same work. Prints steps/s and the ratio dlspec / PyTorch: the
 median over rounds of each round's ratio, with its quartiles.
+
+--digits-widths scales the digits model's channels (16: the example as written; 8: half the
+channels everywhere), to show how the ratio moves with the size of the convolutions against the
+fixed per-op costs of each side.
 
 --device cuda runs dlspec on onnxruntime's CUDA provider and PyTorch on the GPU (cuDNN autotuned,
 as onnxruntime's is by default); both sides copy the batch from the host and read the loss back
@@ -39,13 +43,31 @@ def batch_of(size: int, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
             "label": rng.integers(0, 10, size).astype(np.int64)}
 
 
+DIGITS_WIDTH = 16  # stage 1's bottleneck width in examples/digits.dlspec
+
+
+def digits_at_width(text: str, w: int) -> str:
+    """examples/digits.dlspec with every channel count scaled as parity_torch.DigitsNet(w) has them."""
+    for old, new in [("conv(32, k=3)", f"conv({2 * w}, k=3)"),
+                     ("bottleneck(64, mid=16)", f"bottleneck({4 * w}, mid={w})"),
+                     ("bottleneck(128, mid=32, stride=2)", f"bottleneck({8 * w}, mid={2 * w}, stride=2)"),
+                     ("bottleneck(128, mid=32)", f"bottleneck({8 * w}, mid={2 * w})"),
+                     ("channels=64", f"channels={4 * w}")]:
+        if old not in text:
+            raise SystemExit(f"examples/digits.dlspec no longer has '{old}': update digits_at_width")
+        text = text.replace(old, new)
+    return text
+
+
 def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
-                 device: str) -> Callable[[int], None]:
+                 device: str, width: int = DIGITS_WIDTH) -> Callable[[int], None]:
     from compiler.train import compile_training
     from runtime.session import StepRunner
     from spec.loader import load
 
     text = re.sub(r"^\s*augment\b.*\n", "", (REPO / "examples" / f"{example}.dlspec").read_text(), flags=re.M)
+    if example == "digits" and width != DIGITS_WIDTH:
+        text = digits_at_width(text, width)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{example}.dlspec"
         path.write_text(text)
@@ -59,7 +81,7 @@ def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
 
 
 def torch_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
-                device: str) -> Callable[[int], None]:
+                device: str, width: int = DIGITS_WIDTH) -> Callable[[int], None]:
     import torch
     import torch.nn.functional as F
     from parity_torch import BasicBlock, DigitsNet, ResNet
@@ -69,7 +91,7 @@ def torch_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
     batch = batch_of(size, shape)
     x, y = torch.tensor(batch["image"]), torch.tensor(batch["label"])
     if example == "digits":
-        net: torch.nn.Module = DigitsNet()
+        net: torch.nn.Module = DigitsNet(width)
         opt: torch.optim.Optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
         smoothing, clip = 0.05, 1.0
     else:
@@ -95,15 +117,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--only", choices=["digits", "resnet18"])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--digits-widths", type=int, nargs="+", default=[DIGITS_WIDTH], metavar="W",
+                    help=f"digits models to time, by stage 1's bottleneck width ({DIGITS_WIDTH}: as written)")
     args = ap.parse_args()
-    cases = {"digits": ("digits", 64, (1, 8, 8), args.steps),
-             "resnet18": ("resnet18_cifar", 128, (3, 32, 32), max(args.steps // 6, 3))}
-    for key, (example, bs, shape, steps) in cases.items():
-        if args.only and key != args.only:
+    cases = [("digits", "digits" if w == DIGITS_WIDTH else f"digits w={w}", 64, (1, 8, 8), args.steps, w)
+             for w in args.digits_widths]
+    cases.append(("resnet18_cifar", "resnet18_cifar", 128, (3, 32, 32), max(args.steps // 6, 3), 0))
+    for example, label, bs, shape, steps, width in cases:
+        if args.only and not example.startswith(args.only):
             continue
-        pair = paired(partial(dlspec_steps, example, bs, shape, args.threads, args.device),
-                      partial(torch_steps, example, bs, shape, args.threads, args.device), steps)
-        print(f"{example:16} batch {bs:3}  dlspec {1 / pair.a:8.2f} steps/s  PyTorch eager {1 / pair.b:8.2f} "
+        pair = paired(partial(dlspec_steps, example, bs, shape, args.threads, args.device, width),
+                      partial(torch_steps, example, bs, shape, args.threads, args.device, width), steps)
+        print(f"{label:16} batch {bs:3}  dlspec {1 / pair.a:8.2f} steps/s  PyTorch eager {1 / pair.b:8.2f} "
               f"steps/s  ratio {pair.ratio:.2f}  ({pair.spread()}, {steps} steps each, "
               f"{args.threads} threads, {args.device})")
 

@@ -279,14 +279,16 @@ class DigitsNet(nn.Module):
     """examples/digits.dlspec by hand: /16 scaling, conv-bn-relu stem, two bottleneck stages,
     an FPN over both, the classify head."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 16) -> None:
+        """`width`: stage 1's bottleneck width; the stem has 2x, stage 2 twice stage 1, the FPN 4x."""
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(32), nn.ReLU())
-        self.stage1 = nn.Sequential(Bottleneck(32, 16), Bottleneck(64, 16))
-        self.stage2 = nn.Sequential(Bottleneck(64, 32, stride=2), Bottleneck(128, 32))
-        self.fpn = FPN([64, 128], 64)
-        self.head = ClassifyHead(128, 10, 0.2)
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(1, 2 * w, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(2 * w), nn.ReLU())
+        self.stage1 = nn.Sequential(Bottleneck(2 * w, w), Bottleneck(4 * w, w))
+        self.stage2 = nn.Sequential(Bottleneck(4 * w, 2 * w, stride=2), Bottleneck(8 * w, 2 * w))
+        self.fpn = FPN([4 * w, 8 * w], 4 * w)
+        self.head = ClassifyHead(8 * w, 10, 0.2)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.stem(image / 16)

@@ -46,6 +46,22 @@ def test_digits(example: str, tmp_path: Path) -> None:
     assert_parity(got, pt.run(ref, x), example)
 
 
+def test_digits_at_the_benchmarks_other_widths(tmp_path: Path) -> None:
+    """bench/train_step_vs_torch.py --digits-widths times the example with its channels scaled
+    against DigitsNet(width): both must still be the same network."""
+    sys.path.insert(0, str(EXAMPLES.parent / "bench"))
+    from train_step_vs_torch import digits_at_width
+
+    path = tmp_path / "digits.dlspec"
+    path.write_text(digits_at_width((EXAMPLES / "digits.dlspec").read_text(), 8))
+    c = compile_file(path)
+    params = randomize(c, seed=25)
+    ref = pt.DigitsNet(8)
+    pt.load_state(ref, params, pt.digits_map(ref))
+    x = example_inputs("digits", 2, seed=26)["image"]
+    assert_parity(run_ort(c.onnx, {"image": x}), pt.run(ref, x), "digits")
+
+
 def test_resnet18_cifar() -> None:
     c = compile_file(EXAMPLES / "resnet18_cifar.dlspec")
     assert c.output.name == "logits"
