@@ -186,36 +186,37 @@ def _out_size(size: list[int], k: list[int], s: list[int], d: list[int], p: list
 
 def _conv_weight_grad(ctx: RuleCtx, x: str, g: str, cin: int, size: list[int], k: list[int], s: list[int],
                       d: list[int], p: list[int], groups: int, cout: int) -> str:
-    """dW[o, i, t] = sum_{n, j} G[n, o, j] X[n, i, j s + t d - p_begin], per group."""
-    parts = []
-    for gi in range(groups):
-        xg, gg = x, g
-        if groups > 1:
-            ci, co = cin // groups, cout // groups
-            xg = _channels(ctx, x, gi * ci, (gi + 1) * ci)
-            gg = _channels(ctx, g, gi * co, (gi + 1) * co)
-        if all(kk == 1 for kk in k):
-            grad = _weight_grad_pointwise
-        elif ctx.device == "cuda" and math.prod(_out_size(size, k, s, d, p)) <= CONV_WEIGHT_GRAD_MAX_MAP:
-            grad = _weight_grad_conv
-        else:
-            grad = _weight_grad_taps
-        parts.append(grad(ctx, xg, gg, cin // groups, cout // groups, size, k, s, d, p))
-    return parts[0] if len(parts) == 1 else ctx.g.op1("Concat", parts, "grad", axis=0)
+    """dW[o, i, t] = sum_{n, j} G[n, o, j] X[n, q Ci + i, j s + t d - p_begin] for o in group q
+    (Ci = cin / groups). Each form takes every group at once, as a batch of matrix products or a
+    grouped Conv: a depthwise layer of 128 channels is a handful of nodes, not 128 copies."""
+    if all(kk == 1 for kk in k):
+        grad = _weight_grad_pointwise
+    elif ctx.device == "cuda" and math.prod(_out_size(size, k, s, d, p)) <= CONV_WEIGHT_GRAD_MAX_MAP:
+        grad = _weight_grad_conv
+    elif ctx.device != "cuda" and groups > 1 and cout // groups <= math.prod(k):
+        # onnxruntime's CPU Conv threads this over its groups; with more filters per group than
+        # output positions it runs one small threaded product per group and image instead. A
+        # depthwise model (digits, three depthwise 3x3 layers): 0.87x the taps' step, 2 threads.
+        grad = _weight_grad_conv
+    else:
+        grad = _weight_grad_taps
+    return grad(ctx, x, g, cin, cout, size, k, s, d, p, groups)
 
 
-def _channels_first_rows(ctx: RuleCtx, t: str, channels: int, nd: int) -> str:
-    """[N, C, *S] (nd spatial axes) -> [C, N * prod(S)]: moving the channel axis first copies at
-    memcpy speed in onnxruntime."""
+def _channels_first_rows(ctx: RuleCtx, t: str, channels: int, nd: int, groups: int = 1) -> str:
+    """[N, C, *S] (nd spatial axes) -> [C, N * prod(S)], or [groups, C / groups, N * prod(S)]:
+    moving the channel axis first copies at memcpy speed in onnxruntime."""
     moved = ctx.g.op1("Transpose", [t], "grad", perm=[1, 0] + list(range(2, 2 + nd)))
-    return ctx.g.op1("Reshape", [moved, ctx.g.ints([channels, -1])], "grad")
+    shape = [channels, -1] if groups == 1 else [groups, channels // groups, -1]
+    return ctx.g.op1("Reshape", [moved, ctx.g.ints(shape)], "grad")
 
 
 def _weight_grad_pointwise(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size: list[int], k: list[int],
-                           s: list[int], d: list[int], p: list[int]) -> str:
+                           s: list[int], d: list[int], p: list[int], groups: int) -> str:
     """A 1x1 kernel: dW = G X^T over (batch, space) with both in [C, N, *S] order, one Gemm with
-    transB. Moving the channel axis first copies at memcpy speed in onnxruntime; channels-last
-    takes 2x to 6x longer (64x16x8x8: 166 us vs 44 us), which made this 1.3x faster than im2col."""
+    transB (per group, one batched MatMul). Moving the channel axis first copies at memcpy speed in
+    onnxruntime; channels-last takes 2x to 6x longer (64x16x8x8: 166 us vs 44 us), which made this
+    1.3x faster than im2col."""
     nd = len(k)
     op, ints = ctx.g.op1, ctx.g.ints
     first = [1, 0] + list(range(2, 2 + nd))
@@ -226,20 +227,23 @@ def _weight_grad_pointwise(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, si
     if any(v != 1 for v in s) or any(out[a] != size[a] + p[a] + p[nd + a] for a in range(nd)):
         stop = [(out[a] - 1) * s[a] + 1 for a in range(nd)]
         xc = op("Slice", [xc, ints([0] * nd), ints(stop), ints(list(range(2, 2 + nd))), ints(s)], "grad")
-    x_rows = op("Reshape", [xc, ints([cin, -1])], "grad")  # [C, N * prod(out)]
-    g_rows = _channels_first_rows(ctx, g, cout, nd)  # [O, N * prod(out)]
-    dw = op("Gemm", [g_rows, x_rows], "grad", transB=1)  # [O, C]
-    return op("Reshape", [dw, ints([cout, cin] + [1] * nd)], "grad")
+    g_rows = _channels_first_rows(ctx, g, cout, nd, groups)  # [O, N * prod(out)], or per group
+    if groups == 1:
+        dw = op("Gemm", [g_rows, op("Reshape", [xc, ints([cin, -1])], "grad")], "grad", transB=1)  # [O, C]
+    else:
+        x_rows = op("Reshape", [xc, ints([groups, cin // groups, -1])], "grad")  # [g, Ci, N * prod(out)]
+        dw = op("MatMul", [g_rows, op("Transpose", [x_rows], "grad", perm=[0, 2, 1])], "grad")  # [g, Co, Ci]
+    return op("Reshape", [dw, ints([cout, cin // groups] + [1] * nd)], "grad")
 
 
 def _weight_grad_taps(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size: list[int], k: list[int],
-                      s: list[int], d: list[int], p: list[int]) -> str:
+                      s: list[int], d: list[int], p: list[int], groups: int) -> str:
     """Per kernel tap t, dW[:, :, t] = G_t X_t^T over the output positions whose input position
     lies inside x: one strided Slice of the channels-last input and one MatMul with the output
-    gradient, the [O, C] results stacked last. Against one MatMul over all taps concatenated
-    (im2col), this skips copying the taps again: 1.0x to 1.5x faster in onnxruntime (64x64x8x8
-    3x3: 9.4 ms vs 14.6 ms); on the CPU, against a Conv that treats the batch as channels
-    (_weight_grad_conv, which CUDA uses for small maps), 2x to 5x.
+    gradient (batched over groups), the results stacked last. Against one MatMul over all taps
+    concatenated (im2col), this skips copying the taps again: 1.0x to 1.5x faster in onnxruntime
+    (64x64x8x8 3x3: 9.4 ms vs 14.6 ms); on the CPU, against a Conv that treats the batch as
+    channels (_weight_grad_conv), 2x to 5x where the filters outnumber the kernel positions.
     With padding, the CPU reads every tap from one zero-padded copy of x. On CUDA a tap at the
     border slices G to the positions it reaches instead: onnxruntime's CUDA Pad took 0.5 ms per
     resnet18 layer-1 input on an H200, 30% of the step, where on the CPU the extra G copies made
@@ -247,14 +251,21 @@ def _weight_grad_taps(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size: l
     nd = len(k)
     out = _out_size(size, k, s, d, p)
     op, ints = ctx.g.op1, ctx.g.ints
-    spatial = list(range(1, 1 + nd))
-    last = op("Transpose", [x], "grad", perm=[0] + list(range(2, 2 + nd)) + [1])  # [N, *S, C]
+    ci, co = cin // groups, cout // groups
+    if groups == 1:
+        last = op("Transpose", [x], "grad", perm=[0] + list(range(2, 2 + nd)) + [1])  # [N, *S, C]
+        lead, rows, g_shape = [], ints([-1, cin]), [cout, -1]
+    else:  # [N, g, Ci, *S] -> [g, N, *S, Ci]
+        split = op("Reshape", [x, ints([0, groups, ci, *size])], "grad")
+        last = op("Transpose", [split], "grad", perm=[1, 0] + list(range(3, 3 + nd)) + [2])
+        lead, rows, g_shape = [0], ints([groups, -1, ci]), [groups, co, -1]
+    spatial = [len(lead) + 1 + a for a in range(nd)]
     if any(p) and ctx.device != "cuda":  # every tap then reaches every output position
-        last = op("Pad", [last, ints([0, *p[:nd], 0, 0, *p[nd:], 0])], "grad")
+        last = op("Pad", [last, ints([*lead, 0, *p[:nd], 0, *lead, 0, *p[nd:], 0])], "grad")
         size, p = [size[a] + p[a] + p[nd + a] for a in range(nd)], [0] * (2 * nd)
     gc = op("Transpose", [g], "grad", perm=[1, 0] + list(range(2, 2 + nd)))  # [O, N, *out]
-    g_rows = op("Reshape", [gc, ints([cout, -1])], "grad")  # [O, N * prod(out)]
-    rows, tail = ints([-1, cin]), ints([-1])
+    g_rows = op("Reshape", [gc, ints(g_shape)], "grad")  # [O, N * prod(out)], or per group
+    tail = ints([-1])
     per_tap = []
     for t in itertools.product(*(range(kk) for kk in k)):
         # output o reads input o s + t d - p; keep the o where that lies in [0, size)
@@ -262,40 +273,43 @@ def _weight_grad_taps(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size: l
         lo = [max(0, -(first[a] // s[a])) for a in range(nd)]  # ceil(-first / s), at least 0
         hi = [min(out[a], (size[a] - 1 - first[a]) // s[a] + 1) for a in range(nd)]
         if any(lo[a] >= hi[a] for a in range(nd)):  # this tap only ever reads padding
-            dw_t = ctx.g.const(np.zeros((cout, cin), np.float32), hint="grad")
+            zeros = np.zeros((cout, cin) if groups == 1 else (groups, co, ci), np.float32)
+            dw_t = ctx.g.const(zeros, hint="grad")
         else:
             start = [first[a] + lo[a] * s[a] for a in range(nd)]
             stop = [first[a] + (hi[a] - 1) * s[a] + 1 for a in range(nd)]
-            tap = op("Slice", [last, ints(start), ints(stop), ints(spatial), ints(s)], "grad")  # [N, *, C]
+            tap = op("Slice", [last, ints(start), ints(stop), ints(spatial), ints(s)], "grad")
             g_t = g_rows
             if lo != [0] * nd or hi != out:
-                g_t = op("Reshape", [op("Slice", [gc, ints(lo), ints(hi), ints([a + 1 for a in spatial])],
-                                        "grad"), ints([cout, -1])], "grad")
-            dw_t = op("MatMul", [g_t, op("Reshape", [tap, rows], "grad")], "grad")  # [O, C]
+                g_t = op("Reshape", [op("Slice", [gc, ints(lo), ints(hi), ints(list(range(2, 2 + nd)))],
+                                        "grad"), ints(g_shape)], "grad")
+            dw_t = op("MatMul", [g_t, op("Reshape", [tap, rows], "grad")], "grad")  # [O, C] or [g, Co, Ci]
         per_tap.append(op("Unsqueeze", [dw_t, tail], "grad"))
-    return op("Reshape", [op("Concat", per_tap, "grad", axis=-1), ints([cout, cin, *k])], "grad")
+    return op("Reshape", [op("Concat", per_tap, "grad", axis=-1), ints([cout, ci, *k])], "grad")
 
 
 def _weight_grad_conv(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size: list[int], k: list[int],
-                      s: list[int], d: list[int], p: list[int]) -> str:
+                      s: list[int], d: list[int], p: list[int], groups: int) -> str:
     """dW as one Conv with the batch as its channels: the input is x as [C, N, *S], the kernel G as
     [O, N, *out]; the forward dilation becomes this Conv's stride and the forward stride its
-    dilation: Y[c, o, t] = sum_{n, j} G[n, o, j] X[n, c, t d + j s - p]. The output has at least
-    k positions per axis (more where the forward stride skipped the end of x): keep the first k."""
+    dilation: Y[c, o, t] = sum_{n, j} G[n, o, j] X[n, c, t d + j s - p]. With groups, x is
+    [Ci, g N, *S] and the Conv has the same groups. The output has at least k positions per axis
+    (more where the forward stride skipped the end of x): keep the first k."""
     nd = len(k)
     op, ints = ctx.g.op1, ctx.g.ints
     first = [1, 0] + list(range(2, 2 + nd))
-    xc = op("Transpose", [x], "grad", perm=first)  # [C, N, *S]
+    if groups == 1:
+        xc = op("Transpose", [x], "grad", perm=first)  # [C, N, *S]
+    else:  # [N, g, Ci, *S] -> [Ci, g, N, *S] -> [Ci, g N, *S]
+        split = op("Reshape", [x, ints([0, groups, cin // groups, *size])], "grad")
+        moved = op("Transpose", [split], "grad", perm=[2, 1, 0] + list(range(3, 3 + nd)))
+        xc = op("Reshape", [moved, ints([cin // groups, -1, *size])], "grad")
     gc = op("Transpose", [g], "grad", perm=first)  # [O, N, *out]
-    y = op("Conv", [xc, gc], "grad", strides=d, dilations=s, pads=p)  # [C, O, *k']
+    y = op("Conv", [xc, gc], "grad", strides=d, dilations=s, pads=p, group=groups)  # [Ci, O, *k']
     out = _out_size(size, _out_size(size, k, s, d, p), d, s, p)  # this Conv's output: k'
     if out != k:
         y = op("Slice", [y, ints([0] * nd), ints(k), ints(list(range(2, 2 + nd)))], "grad")
-    return op("Transpose", [y], "grad", perm=first)  # [O, C, *k]
-
-
-def _channels(ctx: RuleCtx, x: str, start: int, stop: int) -> str:
-    return ctx.g.op1("Slice", [x, ctx.g.ints([start]), ctx.g.ints([stop]), ctx.g.ints([1])], "grad")
+    return op("Transpose", [y], "grad", perm=first)  # [O, Ci, *k]
 
 
 @rule("ConvTranspose")

@@ -104,6 +104,21 @@ def test_cuda_conv_weight_gradient_on_small_maps_is_one_conv_over_the_batch() ->
                    for i in dw.input)
 
 
+def test_grouped_conv_weight_gradients_take_every_group_at_once() -> None:
+    """No per-group copies of the lowering: a depthwise layer's dW is one grouped Conv (on the
+    CPU too: onnxruntime threads it over the groups), and groups of many filters batch the 9
+    tap products over the groups."""
+    dw = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], group=32)
+    for device in ("cpu", "cuda"):
+        nodes = _grad_nodes(dw, {"x": ["N", 32, 6, 6], "w": [32, 1, 3, 3]}, ["w"], device)
+        ops = Counter(n.op_type for n in nodes)
+        assert ops["Conv"] == 1 and ops["MatMul"] == 0 and ops["Slice"] == 0, (device, ops)
+    wide = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], group=2)
+    nodes = _grad_nodes(wide, {"x": ["N", 32, 12, 12], "w": [64, 16, 3, 3]}, ["w"])
+    ops = Counter(n.op_type for n in nodes)
+    assert ops["MatMul"] == 9 and ops["Slice"] == 9 and ops["Conv"] == 0
+
+
 def test_relu_gradient_masks_with_a_multiply_not_where() -> None:
     ops = _grad_ops(helper.make_node("Relu", ["x"], ["y"]), {"x": ["N", 3, 4]}, ["x"])
     assert ops["Where"] == 0 and ops["Mul"] == 1

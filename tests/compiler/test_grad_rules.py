@@ -156,6 +156,8 @@ ROWS = [
     Row("Einsum", [(4, 4)], {"equation": "ii->"}, id="trace"),
     Row("Conv", [(2, 3, 7, 7), (4, 3, 3, 3), (4,)], {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
     Row("Conv", [(2, 4, 6, 6), (4, 1, 3, 3)], {"group": 4, "pads": [1, 1, 1, 1]}, id="depthwise"),
+    Row("Conv", [(2, 6, 6, 5), (4, 3, 3, 3), (4,)], {"group": 2, "pads": [1, 0, 1, 2]}, id="grouped"),
+    Row("Conv", [(2, 6, 5, 5), (4, 3, 1, 1)], {"group": 2, "strides": [2, 2]}, id="grouped-pointwise"),
     Row("Conv", [(1, 2, 8, 8), (3, 2, 3, 3)], {"strides": [2, 2], "pads": [1, 1, 1, 1]},
         id="stride-skips-the-end"),  # the last input row and column reach no output
     Row("Conv", [(1, 2, 9, 9), (3, 2, 3, 3)], {"dilations": [2, 2], "pads": [0, 1, 2, 1]},

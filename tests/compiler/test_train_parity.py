@@ -226,6 +226,31 @@ def vgg11_example_map(_: nn.Module) -> dict[str, str]:
     return out
 
 
+SEPARABLE = ("{ a: conv(8, k=3) -> bn -> relu -> conv(8, k=3, groups=8) -> bn -> relu -> conv(16, k=1) "
+             "-> relu -> conv(16, k=3, stride=2, groups=16) -> bn -> relu -> conv(32, k=3, groups=2) }")
+
+
+def separable() -> nn.Module:
+    """SEPARABLE by hand: depthwise 3x3 convs (stride 1 and 2) and a conv of 2 groups of 16."""
+    def bn_relu(c: int) -> list[nn.Module]:
+        return [nn.BatchNorm2d(c), nn.ReLU()]
+    body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), *bn_relu(8),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), *bn_relu(8),
+                         nn.Conv2d(8, 16, 1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16, bias=False), *bn_relu(16),
+                         nn.Conv2d(16, 32, 3, padding=1, groups=2))
+    return Classified(body, 32, 10)
+
+
+def separable_map(_: nn.Module) -> dict[str, str]:
+    a = "backbone.a"
+    return {"body.0.weight": f"{a}.conv1.weight", **pt.bn_keys("body.1", f"{a}.bn1"),
+            "body.3.weight": f"{a}.conv2.weight", **pt.bn_keys("body.4", f"{a}.bn2"),
+            **pt.lin_keys("body.6", f"{a}.conv3"),
+            "body.8.weight": f"{a}.conv4.weight", **pt.bn_keys("body.9", f"{a}.bn3"),
+            **pt.lin_keys("body.11", f"{a}.conv5"), **pt.lin_keys("fc", "head.linear1")}
+
+
 MATRIX = ["sgd_nesterov", "sgd_dampening", "adam", "adamw"]
 CASES = [
     # ---- examples/ as shipped: the first train block is the example's own
@@ -259,6 +284,8 @@ CASES = [
                 8, 16, ["sgd_nesterov"], n=8),
     vgg_case("vgg11", bn=True, opts=["sgd_dampening"]),
     vgg_case("vgg16", bn=False, opts=["adamw"]),
+    Case("separable", image_model(SEPARABLE, 12), separable, separable_map, image_batch(3, 12),
+         ["image"], "label", ce(), ["adamw"], n=4),
     Case("mlp", "model m {\n  input x: float32[N, 3, 4, 4]\n  target label: int64[N]\n"
          "  backbone mlp(5, hidden=[12, 8], activation=gelu, dropout=0.3)\n  loss cross_entropy\n}\n",
          lambda: pt.MLP(48, [12, 8], 5, "gelu"), lambda _: pt.mlp_map(2, "backbone"), mlp_batch,
