@@ -128,6 +128,9 @@ def check_gradients(tg: TrainingGraphs, device: str, batch: Batch) -> bool:
               f"{float(reference['loss']):.6f}; relative error median "
               f"{float(np.median(list(errors.values()))):.1e}, largest {errors[worst]:.1e} ({worst}), "
               f"over {len(errors)} tensors")
+        over = sorted((e, k) for k, e in errors.items() if e >= limit)[::-1]
+        if over:
+            print("  above the limit:", ", ".join(f"{k} {e:.1e}" for e, k in over))
         ok &= errors[worst] < limit
     return ok
 
@@ -169,8 +172,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda", choices=sorted(PROVIDER))
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--spec", type=Path, default=ROOT / "examples" / "digits.dlspec",
+                    help="a spec that takes the digits' image [N, 1, 8, 8] and label")
     args = ap.parse_args()
-    tg = compile_training(load(ROOT / "examples" / "digits.dlspec"), device=args.device)
+    tg = compile_training(load(args.spec), device=args.device)
     # full batches, then a short last one, which gets a session of its own
     batches = digit_batches([64] * (args.steps - 1) + [40])
     ok = check_placement(tg, args.device, batches)

@@ -7,9 +7,10 @@
 #     lark pydantic pydantic_core annotated-types typing-inspection   # what dlspec needs beside
 # then copy every part into /tmp/p on the GPU machine and run, from the repository root there:
 #   bash tests/e2e/gpu_check.sh
-# It checks where every train-step node runs, gradients against the CPU provider, CUDA-graph
-# replay against node-by-node steps, trains the digits example with --device cuda, evaluates
-# it, benchmarks against PyTorch on the GPU and lists resnet18's GPU kernels; logs go to $OUT.
+# It checks where every train-step node runs, gradients against the CPU provider and CUDA-graph
+# replay against node-by-node steps (the digits example, then a depthwise model), trains the
+# digits example with --device cuda, evaluates it, benchmarks against PyTorch on the GPU and
+# lists resnet18's GPU kernels; logs go to $OUT.
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
@@ -20,6 +21,9 @@ nvidia-smi -L
 python3 -c "import torch, onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 echo "== 1. placement, gradients, CUDA graph"
 timeout 200 python3 tests/e2e/cuda_train_check.py --device cuda 2>&1 | tee "$out/check.log" | grep -v '^\s*$'
+echo "== 1b. the same for depthwise and grouped convolutions"
+timeout 100 python3 tests/e2e/cuda_train_check.py --device cuda --steps 10 --spec tests/e2e/digits_separable.dlspec \
+  2>&1 | tee "$out/check_separable.log" | grep -v '^\s*$'
 echo "== 2. dlspec train --device cuda, then eval"
 ( time timeout 200 python3 -m runtime.cli train examples/digits.dlspec --device cuda --out /tmp/runs/digits ) \
   > "$out/train_cuda.log" 2>&1
