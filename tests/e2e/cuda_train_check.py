@@ -100,10 +100,16 @@ def check_placement(tg: TrainingGraphs, device: str, batches: list[Batch]) -> bo
     return ok
 
 
+FLOOR = 1e-4
+
+
 def check_gradients(tg: TrainingGraphs, device: str, batch: Batch) -> bool:
     """Relative L2 error of each parameter's gradient on `device` against the CPU provider: with
     the provider's defaults (TF32 convolutions and matrix products on CUDA) and, on CUDA, without
-    TF32, where only float32 rounding may differ."""
+    TF32, where only float32 rounding may differ. A gradient that cancels to almost nothing is
+    measured against FLOOR times the largest gradient's norm instead of its own: at the initial
+    weights some batch-norm weight gradients sum to 1e-6, where a 1e-7 relative change of the
+    input moves them by 1% on the CPU alone (digits_separable's backbone.b1.bn2.weight)."""
     feeds = {**batch, "step": np.array(1, np.int64)}
 
     def run(providers: list[Any]) -> dict[str, np.ndarray]:
@@ -121,8 +127,9 @@ def check_gradients(tg: TrainingGraphs, device: str, batch: Batch) -> bool:
         variants.append(("no TF32", [("CUDAExecutionProvider", {"use_tf32": "0"})], 1e-2))
     for label, providers, limit in variants:
         got = run(providers)
-        errors = {k: float(np.linalg.norm(got[k] - v) / np.linalg.norm(v))
-                  for k, v in reference.items() if k.startswith("grad.") and np.linalg.norm(v) > 0}
+        norms = {k: float(np.linalg.norm(v)) for k, v in reference.items() if k.startswith("grad.")}
+        floor = FLOOR * max(norms.values())
+        errors = {k: float(np.linalg.norm(got[k] - reference[k])) / max(n, floor) for k, n in norms.items()}
         worst = max(errors, key=lambda k: errors[k])
         print(f"gradients on {device} ({label}) against the CPU provider: loss {float(got['loss']):.6f} vs "
               f"{float(reference['loss']):.6f}; relative error median "
