@@ -14,15 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def main() -> None:
     import torch  # first: it loads the CUDA libraries onnxruntime-gpu needs
     from torch.profiler import ProfilerActivity, profile
+    from train_step_vs_torch import batch_of  # the benchmark's batch: raw pixels and labels
 
     from compiler.train import compile_training
     from runtime.session import StepRunner
@@ -36,9 +36,7 @@ def main() -> None:
     shape, batch = ((1, 8, 8), 64) if args.example == "digits" else ((3, 32, 32), 128)
     batch = args.batch or batch
     tg = compile_training(load(REPO / "examples" / f"{args.example}.dlspec"), device="cuda")
-    rng = np.random.default_rng(0)
-    feeds: dict[str, np.ndarray] = {"image": (rng.random((batch, *shape)) * 16).astype(np.float32),
-                                    "label": rng.integers(0, 10, batch).astype(np.int64)}
+    feeds = batch_of(batch, shape)
     runner = StepRunner(tg.train_step, tg.init, "cuda", batch=batch, cuda_graph=False)
     for i in range(4):
         runner.run(feeds, 1e-3, i + 1)

@@ -224,7 +224,7 @@ def _weight_grad_pointwise(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, si
     xc = op("Transpose", [x], "grad", perm=first)  # [C, N, *S]
     if any(p):
         xc = op("Pad", [xc, ints([0, 0, *p[:nd], 0, 0, *p[nd:]])], "grad")
-    out = [(size[a] + p[a] + p[nd + a] - 1) // s[a] + 1 for a in range(nd)]
+    out = _out_size(size, k, s, d, p)
     if any(v != 1 for v in s) or any(out[a] != size[a] + p[a] + p[nd + a] for a in range(nd)):
         stop = [(out[a] - 1) * s[a] + 1 for a in range(nd)]
         xc = op("Slice", [xc, ints([0] * nd), ints(stop), ints(list(range(2, 2 + nd))), ints(s)], "grad")

@@ -1,7 +1,7 @@
-"""The digits example's train step on onnxruntime's CUDA provider, for a machine with
-onnxruntime-gpu. Not collected by pytest; run it by hand:
+"""The digits example's train step (or another spec on the digits' inputs) on onnxruntime's
+CUDA provider, for a machine with onnxruntime-gpu. Not collected by pytest; run it by hand:
 
-    python tests/e2e/cuda_train_check.py [--device cuda|cpu] [--steps 30]
+    python tests/e2e/cuda_train_check.py [--device cuda|cpu] [--steps 30] [--spec FILE]
 
 It drives the runtime's own StepRunner (the path `dlspec train --device cuda` takes) through full
 batches and one short last batch, and checks:

@@ -76,8 +76,8 @@ def test_the_small_parameter_pack_blocks_cuda_graphs_and_the_cuda_step_has_none(
 
 
 def test_the_cuda_lowering_trains_as_the_cpu_one() -> None:
-    """On CUDA each small parameter is updated on its own, and border conv taps slice G instead of
-    reading a padded x: the same maths as the CPU's lowering."""
+    """On CUDA each small parameter is updated on its own, and the weight gradients of convs on
+    small maps are one Conv over the batch: the same maths as the CPU's lowering."""
     prog = load(EXAMPLES / "digits.dlspec")
     runs = []
     for device in ("cpu", "cuda"):
