@@ -6,8 +6,9 @@ same model in PyTorch eager, same threads and batch, in alternating rounds (benc
 
 Models: examples/digits.dlspec (batch 64, adamw, clipping, label smoothing) and
 examples/resnet18_cifar.dlspec (3x32x32, batch 128, sgd nesterov). Augmentation is left out of
-both sides, so each step does the same work. Prints steps/s and the ratio dlspec / PyTorch: the
-median over rounds of each round's ratio, with its quartiles.
+both sides, so each step does the same work. dlspec compiles the step for --threads, as `dlspec
+train` does for the cores it may use (compiler/threads.py). Prints steps/s and the ratio dlspec /
+PyTorch: the median over rounds of each round's ratio, with its quartiles.
 
 --digits-widths scales the digits model's channels (16: the example as written; 8: half the
 channels everywhere), to show how the ratio moves with the size of the convolutions against the
@@ -71,7 +72,7 @@ def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{example}.dlspec"
         path.write_text(text)
-        tg = compile_training(load(path), device=device)
+        tg = compile_training(load(path), device=device, threads=threads)
     runner = StepRunner(tg.train_step, tg.init, device, threads, size)
     batch = batch_of(size, shape)
 

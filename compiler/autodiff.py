@@ -39,6 +39,7 @@ class RuleCtx:
     consts: dict[str, np.ndarray] = field(default_factory=dict)  # initializers and Constant outputs
     composites: dict[str, Composite] = field(default_factory=dict)  # by output value
     device: str = "cpu"  # where the graph will run, "cpu" or "cuda": some lowerings differ
+    many_threads: bool = False  # the CPU step runs on many threads (compiler/threads.py)
 
     def shape(self, name: str) -> tuple[Dim, ...] | None:
         return self.shapes.get(name)
@@ -207,9 +208,15 @@ def used_nodes(nodes: list[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx
 
 
 def _total(ctx: RuleCtx, parts: list[str] | None) -> str | None:
-    """Gradients that meet at one value are summed (once, so later reads reuse it)."""
+    """Gradients that meet at one value are summed (once, so later reads reuse it): by one Sum, or
+    for a CPU step on many threads by Adds, which onnxruntime threads and its Sum does not."""
     if not parts:
         return None
-    if len(parts) > 1:
+    if len(parts) > 1 and ctx.many_threads:
+        total = parts[0]
+        for part in parts[1:]:
+            total = ctx.g.op1("Add", [total, part], "grad")
+        parts[:] = [total]
+    elif len(parts) > 1:
         parts[:] = [ctx.g.op1("Sum", list(parts), "grad")]
     return parts[0]

@@ -88,14 +88,16 @@ def _stats_props(stats: Stats | None, model: m.Model) -> dict[str, str]:
 
 
 def build_forward(prog: Program, name: str | None = None, seed: int | None = None,
-                  training: bool = False, frozen: Sequence[str] = (), stats: Stats | None = None) -> Forward:
+                  training: bool = False, frozen: Sequence[str] = (), stats: Stats | None = None,
+                  many_threads: bool = False) -> Forward:
     """Walk features, backbone, neck and head; `training` gives batch-statistics batch norm and
-    active dropout everywhere but under the `frozen` path prefixes."""
+    active dropout everywhere but under the `frozen` path prefixes. `many_threads`: lower for a
+    CPU step on many threads (compiler/threads.py)."""
     model = prog.model(name)
     train = prog.train(model.name)
     policy = InitPolicy(rules=train.init if train else (),
                         seed=seed if seed is not None else (train.seed if train else 0))
-    comp = Compilation(Graph(), policy, training=training, frozen=frozen)
+    comp = Compilation(Graph(), policy, training=training, many_threads=many_threads, frozen=frozen)
     inputs = [declared_tensor(t) for t in model.inputs]
     if not inputs:
         raise SpecError(f"model '{model.name}' declares no input (input x: float32[N, ...])",

@@ -40,6 +40,7 @@ class Compilation:
     g: Graph
     policy: init.InitPolicy
     training: bool = False
+    many_threads: bool = False  # the CPU step runs on many threads (compiler/threads.py)
     frozen: Sequence[str] = ()  # path prefixes whose layers keep their parameters and statistics
     step: str = "step"  # the training graph's step counter input (dropout draws from it)
     records: list[LayerRecord] = field(default_factory=list)

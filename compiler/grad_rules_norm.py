@@ -35,13 +35,25 @@ def _normalize_back(ctx: RuleCtx, gh: str, xhat: str, inv: str, axes: list[int])
     return op("Mul", [inv, inner], "grad")
 
 
-def channel_affine(g: Graph, x: str, scale: str, shift: str, channels: int, hint: str) -> str:
-    """x * scale + shift per channel (axis 1; scale and shift [C]) in one pass: an inference-mode
-    BatchNormalization with mean 0, variance 1 - 2^-16 and epsilon 2^-16, which sum to exactly 1
-    in float32 and float64. onnxruntime's broadcast Mul and Add take 2.5x longer together."""
+def per_channel(g: Graph, v: str, rank: int, hint: str) -> str:
+    """[C] as [C, 1, ...]: broadcasts over axis 1 of a rank-`rank` [N, C, ...]."""
+    return g.op1("Reshape", [v, g.ints([-1] + [1] * (rank - 2))], hint)
+
+
+def channel_affine(g: Graph, x: str, scale: str, shift: str | None, channels: int, hint: str,
+                   mul_add_rank: int | None = None) -> str:
+    """x * scale + shift per channel (axis 1; scale and shift [C]; shift None: none) in one pass:
+    an inference-mode BatchNormalization with mean 0, variance 1 - 2^-16 and epsilon 2^-16, which
+    sum to exactly 1 in float32 and float64. onnxruntime's broadcast Mul and Add take 2.5x longer
+    together on one thread, but its BatchNormalization never takes a second: with `mul_add_rank`
+    (x's rank), for a CPU step on many threads, they are broadcast Mul and Add (compiler/threads.py)."""
+    if mul_add_rank is not None:
+        y = g.op1("Mul", [x, per_channel(g, scale, mul_add_rank, hint)], hint)
+        return y if shift is None else g.op1("Add", [y, per_channel(g, shift, mul_add_rank, hint)], hint)
     eps = 2.0 ** -16  # at least cuDNN's smallest epsilon, 1e-5
     zero = g.const(np.zeros(channels, np.float32), hint=hint)
     one = g.const(np.full(channels, 1.0 - eps, np.float32), hint=hint)
+    shift = zero if shift is None else shift
     return g.op1("BatchNormalization", [x, scale, shift, zero, one], hint, epsilon=eps)
 
 
@@ -57,7 +69,7 @@ def channel_sum(g: Graph, x: str, channels: int, hint: str) -> str:
 
 
 def batch_norm_composite(x: str, weight: str, bias: str, centred: str, inv: str, count: str,
-                         channels: int) -> Composite:
+                         channels: int, rank: int) -> Composite:
     """The gradient of training-mode batch norm y = d inv w + b with d = x - mean, as the
     compiler writes it (compiler/layers.py; inv [C]), in two reductions and four full-size ops
     where the per-op rules take about twelve:
@@ -72,9 +84,9 @@ def batch_norm_composite(x: str, weight: str, bias: str, centred: str, inv: str,
         per_n = op("Div", [scale, count], "grad")  # s / n, per channel
         a = op("Mul", [op("Mul", [per_n, inv], "grad"), op("Mul", [inv, sum_gd], "grad")], "grad")
         b = op("Mul", [per_n, sum_g], "grad")
-        zero = ctx.g.const(np.zeros(channels, np.float32), hint="grad")
-        dx = op("Sub", [channel_affine(ctx.g, g, scale, zero, channels, "grad"),
-                        channel_affine(ctx.g, centred, a, b, channels, "grad")], "grad")
+        mul_add = rank if ctx.many_threads else None
+        dx = op("Sub", [channel_affine(ctx.g, g, scale, None, channels, "grad", mul_add),
+                        channel_affine(ctx.g, centred, a, b, channels, "grad", mul_add)], "grad")
         return [dx, op("Mul", [sum_gd, inv], "grad"), sum_g]
 
     return Composite((x, weight, bias), back)

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, version_converter
 from compiler.autodiff import RuleCtx, backward, constants, static_shapes
 from compiler.graph import Graph
 from compiler.opset import IR_VERSION, OPSET
+from compiler.threads import many_threads
 from spec.errors import CompileError, did_you_mean
 
 OLDEST_OPSET = 9  # the oldest opset whose models are converted to OPSET before differentiating
@@ -18,11 +19,12 @@ FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 
 
 def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None = None,
-                   device: str = "cpu") -> onnx.ModelProto:
+                   device: str = "cpu", threads: int | None = None) -> onnx.ModelProto:
     """Append the backward pass: outputs `loss` and `grad.<name>` for every name in `wrt`
     (default: every float initializer). Those initializers become graph inputs, so the caller
     feeds the current parameters (no constant folding of weights). A model of an older opset is
-    converted to OPSET first; the result has opset OPSET and IR version IR_VERSION."""
+    converted to OPSET first; the result has opset OPSET and IR version IR_VERSION. `device` and
+    `threads` pick lowerings, as for compile_training."""
     model = to_opset(model)
     src = model.graph
     inits = {t.name: t for t in src.initializer}
@@ -45,7 +47,7 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
     taken = {v for node in src.node for v in list(node.input) + list(node.output)}
     taken |= {v.name for v in list(src.input) + list(src.initializer)} | {node.name for node in src.node}
     g = Graph(taken)  # the new nodes must not reuse a name of the model they extend
-    ctx = RuleCtx(g, shapes, constants(model), device=device)
+    ctx = RuleCtx(g, shapes, constants(model), device=device, many_threads=many_threads(device, threads))
     seed = g.op1("CastLike", [g.const(1.0), loss], "grad.seed")
     if shapes.get(loss) == (1,):
         seed = g.op1("Reshape", [seed, g.ints([1])], "grad.seed")

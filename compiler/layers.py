@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from compiler.grad_rules_norm import batch_norm_composite, channel_affine, channel_sum
+from compiler.grad_rules_norm import batch_norm_composite, channel_affine, channel_sum, per_channel
 from compiler.random import stream_seed, uniform_like
 from compiler.tensor import Tensor, show
 
@@ -155,16 +155,20 @@ class BatchNorm(Layer):
         c = x.channels
         n = g.op1("Cast", [g.op1("Div", [g.numel(x.name, p), g.ints([c])], p)], p, to=1)  # per channel
         mean = g.op1("Div", [channel_sum(g, x.name, c, p), n], p)  # [C]
-        ones = g.const(np.ones(c, np.float32))
-        d = channel_affine(g, x.name, ones, g.op1("Neg", [mean], p), c, p)  # x - mean
+        if ctx.comp.many_threads:  # ops that onnxruntime threads (compiler/threads.py)
+            d = g.op1("Sub", [x.name, per_channel(g, mean, x.rank, p)], p)
+        else:  # one pass, where a broadcast Sub takes 1.5x to 2.5x longer in onnxruntime
+            d = channel_affine(g, x.name, g.const(np.ones(c, np.float32)), g.op1("Neg", [mean], p), c, p)
         var = g.op1("Div", [channel_sum(g, g.op1("Mul", [d, d], p), c, p), n], p)  # biased, [C]
-        # y = d w / sqrt(var + eps) + b as one inference-mode BatchNormalization of the centred d:
-        # one pass, where a broadcast Mul and Add take two slower ones in onnxruntime (and the
-        # centring above is one for the same reason: a broadcast Sub takes 1.5x to 2.5x longer)
-        y = g.op1("BatchNormalization", [d, weight, bias, g.const(np.zeros(c, np.float32)), var],
-                  p, epsilon=self.eps)
         inv = g.op1("Reciprocal", [g.op1("Sqrt", [g.op1("Add", [var, g.const(self.eps)], p)], p)], p)
-        ctx.comp.composites[y] = batch_norm_composite(x.name, weight, bias, d, inv, n, c)
+        if ctx.comp.many_threads:
+            y = channel_affine(g, d, g.op1("Mul", [weight, inv], p), bias, c, p, mul_add_rank=x.rank)
+        else:
+            # y = d w / sqrt(var + eps) + b as one inference-mode BatchNormalization of the centred
+            # d: one pass, where a broadcast Mul and Add take two slower ones in onnxruntime
+            y = g.op1("BatchNormalization", [d, weight, bias, g.const(np.zeros(c, np.float32)), var],
+                      p, epsilon=self.eps)
+        ctx.comp.composites[y] = batch_norm_composite(x.name, weight, bias, d, inv, n, c, x.rank)
         # running statistics as PyTorch keeps them: the variance unbiased, n / (n - 1)
         unbias = g.op1("Div", [n, g.op1("Sub", [n, g.const(1.0)], p)], p)
         m = g.const(self.momentum)

@@ -28,6 +28,7 @@ from compiler.compile import (
 from compiler.losses import metrics, total_loss
 from compiler.optim import Slot, state_names, step_graph
 from compiler.tensor import Tensor
+from compiler.threads import many_threads
 from spec import model as m
 from spec.errors import CompileError, SpecError, did_you_mean
 from spec.loader import Program
@@ -48,10 +49,14 @@ class TrainingGraphs:
 
 
 def compile_training(prog: Program, name: str | None = None, seed: int | None = None,
-                     moments: Stats | None = None, device: str = "cpu") -> TrainingGraphs:
+                     moments: Stats | None = None, device: str = "cpu",
+                     threads: int | None = None) -> TrainingGraphs:
     """`moments`: the fitted statistics of standardized features, as `stats` of compile_model.
     `device`: where the step will run, "cpu" or "cuda"; a few lowerings differ (conv weight
-    gradients, the optimizer's small-parameter pack, which would block a CUDA graph)."""
+    gradients, the optimizer's small-parameter pack, which would block a CUDA graph).
+    `threads`: onnxruntime's intra-op threads on the CPU, where known; at many, batch norm's
+    affine maps and conv weight gradients take ops that onnxruntime threads (compiler/threads.py).
+    Every choice computes the same function."""
     inference = compile_model(prog, name, seed, moments)
     model = inference.model
     train = prog.train(model.name) or m.Train()
@@ -59,7 +64,8 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
         raise SpecError(f"model '{model.name}' has no loss: training needs `loss ...`", model.name_span)
     names = [p.name for p in inference.params]
     _check_targets(train, names)
-    f = build_forward(prog, name, seed, training=True, frozen=train.freeze, stats=moments)
+    wide = many_threads(device, threads)
+    f = build_forward(prog, name, seed, training=True, frozen=train.freeze, stats=moments, many_threads=wide)
     g = f.comp.g
     g.where = f"{model.loss.span} loss"
     loss = total_loss(g, f.output, loss_targets(model))
@@ -77,7 +83,7 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
 
     fwd = model_proto(model.name, g.nodes, batch + scalars + param_inputs, [_vi(loss, np.float32(0))], {},
                       f.spec_hash)
-    ctx = RuleCtx(g, static_shapes(fwd), constants(fwd), f.comp.composites, device)
+    ctx = RuleCtx(g, static_shapes(fwd), constants(fwd), f.comp.composites, device, wide)
     grads = backward(ctx, list(g.nodes), loss, trainable, g.const(1.0, hint="grad.seed"))
     missing = [p for p in trainable if p not in grads]
     if missing:

@@ -82,7 +82,7 @@ def _compile_training(args: argparse.Namespace, out: Console) -> int:
     prog = load(args.spec)
     dest = Path(args.output or f"{prog.model(args.model).name}.train")
     check_destination(dest)
-    tg = compile_training(prog, args.model, args.seed)
+    tg = compile_training(prog, args.model, args.seed, threads=args.threads)
     for proto in (tg.inference.onnx, tg.train_step, tg.gradients):
         onnx.checker.check_model(proto, full_check=True)
     write_training(tg, dest)
@@ -193,6 +193,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--train", action="store_true",
                    help="write the training graphs into the folder -o names (default MODEL.train): "
                         "model.onnx, train_step.onnx, gradients.onnx, init.npz")
+    c.add_argument("--threads", type=_positive,
+                   help="with --train: tune train_step.onnx for onnxruntime's CPU provider at this many "
+                        "intra-op threads (default: a few); the function it computes is the same")
     pr = sub.add_parser("predict", help="run an ONNX model on inputs from an .npz file")
     pr.add_argument("model_file", help="the .onnx model")
     pr.add_argument("inputs", help=".npz file with one array per model input")

@@ -21,7 +21,7 @@ from runtime.files import atomic_write
 from runtime.metrics import prediction_metrics
 from runtime.schedule import base_rate, learning_rate
 from runtime.selection import Patience, read_records, val_score
-from runtime.session import StepRunner, options, providers
+from runtime.session import StepRunner, options, providers, threads_in_use
 from runtime.transfer import load_into, source_weights
 from spec import model as m
 from spec.errors import RunError
@@ -96,7 +96,8 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
         raise RunError(f"early_stop watches the validation split, and val={train.data.val} leaves it "
                        "no samples: give the data a larger val share")
     stats = standardize.for_run(prog, model_name, data.train, run_dir, opts.resume, opts.threads, note)
-    tg = compile_training(prog, model_name, opts.seed, stats.moments, device=opts.device)
+    tg = compile_training(prog, model_name, opts.seed, stats.moments, device=opts.device,
+                          threads=threads_in_use(opts.threads))
     if train.from_ and not opts.resume:
         # a run folder is usually relative to where training runs; a shipped file, to the spec
         origin = Path(train.from_) if Path(train.from_).exists() else spec_path.parent / train.from_

@@ -3,6 +3,7 @@ buffers bound with IOBinding and swapped between steps (no host copies, no re-al
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,14 @@ def providers(device: str) -> list[str]:
                            "pip install 'dlspec[gpu]' (onnxruntime-gpu) in place of onnxruntime")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise RunError(f"unknown device '{device}': use cpu or cuda")
+
+
+def threads_in_use(threads: int | None) -> int:
+    """How many threads a step gets: `threads`, else the cores this process may run on (what
+    onnxruntime's default pool spreads over, up to one thread per physical core)."""
+    if threads:
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def options(threads: int | None) -> ort.SessionOptions:

@@ -23,6 +23,7 @@ from onnx import helper
 
 from compiler import grad_rules_nn
 from compiler.autodiff import load_rules
+from compiler.grad_rules import attr
 from compiler.gradients import gradient_model
 from compiler.opset import OPSET
 
@@ -322,6 +323,30 @@ def test_cuda_lowering_gives_the_cpu_lowerings_gradients(row: Row, max_map: int,
     cuda = _ref(gradient_model(model, "loss", names, device="cuda")).run(None, feeds)
     for name, a, b in zip(["loss", *names], cpu, cuda):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("row", CONV_ROWS, ids=[_row_id(r) for r in CONV_ROWS])
+def test_many_thread_lowering_gives_the_few_thread_gradients(row: Row) -> None:
+    """For a CPU step on many threads, weight gradients of 2-D convs are one 3-D Conv over the
+    batch and x's channels: the same sums as the taps checked against finite differences above,
+    in the reference evaluator (float64) and in onnxruntime (float32)."""
+    names, xs, model, _ = _setup(row)
+    feeds = dict(zip(names, xs))
+    few = _ref(gradient_model(model, "loss", names)).run(None, feeds)
+    wide = gradient_model(model, "loss", names, threads=16)
+    grouped = row.attrs.get("group", 1) > 1
+    if len(xs[0].shape) == 4 and not grouped and max(xs[1].shape[2:]) > 1:
+        assert any(n.op_type == "Conv" and n.name.startswith("grad") and len(attr(n, "strides", [])) == 3
+                   for n in wide.graph.node), "the 3-D weight-gradient Conv is missing"
+    for name, a, b in zip(["loss", *names], few, _ref(wide).run(None, feeds)):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=name)
+    if row.no_ort:
+        return
+    names, xs32, model32, _ = _setup(row, TP.FLOAT)
+    sess = ort.InferenceSession(gradient_model(model32, "loss", names, threads=16).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    for name, e, g in zip(names, few[1:], sess.run(None, dict(zip(names, xs32)))[1:]):
+        np.testing.assert_allclose(g, e, rtol=1e-3, atol=1e-4, err_msg=name)
 
 
 def test_split_gradient_fills_zeros_for_unused_outputs() -> None:

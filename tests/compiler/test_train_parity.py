@@ -324,10 +324,10 @@ def training_text(case: Case, opt: str, extra: str = "") -> str:
     return f"{case.text}\ntrain {{\n  {OPTS[opt]}\n  seed 3\n{extra}}}\n"
 
 
-def compile_case(tmp_path: Path, text: str) -> tuple[TrainingGraphs, m.Train]:
+def compile_case(tmp_path: Path, text: str, threads: int | None = None) -> tuple[TrainingGraphs, m.Train]:
     prog = load_text(tmp_path, text)
     name = prog.model().name
-    return compile_training(prog), prog.train(name) or m.Train()
+    return compile_training(prog, threads=threads), prog.train(name) or m.Train()
 
 
 # ---------------------------------------------------------------- the torch side
@@ -552,6 +552,27 @@ def test_training_matches_torch(tmp_path: Path, case_id: str, opt: str) -> None:
     batches = [case.batch(case.n, 42), case.batch(case.n, 43)]
     if opt == case.opts[0]:
         check_gradients(tg, case, values, batches[0])
+    check_steps(tg, train, case, values, batches, opt, must_clip=opt != "example")
+
+
+MANY_THREAD_CASES = [("digits", "example"), ("resnet18", "sgd_nesterov")]
+
+
+@pytest.mark.parametrize("case_id,opt", MANY_THREAD_CASES, ids=[f"{c}-{o}" for c, o in MANY_THREAD_CASES])
+def test_many_thread_lowering_matches_torch(tmp_path: Path, case_id: str, opt: str) -> None:
+    """The lowering for a CPU step on many threads (batch norm's affine maps as Mul and Add, conv
+    weight gradients as 3-D Convs over the batch) trains as torch does, as above."""
+    case = CASE[case_id]
+    tg, train = compile_case(tmp_path, training_text(case, opt), threads=16)
+    ops = [n.op_type for n in tg.train_step.graph.node]
+    accumulating = [n.op_type for n in tg.train_step.graph.node if n.name.startswith("grad")]
+    assert "BatchNormalization" not in ops and "Sum" not in accumulating  # one thread in onnxruntime
+    assert any(n.op_type == "Conv" and n.name.startswith("grad") and  # a 3-D weight gradient
+               any(a.name == "strides" and len(a.ints) == 3 for a in n.attribute)
+               for n in tg.train_step.graph.node)
+    values = randomize(tg.inference, seed=41)
+    batches = [case.batch(case.n, 42), case.batch(case.n, 43)]
+    check_gradients(tg, case, values, batches[0])
     check_steps(tg, train, case, values, batches, opt, must_clip=opt != "example")
 
 

@@ -197,6 +197,17 @@ def test_compile_train_writes_the_four_artifacts(tmp_path: Path, capsys: Capture
     assert "trainable" in out
 
 
+@pytest.mark.parametrize("threads,batch_norms", [(None, True), ("8", False)])
+def test_compile_train_threads_picks_the_lowering(tmp_path: Path, capsys: Capture, threads: str | None,
+                                                  batch_norms: bool) -> None:
+    """--threads 8: batch norm's affine maps as Mul and Add, which onnxruntime threads."""
+    code, out, _ = run(["compile", "--train", DIGITS, "-o", tmp_path / "run",
+                        *(["--threads", threads] if threads else [])], capsys)
+    assert code == 0, out
+    step = onnx.load(tmp_path / "run" / "train_step.onnx")
+    assert any(n.op_type == "BatchNormalization" for n in step.graph.node) == batch_norms
+
+
 def test_compile_train_into_a_file_fails_cleanly(tmp_path: Path, capsys: Capture) -> None:
     (tmp_path / "t.onnx").write_bytes(b"x")
     code, _, err = run(["compile", "--train", DIGITS, "-o", tmp_path / "t.onnx"], capsys)

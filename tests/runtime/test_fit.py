@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,29 @@ def test_cuda_without_the_gpu_build_names_the_extra(tmp_path: Path) -> None:
     with pytest.raises(RunError, match=r"dlspec\[gpu\]"):
         fit(load(spec), spec, None, FitOptions(out=tmp_path / "run", device="cuda"), _quiet())
     assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
+
+
+def test_many_threads_train_with_their_own_lowering_to_the_same_losses(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--threads 8 compiles the step for many threads (compiler/threads.py): other ops, the same
+    function, so the same epoch losses as at 2 threads up to float32 rounding."""
+    spec = _spec(tmp_path)
+    steps = {}
+    real = fit_module.compile_training
+
+    def keep(*args: object, **kwargs: object) -> object:
+        tg = real(*args, **kwargs)  # type: ignore[arg-type]
+        steps[kwargs["threads"]] = tg.train_step
+        return tg
+
+    monkeypatch.setattr(fit_module, "compile_training", keep)
+    for threads in (2, 8):
+        opts = FitOptions(epochs=1, threads=threads, out=tmp_path / f"t{threads}")
+        fit(load(spec), spec, None, opts, _quiet())
+    ops = {t: {n.op_type for n in s.graph.node} for t, s in steps.items()}
+    assert "BatchNormalization" in ops[2] and "BatchNormalization" not in ops[8]
+    records = [[json.loads(line) for line in (tmp_path / f"t{t}" / "metrics.jsonl").read_text().splitlines()]
+               for t in (2, 8)]
+    few, many = records[0][0], records[1][0]
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        assert many[key] == pytest.approx(few[key], rel=1e-4), key
