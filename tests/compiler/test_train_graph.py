@@ -102,6 +102,43 @@ def test_train_step_runs_the_same_in_onnx_reference_evaluator(tmp_path: Path, sp
         state = {**state, **carried(want)}
 
 
+TABLE_BN = """
+model table {
+  input x: float32[N, 5]
+  target y: float32[N]
+  backbone { linear(8) -> bn -> relu -> linear(6) -> bn }
+  head regress(hidden=[4])
+  loss mse
+}
+"""
+
+
+@pytest.mark.parametrize("spec", ["tiny", "table"])
+def test_many_thread_lowering_steps_as_the_few_thread_one(tmp_path: Path, spec: str) -> None:
+    """compile_training(threads=16) writes other ops (compiler/threads.py) for the same function:
+    two steps from the same values give the same outputs, in onnxruntime and in onnx's reference
+    evaluator; batch norm over [N, C] as over [N, C, H, W]."""
+    text = TINY_CNN if spec == "tiny" else TABLE_BN
+    few = compile_training_text(tmp_path, text)
+    many = compile_training(load(tmp_path / "m.dlspec"), threads=16)
+    assert {n.domain for n in many.train_step.graph.node} <= set(STANDARD_DOMAINS)
+    assert "BatchNormalization" not in {n.op_type for n in many.train_step.graph.node}
+    sessions = [session(few.train_step), session(many.train_step)]
+    ref = ReferenceEvaluator(many.train_step)
+    names = output_names(few.train_step)
+    assert sorted(names) == sorted(output_names(many.train_step))
+    state = dict(few.init)
+    for step in (1, 2):
+        feeds = feeds_for(few.train_step, batch_for(few, 5, step), scalars(0.01, step), state)
+        want, got = run(sessions[0], feeds), run(sessions[1], feeds)
+        by_ref = dict(zip(output_names(many.train_step), ref.run(None, feeds)))
+        for name in names:
+            scale = max(1.0, float(np.abs(want[name]).max()))
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5 * scale, err_msg=name)
+            np.testing.assert_allclose(by_ref[name], got[name], rtol=0, atol=1e-5 * scale, err_msg=name)
+        state = {**state, **carried(want)}
+
+
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_example_training_graphs_are_standard_onnx(name: str) -> None:
     tg = example(name)
