@@ -323,7 +323,8 @@ def _weight_grad_depth_conv(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, s
     forward dilation becomes this Conv's stride and the forward stride its dilation, as in
     _weight_grad_conv. onnxruntime threads this Conv over its C prod(k) output positions, where
     the taps' Slices and the channels-last Transpose and Pad of x run on one thread. It expands x
-    k times on the way, and takes 1.2x to 2x as long as the taps on one thread."""
+    prod(k) times on the way, and takes up to 2x as long as the taps on one thread (the digits
+    example's 64x64x8x8 3x3 layer: 10.8 ms against about 5)."""
     nd = len(k)
     op, ints = ctx.g.op1, ctx.g.ints
     x5 = op("Unsqueeze", [x, ints([0])], "grad")  # [1, N, C, *S]
