@@ -3,8 +3,8 @@
 onnxruntime runs some CPU kernels on one thread whatever the size of its intra-op pool:
 BatchNormalization, Sum, Slice, Pad and a Transpose that moves channels last among them (in a
 resnet18 step on a 16-core Xeon, 16 threads against 2: 1.0x to 1.1x for those, 2.8x to 4.6x for
-Conv, Mul, Add and ReduceSum; on an 8 MB tensor here, Sum and Where take as long at 2 threads as
-at 1, Add and Mul 1.4x to 1.8x less). At a few threads they are the fast way
+Conv, Mul, Add and ReduceSum; on an 8 MB tensor on a 2-core AMD EPYC, Sum and Where take as long
+at 2 threads as at 1, Add and Mul 1.4x to 1.8x less). At a few threads they are the fast way
 to write a per-channel affine map (one BatchNormalization where Mul and Add take two slower
 passes) and the conv weight gradient (one Slice and one MatMul per kernel tap); at many threads
 they leave the other cores idle. With `many_threads` the compiler writes those two with ops
