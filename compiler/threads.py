@@ -10,7 +10,9 @@ passes) and the conv weight gradient (one Slice and one MatMul per kernel tap); 
 they leave the other cores idle. With `many_threads` the compiler writes those two with ops
 onnxruntime spreads over its pool: Mul and Add, and one Conv per weight gradient
 (grad_rules_nn._weight_grad_depth_conv). Gradients that meet at one value are added with Add,
-not Sum, for the same reason (resnet18 at 16 threads: Sum took 39 ms a step, as at 2).
+not Sum, for the same reason (resnet18 at 16 threads: Sum took 39 ms a step, as at 2). Convs
+that onnxruntime threads inside each image, not over the batch, fold the batch into depth
+(compiler/conv_fold.py).
 
 Measured on a 16-core Xeon, train step against the few-thread lowering (both in one run):
 resnet18 at 32x32, batch 128: 0.99x at 4 threads, 1.30x at 8, 1.48x at 16 (1955 -> 1325 ms),

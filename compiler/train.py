@@ -25,6 +25,7 @@ from compiler.compile import (
     model_proto,
     value_info,
 )
+from compiler.conv_fold import fold_crowded_convs
 from compiler.losses import metrics, total_loss
 from compiler.optim import Slot, state_names, step_graph
 from compiler.tensor import Tensor
@@ -55,8 +56,9 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
     `device`: where the step will run, "cpu" or "cuda"; a few lowerings differ (conv weight
     gradients, the optimizer's small-parameter pack, which would block a CUDA graph).
     `threads`: onnxruntime's intra-op threads on the CPU, where known; at many, batch norm's
-    affine maps and conv weight gradients take ops that onnxruntime threads (compiler/threads.py).
-    Every choice computes the same function."""
+    affine maps and conv weight gradients take ops that onnxruntime threads (compiler/threads.py),
+    and convs with more filters than output positions fold the batch into depth
+    (compiler/conv_fold.py). Every choice computes the same function."""
     inference = compile_model(prog, name, seed, moments)
     model = inference.model
     train = prog.train(model.name) or m.Train()
@@ -110,6 +112,8 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
     train_step = model_proto(model.name, step_nodes, batch + scalars + param_inputs + state_inputs,
                              [_out(n, values, o) for n, o in outputs], {}, f.spec_hash)
     init = {n: values[n] for n in weights + stats + opt_state}
+    if wide:
+        train_step, grads_model = fold_crowded_convs(train_step), fold_crowded_convs(grads_model)
     return TrainingGraphs(inference, train_step, grads_model, init, trainable, frozen, list(mets),
                           _evaluate_model(prog, name, seed, moments))
 

@@ -1,0 +1,96 @@
+"""Convs with more filters than output positions, rewritten for a CPU step on many threads.
+
+onnxruntime's CPU Conv threads over the images of a batch, unless a group has more filters than
+the output has positions (a 3x3 conv with 64 filters on 4x4 maps) and the conv is more than a
+1x1 at stride 1 without padding: then it runs one small matrix product per image and threads
+inside each, and more threads make it slower (MLAS's "expand then GEMM"). The rewrite folds
+the batch into a depth axis, [N, C, H, W] -> [1, C, N, H, W], and runs one 3-D Conv with the
+kernel [O, C/g, 1, kh, kw]: a single image whose N H W output positions the threads share. The
+two Transposes it adds (channels to the front and back) are threaded too.
+
+Measured on a 16-core Xeon, train step with the Convs rewritten (1x1s too, then) against without,
+both with the few-thread lowerings: resnet18 at 16 threads 1896 -> 1694 ms; the digits example
+1.04x at 2 threads, 1.08x at 4, 1.04x at 16. On a 2-core AMD EPYC at 2 threads the Transposes
+cost what the Convs save. Not yet measured with the other many-thread lowerings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from compiler.autodiff import Dim, static_shapes
+
+
+def fold_crowded_convs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with every 2-D Conv whose filters per group outnumber its output positions (where
+    shape inference knows both) computed over the batch folded into depth: the same function."""
+    shapes = static_shapes(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {v for n in model.graph.node for v in [*n.input, *n.output, n.name]}
+    taken |= {v.name for v in [*model.graph.input, *model.graph.initializer]}
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        nodes += _folded(node, shapes, taken) or [node]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def _crowded(node: onnx.NodeProto, shapes: dict[str, tuple[Dim, ...]]) -> bool:
+    if node.op_type != "Conv":
+        return False
+    x, w, y = shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0])
+    if x is None or w is None or y is None or len(x) != 4 or len(y) != 4:
+        return False
+    sizes = [v for v in (w[0], *w[2:], *y[2:]) if isinstance(v, int)]
+    if len(sizes) != 5:
+        return False
+    filters, kernel, positions = sizes[0], sizes[1:3], sizes[3] * sizes[4]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    # a 1x1 at stride 1 (any auto_pad pads it by 0): a product per image, threaded over the images
+    pointwise = (kernel == [1, 1] and all(v == 1 for v in attrs.get("strides", [1, 1]))
+                 and not any(attrs.get("pads", [0])))
+    return not pointwise and filters // int(attrs.get("group", 1)) > positions
+
+
+def _folded(node: onnx.NodeProto, shapes: dict[str, tuple[Dim, ...]],
+            taken: set[str]) -> list[onnx.NodeProto] | None:
+    if not _crowded(node, shapes):
+        return None
+
+    def fresh(suffix: str) -> str:
+        name = f"{node.output[0]}.{suffix}"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
+    def axes(values: list[int]) -> tuple[str, onnx.NodeProto]:
+        name = fresh("axes")
+        return name, helper.make_node("Constant", [], [name], name=name,
+                                      value=numpy_helper.from_array(np.array(values, np.int64), name))
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    for key in ("kernel_shape", "strides", "dilations"):
+        attrs[key] = [1, *attrs.get(key, [] if key == "kernel_shape" else [1, 1])]
+    if attrs["kernel_shape"] == [1]:
+        del attrs["kernel_shape"]  # not given: taken from the weights
+    if "pads" in attrs:
+        p = attrs["pads"]
+        attrs["pads"] = [0, p[0], p[1], 0, p[2], p[3]]
+    first, unsq_first = axes([0])
+    depth, unsq_depth = axes([2])
+    x, w = node.input[0], node.input[1]
+    xt, x5, w5, y5, y4 = fresh("xt"), fresh("x5"), fresh("w5"), fresh("y5"), fresh("y4")
+    return [
+        unsq_first, unsq_depth,
+        helper.make_node("Transpose", [x], [xt], name=fresh("fold"), perm=[1, 0, 2, 3]),  # [C, N, H, W]
+        helper.make_node("Unsqueeze", [xt, first], [x5], name=fresh("fold")),  # [1, C, N, H, W]
+        helper.make_node("Unsqueeze", [w, depth], [w5], name=fresh("fold")),  # [O, C/g, 1, kh, kw]
+        helper.make_node("Conv", [x5, w5, *node.input[2:]], [y5], name=node.name, **attrs),
+        helper.make_node("Squeeze", [y5, first], [y4], name=fresh("unfold")),  # [O, N, H', W']
+        helper.make_node("Transpose", [y4], [node.output[0]], name=fresh("unfold"), perm=[1, 0, 2, 3]),
+    ]
