@@ -83,10 +83,11 @@ def rule(*op_types: str) -> Callable[[GradRule], GradRule]:
 SHAPE_OF_INPUT = frozenset({"GroupNormalization"})
 
 
-def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[Dim, ...]]:
-    """Shapes of every value (symbolic dims as names) from ONNX shape inference."""
+def static_shapes(model: onnx.ModelProto, data_prop: bool = False) -> dict[str, tuple[Dim, ...]]:
+    """Shapes of every value (symbolic dims as names) from ONNX shape inference. `data_prop` also
+    follows shapes computed in the graph (Reshape to Shape(x)), at several times the cost."""
     try:
-        inferred = shape_inference.infer_shapes(_typed(model), strict_mode=True)
+        inferred = shape_inference.infer_shapes(_typed(model), strict_mode=True, data_prop=data_prop)
     except shape_inference.InferenceError as err:
         raise CompileError(f"ONNX shape inference fails on the model: {str(err).strip()[:400]}") from None
     out: dict[str, tuple[Dim, ...]] = {}

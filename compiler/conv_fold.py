@@ -26,7 +26,7 @@ from compiler.autodiff import Dim, static_shapes
 def fold_crowded_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with every 2-D Conv whose filters per group outnumber its output positions (where
     shape inference knows both) computed over the batch folded into depth: the same function."""
-    shapes = static_shapes(model)
+    shapes = static_shapes(model, data_prop=True)  # the gradient graph reshapes to Shape(x)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     taken = {v for n in model.graph.node for v in [*n.input, *n.output, n.name]}

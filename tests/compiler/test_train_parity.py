@@ -570,6 +570,9 @@ def test_many_thread_lowering_matches_torch(tmp_path: Path, case_id: str, opt: s
     assert any(n.op_type == "Conv" and n.name.startswith("grad") and  # a 3-D weight gradient
                any(a.name == "strides" and len(a.ints) == 3 for a in n.attribute)
                for n in tg.train_step.graph.node)
+    # crowded convs folded (compiler/conv_fold.py), a dX among them: the forward's 4x4 or 2x2 maps
+    folded = [n.name for n in tg.train_step.graph.node if n.op_type == "Conv" and n.input[0].endswith(".x5")]
+    assert any(not f.startswith("grad") for f in folded) and any(f.startswith("grad") for f in folded)
     values = randomize(tg.inference, seed=41)
     batches = [case.batch(case.n, 42), case.batch(case.n, 43)]
     check_gradients(tg, case, values, batches[0])
