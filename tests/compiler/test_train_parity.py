@@ -60,6 +60,8 @@ from train_helpers import (  # noqa: E402
     with_outputs,
 )
 
+from compiler import conv_fold  # noqa: E402
+from compiler.autodiff import static_shapes  # noqa: E402
 from compiler.train import TrainingGraphs, compile_training  # noqa: E402
 from spec import model as m  # noqa: E402
 
@@ -573,6 +575,8 @@ def test_many_thread_lowering_matches_torch(tmp_path: Path, case_id: str, opt: s
     # crowded convs folded (compiler/conv_fold.py), a dX among them: the forward's 4x4 or 2x2 maps
     folded = [n.name for n in tg.train_step.graph.node if n.op_type == "Conv" and n.input[0].endswith(".x5")]
     assert any(not f.startswith("grad") for f in folded) and any(f.startswith("grad") for f in folded)
+    shapes = static_shapes(tg.train_step, data_prop=True)
+    assert not [n.name for n in tg.train_step.graph.node if conv_fold._crowded(n, shapes)]  # none left
     values = randomize(tg.inference, seed=41)
     batches = [case.batch(case.n, 42), case.batch(case.n, 43)]
     check_gradients(tg, case, values, batches[0])
