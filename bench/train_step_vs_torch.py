@@ -123,7 +123,8 @@ def main() -> None:
     args = ap.parse_args()
     cases = [("digits", "digits" if w == DIGITS_WIDTH else f"digits w={w}", 64, (1, 8, 8), args.steps, w)
              for w in args.digits_widths]
-    resnet_steps = max(args.steps // 6, 3)  # the width is the digits model's only
+    resnet_steps = max(args.steps // 6, 3)
+    # resnet18 ignores the width, which only the digits model has
     cases.append(("resnet18_cifar", "resnet18_cifar", 128, (3, 32, 32), resnet_steps, DIGITS_WIDTH))
     for example, label, bs, shape, steps, width in cases:
         if args.only and not example.startswith(args.only):

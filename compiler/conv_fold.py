@@ -16,30 +16,34 @@ cost what the Convs save. Not yet measured with the other many-thread lowerings.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from compiler.autodiff import Dim, static_shapes
+from compiler.graph import Graph
+
+Shapes = dict[str, tuple[Dim, ...]]
 
 
 def fold_crowded_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with every 2-D Conv whose filters per group outnumber its output positions (where
     shape inference knows both) computed over the batch folded into depth: the same function."""
     shapes = static_shapes(model, data_prop=True)  # the gradient graph reshapes to Shape(x)
+    g = Graph({v for n in model.graph.node for v in [*n.input, *n.output, n.name]}
+              | {v.name for v in [*model.graph.input, *model.graph.initializer]})
+    for node in model.graph.node:
+        if _crowded(node, shapes):
+            _fold(g, node)
+        else:
+            g.nodes.append(node)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    taken = {v for n in model.graph.node for v in [*n.input, *n.output, n.name]}
-    taken |= {v.name for v in [*model.graph.input, *model.graph.initializer]}
-    nodes: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        nodes += _folded(node, shapes, taken) or [node]
     del out.graph.node[:]
-    out.graph.node.extend(nodes)
+    out.graph.node.extend(g.nodes)
     return out
 
 
-def _crowded(node: onnx.NodeProto, shapes: dict[str, tuple[Dim, ...]]) -> bool:
+def _crowded(node: onnx.NodeProto, shapes: Shapes) -> bool:
     if node.op_type != "Conv":
         return False
     x, w, y = shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0])
@@ -56,23 +60,9 @@ def _crowded(node: onnx.NodeProto, shapes: dict[str, tuple[Dim, ...]]) -> bool:
     return not pointwise and filters // int(attrs.get("group", 1)) > positions
 
 
-def _folded(node: onnx.NodeProto, shapes: dict[str, tuple[Dim, ...]],
-            taken: set[str]) -> list[onnx.NodeProto] | None:
-    if not _crowded(node, shapes):
-        return None
-
-    def fresh(suffix: str) -> str:
-        name = f"{node.output[0]}.{suffix}"
-        while name in taken:
-            name += "_"
-        taken.add(name)
-        return name
-
-    def axes(values: list[int]) -> tuple[str, onnx.NodeProto]:
-        name = fresh("axes")
-        return name, helper.make_node("Constant", [], [name], name=name,
-                                      value=numpy_helper.from_array(np.array(values, np.int64), name))
-
+def _fold(g: Graph, node: onnx.NodeProto) -> None:
+    """Append to `g` the folded form of the Conv `node`: the same output name, and the same node
+    name for the Conv (its input is named <output>.x5)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     for key in ("kernel_shape", "strides", "dilations"):
         attrs[key] = [1, *attrs.get(key, [] if key == "kernel_shape" else [1, 1])]
@@ -81,16 +71,14 @@ def _folded(node: onnx.NodeProto, shapes: dict[str, tuple[Dim, ...]],
     if "pads" in attrs:
         p = attrs["pads"]
         attrs["pads"] = [0, p[0], p[1], 0, p[2], p[3]]
-    first, unsq_first = axes([0])
-    depth, unsq_depth = axes([2])
-    x, w = node.input[0], node.input[1]
-    xt, x5, w5, y5, y4 = fresh("xt"), fresh("x5"), fresh("w5"), fresh("y5"), fresh("y4")
-    return [
-        unsq_first, unsq_depth,
-        helper.make_node("Transpose", [x], [xt], name=fresh("fold"), perm=[1, 0, 2, 3]),  # [C, N, H, W]
-        helper.make_node("Unsqueeze", [xt, first], [x5], name=fresh("fold")),  # [1, C, N, H, W]
-        helper.make_node("Unsqueeze", [w, depth], [w5], name=fresh("fold")),  # [O, C/g, 1, kh, kw]
-        helper.make_node("Conv", [x5, w5, *node.input[2:]], [y5], name=node.name, **attrs),
-        helper.make_node("Squeeze", [y5, first], [y4], name=fresh("unfold")),  # [O, N, H', W']
-        helper.make_node("Transpose", [y4], [node.output[0]], name=fresh("unfold"), perm=[1, 0, 2, 3]),
-    ]
+    x, w = node.input[:2]
+    out = node.output[0]
+    first = g.ints([0], out)
+    xt = g.op1("Transpose", [x], out, perm=[1, 0, 2, 3])  # [C, N, H, W]
+    w5 = g.op1("Unsqueeze", [w, g.ints([2], out)], out)  # [O, C/g, 1, kh, kw]
+    x5, y5 = g.fresh(f"{out}.x5"), g.fresh(f"{out}.y5")  # [1, C, N, H, W], [1, O, N, H', W']
+    g.nodes += [helper.make_node("Unsqueeze", [xt, first], [x5], name=g.fresh(f"{out}/fold")),
+                helper.make_node("Conv", [x5, w5, *node.input[2:]], [y5], name=node.name, **attrs)]
+    y4 = g.op1("Squeeze", [y5, first], out)  # [O, N, H', W']
+    g.nodes.append(helper.make_node("Transpose", [y4], [out], name=g.fresh(f"{out}/unfold"),
+                                    perm=[1, 0, 2, 3]))

@@ -142,7 +142,7 @@ def _flipped_conv(ctx: RuleCtx, g: str, w: str, k: list[int], d: list[int], pads
     ConvTranspose at 3x3 and 2x to 5x faster at 1x1 (128x64x32x32: 11.5 ms vs 19.9 ms)."""
     op, ints, nd = ctx.g.op1, ctx.g.ints, len(k)
     if groups == 1:
-        wt = op("Transpose", [w], "grad", perm=[1, 0] + list(range(2, 2 + nd)))  # [C, O, *k]
+        wt = _swap_first(ctx, w, nd)  # [C, O, *k]
     else:  # [O, C/g, *k] -> [g, O/g, C/g, *k] -> [g, C/g, O/g, *k] -> [C, O/g, *k]
         split = op("Reshape", [w, ints([groups, cout // groups, cin // groups, *k])], "grad")
         swapped = op("Transpose", [split], "grad", perm=[0, 2, 1] + list(range(3, 3 + nd)))
@@ -206,10 +206,26 @@ def _conv_weight_grad(ctx: RuleCtx, x: str, g: str, cin: int, size: list[int], k
     return grad(ctx, x, g, cin, cout, size, k, s, d, p, groups)
 
 
+def _swap_first(ctx: RuleCtx, t: str, nd: int) -> str:
+    """[A, B, *S] (nd axes after the first two) -> [B, A, *S]: [N, C, *S] to channels first and
+    back, which copies at memcpy speed in onnxruntime."""
+    return ctx.g.op1("Transpose", [t], "grad", perm=[1, 0] + list(range(2, 2 + nd)))
+
+
+def _first_k(ctx: RuleCtx, y: str, size: list[int], k: list[int], s: list[int], d: list[int],
+             p: list[int]) -> str:
+    """A weight-gradient Conv's output [.., .., *k'] cut to the kernel's k positions per axis: it
+    has more (k' > k) where the forward stride skipped the end of x."""
+    nd = len(k)
+    if _out_size(size, _out_size(size, k, s, d, p), d, s, p) == k:
+        return y
+    return ctx.g.op1("Slice", [y, ctx.g.ints([0] * nd), ctx.g.ints(k), ctx.g.ints(list(range(2, 2 + nd)))],
+                     "grad")
+
+
 def _channels_first_rows(ctx: RuleCtx, t: str, channels: int, nd: int, groups: int = 1) -> str:
-    """[N, C, *S] (nd spatial axes) -> [C, N * prod(S)], or [groups, C / groups, N * prod(S)]:
-    moving the channel axis first copies at memcpy speed in onnxruntime."""
-    moved = ctx.g.op1("Transpose", [t], "grad", perm=[1, 0] + list(range(2, 2 + nd)))
+    """[N, C, *S] (nd spatial axes) -> [C, N * prod(S)], or [groups, C / groups, N * prod(S)]."""
+    moved = _swap_first(ctx, t, nd)
     shape = [channels, -1] if groups == 1 else [groups, channels // groups, -1]
     return ctx.g.op1("Reshape", [moved, ctx.g.ints(shape)], "grad")
 
@@ -222,8 +238,7 @@ def _weight_grad_pointwise(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, si
     1.3x faster than im2col."""
     nd = len(k)
     op, ints = ctx.g.op1, ctx.g.ints
-    first = [1, 0] + list(range(2, 2 + nd))
-    xc = op("Transpose", [x], "grad", perm=first)  # [C, N, *S]
+    xc = _swap_first(ctx, x, nd)  # [C, N, *S]
     if any(p):
         xc = op("Pad", [xc, ints([0, 0, *p[:nd], 0, 0, *p[nd:]])], "grad")
     out = _out_size(size, k, s, d, p)
@@ -266,7 +281,7 @@ def _weight_grad_taps(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size: l
     if any(p) and ctx.device != "cuda":  # every tap then reaches every output position
         last = op("Pad", [last, ints([*lead, 0, *p[:nd], 0, *lead, 0, *p[nd:], 0])], "grad")
         size, p = [size[a] + p[a] + p[nd + a] for a in range(nd)], [0] * (2 * nd)
-    gc = op("Transpose", [g], "grad", perm=[1, 0] + list(range(2, 2 + nd)))  # [O, N, *out]
+    gc = _swap_first(ctx, g, nd)  # [O, N, *out]
     g_rows = op("Reshape", [gc, ints(g_shape)], "grad")  # [O, N * prod(out)], or per group
     tail = ints([-1])
     per_tap = []
@@ -300,19 +315,15 @@ def _weight_grad_conv(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size: l
     (more where the forward stride skipped the end of x): keep the first k."""
     nd = len(k)
     op, ints = ctx.g.op1, ctx.g.ints
-    first = [1, 0] + list(range(2, 2 + nd))
     if groups == 1:
-        xc = op("Transpose", [x], "grad", perm=first)  # [C, N, *S]
+        xc = _swap_first(ctx, x, nd)  # [C, N, *S]
     else:  # [N, g, Ci, *S] -> [Ci, g, N, *S] -> [Ci, g N, *S]
         split = op("Reshape", [x, ints([0, groups, cin // groups, *size])], "grad")
         moved = op("Transpose", [split], "grad", perm=[2, 1, 0] + list(range(3, 3 + nd)))
         xc = op("Reshape", [moved, ints([cin // groups, -1, *size])], "grad")
-    gc = op("Transpose", [g], "grad", perm=first)  # [O, N, *out]
-    y = op("Conv", [xc, gc], "grad", strides=d, dilations=s, pads=p, group=groups)  # [Ci, O, *k']
-    out = _out_size(size, _out_size(size, k, s, d, p), d, s, p)  # this Conv's output: k'
-    if out != k:
-        y = op("Slice", [y, ints([0] * nd), ints(k), ints(list(range(2, 2 + nd)))], "grad")
-    return op("Transpose", [y], "grad", perm=first)  # [O, Ci, *k]
+    y = op("Conv", [xc, _swap_first(ctx, g, nd)], "grad", strides=d, dilations=s, pads=p,
+           group=groups)  # [Ci, O, *k']; the kernel G as [O, N, *out]
+    return _swap_first(ctx, _first_k(ctx, y, size, k, s, d, p), nd)  # [O, Ci, *k]
 
 
 def _weight_grad_depth_conv(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, size: list[int],
@@ -328,14 +339,9 @@ def _weight_grad_depth_conv(ctx: RuleCtx, x: str, g: str, cin: int, cout: int, s
     nd = len(k)
     op, ints = ctx.g.op1, ctx.g.ints
     x5 = op("Unsqueeze", [x, ints([0])], "grad")  # [1, N, C, *S]
-    gc = op("Transpose", [g], "grad", perm=[1, 0] + list(range(2, 2 + nd)))  # [O, N, *out]
-    kernel = op("Unsqueeze", [gc, ints([2])], "grad")  # [O, N, 1, *out]
+    kernel = op("Unsqueeze", [_swap_first(ctx, g, nd), ints([2])], "grad")  # [O, N, 1, *out]
     y = op("Conv", [x5, kernel], "grad", strides=[1, *d], dilations=[1, *s], pads=[0, *p[:nd], 0, *p[nd:]])
-    y = op("Squeeze", [y, ints([0])], "grad")  # [O, C, *k']
-    out = _out_size(size, _out_size(size, k, s, d, p), d, s, p)  # k' as in _weight_grad_conv
-    if out != k:
-        y = op("Slice", [y, ints([0] * nd), ints(k), ints(list(range(2, 2 + nd)))], "grad")
-    return y
+    return _first_k(ctx, op("Squeeze", [y, ints([0])], "grad"), size, k, s, d, p)  # [O, C, *k]
 
 
 @rule("ConvTranspose")

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx.reference import ReferenceEvaluator
 
@@ -88,18 +91,24 @@ def test_train_step_runs_the_same_in_onnx_reference_evaluator(tmp_path: Path, sp
     """onnx's reference evaluator (an implementation dlspec did not write) agrees with onnxruntime
     on every output of two training steps: the graph is plain standard ONNX."""
     tg = example("land_price") if spec == "land_price" else compile_training_text(tmp_path, TINY_CNN)
-    ref, sess = ReferenceEvaluator(tg.train_step), session(tg.train_step)
     names = output_names(tg.train_step)
-    state = dict(tg.init)
-    for step in (1, 2):
-        feeds = feeds_for(tg.train_step, batch_for(tg, 5, step), scalars(0.01, step), state)
-        want = run(sess, feeds)
-        got = dict(zip(names, ref.run(None, feeds)))
+    for want, got in _two_steps(tg, [session(tg.train_step), ReferenceEvaluator(tg.train_step)]):
         for name in names:
             scale = max(1.0, float(np.abs(want[name]).max()))
             assert got[name].shape == want[name].shape, name
             np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5 * scale, err_msg=name)
-        state = {**state, **carried(want)}
+
+
+def _two_steps(tg: TrainingGraphs, runners: list[Any]) -> Iterator[list[dict[str, np.ndarray]]]:
+    """Every runner's outputs by name (an onnxruntime session or onnx's reference evaluator, each
+    of a train step with tg's inputs) for two steps from tg.init; the state carries the first's."""
+    state = dict(tg.init)
+    for step in (1, 2):
+        feeds = feeds_for(tg.train_step, batch_for(tg, 5, step), scalars(0.01, step), state)
+        outs = [run(r, feeds) if isinstance(r, ort.InferenceSession) else
+                dict(zip(r.output_names, r.run(None, feeds))) for r in runners]
+        yield outs
+        state = {**state, **carried(outs[0])}
 
 
 TABLE_BN = """
@@ -128,20 +137,14 @@ def test_many_thread_lowering_steps_as_the_few_thread_one(tmp_path: Path, spec: 
     training_bn = [n for n in many.train_step.graph.node if n.op_type == "BatchNormalization"
                    and not n.name.startswith("backbone")]  # digits_transfer freezes the backbone
     assert training_bn == []
-    sessions = [session(few.train_step), session(many.train_step)]
-    ref = ReferenceEvaluator(many.train_step)
     names = output_names(few.train_step)
     assert sorted(names) == sorted(output_names(many.train_step))
-    state = dict(few.init)
-    for step in (1, 2):
-        feeds = feeds_for(few.train_step, batch_for(few, 5, step), scalars(0.01, step), state)
-        want, got = run(sessions[0], feeds), run(sessions[1], feeds)
-        by_ref = dict(zip(output_names(many.train_step), ref.run(None, feeds)))
+    runners = [session(few.train_step), session(many.train_step), ReferenceEvaluator(many.train_step)]
+    for want, got, by_ref in _two_steps(few, runners):
         for name in names:
             scale = max(1.0, float(np.abs(want[name]).max()))
             np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5 * scale, err_msg=name)
             np.testing.assert_allclose(by_ref[name], got[name], rtol=0, atol=1e-5 * scale, err_msg=name)
-        state = {**state, **carried(want)}
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
