@@ -27,8 +27,8 @@ model resnet50_imagenet {
 
 
 def dlspec_once(path: Path) -> dict[str, float]:
-    from compiler import compile_model
-    from spec import load
+    from dlspec.compiler import compile_model
+    from dlspec.spec import load
 
     t0 = time.perf_counter()
     prog = load(path)

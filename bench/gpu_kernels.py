@@ -24,9 +24,9 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
     from train_step_vs_torch import batch_of  # the benchmark's batch: raw pixels and labels
 
-    from compiler.train import compile_training
-    from runtime.session import StepRunner
-    from spec import load
+    from dlspec.compiler.train import compile_training
+    from dlspec.session import StepRunner
+    from dlspec.spec import load
 
     ap = argparse.ArgumentParser()
     ap.add_argument("example", nargs="?", default="resnet18_cifar", choices=["digits", "resnet18_cifar"])

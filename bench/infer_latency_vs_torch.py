@@ -35,10 +35,10 @@ def image(size: int, shape: tuple[int, ...]) -> np.ndarray:
 def dlspec_infer(example: str, size: int, shape: tuple[int, ...], threads: int) -> Callable[[int], object]:
     import onnxruntime as ort
 
-    from compiler.compile import compile_model
-    from compiler.export import export
-    from runtime.session import options, providers
-    from spec.loader import load
+    from dlspec.compiler.compile import compile_model
+    from dlspec.compiler.export import export
+    from dlspec.session import options, providers
+    from dlspec.spec.loader import load
 
     exported, _ = export(compile_model(load(REPO / "examples" / f"{example}.dlspec")).onnx, {})
     sess = ort.InferenceSession(exported.SerializeToString(), options(threads), providers=providers("cpu"))

@@ -27,10 +27,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from compiler.autodiff import RuleCtx, constants, load_rules, static_shapes, used_nodes  # noqa: E402
-from compiler.grad_rules_norm import channel_affine  # noqa: E402
-from compiler.graph import Graph  # noqa: E402
-from compiler.opset import IR_VERSION, OPSET  # noqa: E402
+from dlspec.compiler.autodiff import RuleCtx, constants, load_rules, static_shapes, used_nodes  # noqa: E402
+from dlspec.compiler.grad_rules_norm import channel_affine  # noqa: E402
+from dlspec.compiler.graph import Graph  # noqa: E402
+from dlspec.compiler.opset import IR_VERSION, OPSET  # noqa: E402
 
 Feeds = dict[str, np.ndarray]
 

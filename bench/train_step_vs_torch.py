@@ -62,9 +62,9 @@ def digits_at_width(text: str, w: int) -> str:
 
 def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
                  device: str, width: int = DIGITS_WIDTH) -> Callable[[int], None]:
-    from compiler.train import compile_training
-    from runtime.session import StepRunner
-    from spec.loader import load
+    from dlspec.compiler.train import compile_training
+    from dlspec.session import StepRunner
+    from dlspec.spec.loader import load
 
     text = re.sub(r"^\s*augment\b.*\n", "", (REPO / "examples" / f"{example}.dlspec").read_text(), flags=re.M)
     if example == "digits" and width != DIGITS_WIDTH:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from compiler.graph import Graph
-from compiler.random import stream_seed, uniform_like
-from compiler.tensor import Tensor, show
-from spec.errors import SpecError
-from spec.model import Augment
+from dlspec.compiler.graph import Graph
+from dlspec.compiler.random import stream_seed, uniform_like
+from dlspec.compiler.tensor import Tensor, show
+from dlspec.spec.errors import SpecError
+from dlspec.spec.model import Augment
 
 _I64 = 7  # TensorProto.INT64
 _USES_P = ("hflip", "vflip", "cutout")

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from compiler.graph import Graph
-from spec.errors import CompileError, Span
+from dlspec.compiler.graph import Graph
+from dlspec.spec.errors import CompileError, Span
 
 Dim = int | str | None
 
@@ -59,8 +59,9 @@ RULES: dict[str, GradRule] = {}
 
 
 # The modules that fill RULES; backward loads them all, so no caller can miss a rule.
-RULE_MODULES = ("compiler.grad_rules", "compiler.grad_rules_nn", "compiler.grad_rules_shape",
-                "compiler.grad_rules_norm", "compiler.grad_rules_einsum")
+RULE_MODULES = ("dlspec.compiler.grad_rules", "dlspec.compiler.grad_rules_nn",
+                "dlspec.compiler.grad_rules_shape",
+                "dlspec.compiler.grad_rules_norm", "dlspec.compiler.grad_rules_einsum")
 
 
 def load_rules() -> dict[str, GradRule]:

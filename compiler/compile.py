@@ -11,19 +11,19 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from compiler.augment import augment
-from compiler.context import Compilation, LayerRecord, ParamInfo
-from compiler.features import Moments, lower_features
-from compiler.graph import ONNX_DTYPES, Graph
-from compiler.init import InitPolicy
-from compiler.necks import NECKS, fpn
-from compiler.opset import IR_VERSION, OPSET
-from compiler.tensor import Tensor, show
-from compiler.walk import Walker
-from spec import model as m
-from spec.errors import CompileError, Span, SpecError, did_you_mean
-from spec.loader import Program
-from spec.version import __version__
+from dlspec.compiler.augment import augment
+from dlspec.compiler.context import Compilation, LayerRecord, ParamInfo
+from dlspec.compiler.features import Moments, lower_features
+from dlspec.compiler.graph import ONNX_DTYPES, Graph
+from dlspec.compiler.init import InitPolicy
+from dlspec.compiler.necks import NECKS, fpn
+from dlspec.compiler.opset import IR_VERSION, OPSET
+from dlspec.compiler.tensor import Tensor, show
+from dlspec.compiler.walk import Walker
+from dlspec.spec import model as m
+from dlspec.spec.errors import CompileError, Span, SpecError, did_you_mean
+from dlspec.spec.loader import Program
+from dlspec.spec.version import __version__
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "bce_with_logits")
 

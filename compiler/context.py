@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler import init
-from compiler.autodiff import Composite
-from compiler.graph import Graph
-from compiler.tensor import Shape
-from spec.errors import CompileError, Span
-from spec.model import Initializer
+from dlspec.compiler import init
+from dlspec.compiler.autodiff import Composite
+from dlspec.compiler.graph import Graph
+from dlspec.compiler.tensor import Shape
+from dlspec.spec.errors import CompileError, Span
+from dlspec.spec.model import Initializer
 
 
 @dataclass

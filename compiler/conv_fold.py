@@ -19,8 +19,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from compiler.autodiff import Dim, static_shapes
-from compiler.graph import Graph
+from dlspec.compiler.autodiff import Dim, static_shapes
+from dlspec.compiler.graph import Graph
 
 Shapes = dict[str, tuple[Dim, ...]]
 

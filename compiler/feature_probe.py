@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from compiler.compile import Stats, declared_tensor, model_proto, value_info
-from compiler.features import lower_features
-from compiler.graph import Graph
-from compiler.tensor import Tensor
-from spec.loader import Program
+from dlspec.compiler.compile import Stats, declared_tensor, model_proto, value_info
+from dlspec.compiler.features import lower_features
+from dlspec.compiler.graph import Graph
+from dlspec.compiler.tensor import Tensor
+from dlspec.spec.loader import Program
 
 
 @dataclass

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.graph import Graph
-from compiler.tensor import Shape, Tensor, show
-from spec import model as m
-from spec.errors import CompileError, SpecError, did_you_mean
+from dlspec.compiler.graph import Graph
+from dlspec.compiler.tensor import Shape, Tensor, show
+from dlspec.spec import model as m
+from dlspec.spec.errors import CompileError, SpecError, did_you_mean
 
 _BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow"}
 _UNARY = {"log": "Log", "exp": "Exp", "sqrt": "Sqrt", "abs": "Abs", "neg": "Neg"}

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import onnx
 from onnx import helper
 
-from compiler.autodiff import Dim, RuleCtx, rule
-from spec.errors import CompileError
+from dlspec.compiler.autodiff import Dim, RuleCtx, rule
+from dlspec.spec.errors import CompileError
 
 G = str | None
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from compiler.autodiff import RuleCtx, rule
-from compiler.grad_rules import G, _need, attr, rank_of, static_shape
-from spec.errors import CompileError
+from dlspec.compiler.autodiff import RuleCtx, rule
+from dlspec.compiler.grad_rules import G, _need, attr, rank_of, static_shape
+from dlspec.spec.errors import CompileError
 
 ELLIPSIS = "..."
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from compiler.autodiff import RuleCtx, rule
-from compiler.grad_rules import (
+from dlspec.compiler.autodiff import RuleCtx, rule
+from dlspec.compiler.grad_rules import (
     G,
     _need,
     _scalar,
@@ -21,9 +21,9 @@ from compiler.grad_rules import (
     unbroadcast,
     zeros_like,
 )
-from compiler.grad_rules_norm import channel_sum
-from compiler.grad_rules_shape import INT64_MAX
-from spec.errors import CompileError
+from dlspec.compiler.grad_rules_norm import channel_sum
+from dlspec.compiler.grad_rules_shape import INT64_MAX
+from dlspec.spec.errors import CompileError
 
 
 def _swap_last(ctx: RuleCtx, x: str, rank: int) -> str:

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from compiler.autodiff import Composite, RuleCtx, rule
-from compiler.grad_rules import G, _need, _scalar, attr, rank_of, static_shape, unbroadcast
-from compiler.graph import Graph
-from spec.errors import CompileError
+from dlspec.compiler.autodiff import Composite, RuleCtx, rule
+from dlspec.compiler.grad_rules import G, _need, _scalar, attr, rank_of, static_shape, unbroadcast
+from dlspec.compiler.graph import Graph
+from dlspec.spec.errors import CompileError
 
 
 def _normalize(ctx: RuleCtx, x: str, axes: list[int], eps: float) -> tuple[str, str]:

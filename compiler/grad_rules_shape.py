@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from compiler.autodiff import RuleCtx, rule
-from compiler.grad_rules import (
+from dlspec.compiler.autodiff import RuleCtx, rule
+from dlspec.compiler.grad_rules import (
     G,
     _need,
     attr,
@@ -19,7 +19,7 @@ from compiler.grad_rules import (
     unbroadcast,
     zeros_like,
 )
-from spec.errors import CompileError
+from dlspec.spec.errors import CompileError
 
 INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import onnx
 from onnx import TensorProto, helper, version_converter
 
-from compiler.autodiff import RuleCtx, backward, constants, static_shapes
-from compiler.graph import Graph
-from compiler.opset import IR_VERSION, OPSET
-from compiler.threads import many_threads
-from spec.errors import CompileError, did_you_mean
+from dlspec.compiler.autodiff import RuleCtx, backward, constants, static_shapes
+from dlspec.compiler.graph import Graph
+from dlspec.compiler.opset import IR_VERSION, OPSET
+from dlspec.compiler.threads import many_threads
+from dlspec.spec.errors import CompileError, did_you_mean
 
 OLDEST_OPSET = 9  # the oldest opset whose models are converted to OPSET before differentiating
 

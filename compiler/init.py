@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spec.errors import CompileError, did_you_mean
-from spec.model import Initializer, InitRule
+from dlspec.spec.errors import CompileError, did_you_mean
+from dlspec.spec.model import Initializer, InitRule
 
 # Defaults per layer kind, the habits of torchvision: He init for convolutions
 # (they feed ReLUs), Glorot for the dense layers of heads.

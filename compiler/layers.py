@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from compiler.grad_rules_norm import batch_norm_composite, channel_affine, channel_sum, per_channel
-from compiler.random import stream_seed, uniform_like
-from compiler.tensor import Tensor, show
+from dlspec.compiler.grad_rules_norm import batch_norm_composite, channel_affine, channel_sum, per_channel
+from dlspec.compiler.random import stream_seed, uniform_like
+from dlspec.compiler.tensor import Tensor, show
 
 if TYPE_CHECKING:
-    from compiler.context import LayerCtx
+    from dlspec.compiler.context import LayerCtx
 
 LAYERS: dict[str, type[Layer]] = {}
 

@@ -5,9 +5,9 @@ Each returns a scalar (mean over the batch, as PyTorch's default reduction).
 
 from __future__ import annotations
 
-from compiler.graph import Graph
-from compiler.tensor import Tensor
-from spec import model as m
+from dlspec.compiler.graph import Graph
+from dlspec.compiler.tensor import Tensor
+from dlspec.spec import model as m
 
 H = "loss"
 

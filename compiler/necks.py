@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from compiler.context import LayerCtx
-from compiler.layers import LAYERS, upsample
-from compiler.tensor import Tensor, show
-from compiler.walk import Scope, Walker
-from spec import model as m
-from spec.constexpr import evaluate
-from spec.errors import CompileError, SpecError, did_you_mean
+from dlspec.compiler.context import LayerCtx
+from dlspec.compiler.layers import LAYERS, upsample
+from dlspec.compiler.tensor import Tensor, show
+from dlspec.compiler.walk import Scope, Walker
+from dlspec.spec import model as m
+from dlspec.spec.constexpr import evaluate
+from dlspec.spec.errors import CompileError, SpecError, did_you_mean
 
 NECKS = ("fpn",)
 

@@ -19,8 +19,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from compiler.graph import Graph
-from spec import model as m
+from dlspec.compiler.graph import Graph
+from dlspec.spec import model as m
 
 H = "optim"
 PACK_BELOW = 1 << 16  # elements: tensors smaller than this are updated in the flat pack

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import zlib
 
-from compiler.graph import Graph
+from dlspec.compiler.graph import Graph
 
 _P = 2_147_483_647  # 2^31 - 1, a prime: every product below stays inside int64
 

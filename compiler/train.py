@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-import compiler.gradients  # noqa: F401  (registers every gradient rule)
-from compiler.autodiff import RuleCtx, backward, constants, static_shapes
-from compiler.compile import (
+import dlspec.compiler.gradients  # noqa: F401  (registers every gradient rule)
+from dlspec.compiler.autodiff import RuleCtx, backward, constants, static_shapes
+from dlspec.compiler.compile import (
     Compiled,
     Forward,
     Stats,
@@ -25,14 +25,14 @@ from compiler.compile import (
     model_proto,
     value_info,
 )
-from compiler.conv_fold import fold_crowded_convs
-from compiler.losses import metrics, total_loss
-from compiler.optim import Slot, state_names, step_graph
-from compiler.tensor import Tensor
-from compiler.threads import many_threads
-from spec import model as m
-from spec.errors import CompileError, SpecError, did_you_mean
-from spec.loader import Program
+from dlspec.compiler.conv_fold import fold_crowded_convs
+from dlspec.compiler.losses import metrics, total_loss
+from dlspec.compiler.optim import Slot, state_names, step_graph
+from dlspec.compiler.tensor import Tensor
+from dlspec.compiler.threads import many_threads
+from dlspec.spec import model as m
+from dlspec.spec.errors import CompileError, SpecError, did_you_mean
+from dlspec.spec.loader import Program
 
 DEFAULT_OPTIMIZER = m.Adam.model_validate({"kind": "adam"})
 

@@ -7,13 +7,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from compiler.context import Compilation, LayerCtx, LayerRecord
-from compiler.layers import LAYERS, Layer, _same_shapes
-from compiler.tensor import Tensor, show
-from spec import model as m
-from spec.constexpr import Symbol, evaluate
-from spec.errors import CompileError, Span, SpecError, did_you_mean
-from spec.loader import STDLIB
+from dlspec.compiler.context import Compilation, LayerCtx, LayerRecord
+from dlspec.compiler.layers import LAYERS, Layer, _same_shapes
+from dlspec.compiler.tensor import Tensor, show
+from dlspec.spec import model as m
+from dlspec.spec.constexpr import Symbol, evaluate
+from dlspec.spec.errors import CompileError, Span, SpecError, did_you_mean
+from dlspec.spec.loader import STDLIB
 
 Env = dict[str, Any]
 COMMON_ARGS = ("from", "init")

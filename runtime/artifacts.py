@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from compiler.train import TrainingGraphs
-from runtime.files import atomic_write
-from spec.errors import RunError
+from dlspec.compiler.train import TrainingGraphs
+from dlspec.files import atomic_write
+from dlspec.spec.errors import RunError
 
 FILES = ("model.onnx", "train_step.onnx", "gradients.onnx", "init.npz")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.files import atomic_write
-from spec.errors import RunError
+from dlspec.files import atomic_write
+from dlspec.spec.errors import RunError
 
 META = ("__step__", "__epoch__", "__best__")
 

@@ -16,18 +16,18 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from compiler.compile import Compiled, compile_model
-from compiler.tensor import show
-from compiler.train import compile_training
-from runtime import eval_cli, export_cli, grad_cli, plot
-from runtime.artifacts import check_destination, write_training
-from runtime.files import atomic_write
-from runtime.fit import FitOptions, fit
-from runtime.gradcheck import gradcheck
-from runtime.predict import predict
-from spec.errors import DlspecError
-from spec.loader import load
-from spec.version import __version__
+from dlspec import eval_cli, export_cli, grad_cli, plot
+from dlspec.artifacts import check_destination, write_training
+from dlspec.compiler.compile import Compiled, compile_model
+from dlspec.compiler.tensor import show
+from dlspec.compiler.train import compile_training
+from dlspec.files import atomic_write
+from dlspec.gradient_check import gradcheck
+from dlspec.inference import predict
+from dlspec.spec.errors import DlspecError
+from dlspec.spec.loader import load
+from dlspec.spec.version import __version__
+from dlspec.training import FitOptions, fit
 
 
 def _compile(args: argparse.Namespace) -> Compiled:

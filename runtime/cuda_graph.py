@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from compiler.autodiff import Dim, constants, static_shapes
+from dlspec.compiler.autodiff import Dim, constants, static_shapes
 
 BY_VALUE = 32  # pieces that onnxruntime's CUDA Concat and Split pass to the kernel by value
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spec import model as m
-from spec.errors import RunError, did_you_mean
+from dlspec.spec import model as m
+from dlspec.spec.errors import RunError, did_you_mean
 
 BUNDLED: tuple[str, ...] = typing.get_args(m.Bundled.model_fields["kind"].annotation)  # sklearn.datasets
 

@@ -10,13 +10,13 @@ from typing import Any
 
 from rich.console import Console
 
-from runtime.data import load_all, load_dataset
-from runtime.fit import SOURCE
-from runtime.metrics import prediction_metrics
-from runtime.predict import session
-from spec import model as m
-from spec.errors import RunError
-from spec.loader import load
+from dlspec.data import load_all, load_dataset
+from dlspec.inference import session
+from dlspec.metrics import prediction_metrics
+from dlspec.spec import model as m
+from dlspec.spec.errors import RunError
+from dlspec.spec.loader import load
+from dlspec.training import SOURCE
 
 
 def add_parser(sub: Any) -> None:

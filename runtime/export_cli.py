@@ -9,9 +9,9 @@ from typing import Any
 import onnx
 from rich.console import Console
 
-from compiler.export import export
-from runtime.files import atomic_write
-from spec.errors import RunError
+from dlspec.compiler.export import export
+from dlspec.files import atomic_write
+from dlspec.spec.errors import RunError
 
 
 def add_parser(sub: Any) -> None:

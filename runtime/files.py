@@ -7,7 +7,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from spec.errors import RunError
+from dlspec.spec.errors import RunError
 
 
 def _umask() -> int:

@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 from rich.console import Console
 
-from compiler.gradients import gradient_model
-from runtime.files import atomic_write
-from spec.errors import CompileError, RunError
+from dlspec.compiler.gradients import gradient_model
+from dlspec.files import atomic_write
+from dlspec.spec.errors import CompileError, RunError
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.console import Console
 
-from runtime.files import atomic_write
-from spec.errors import RunError
+from dlspec.files import atomic_write
+from dlspec.spec.errors import RunError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from spec import model as m
+from dlspec.spec import model as m
 
 
 def learning_rate(schedule: m.Schedule | None, base: float, epoch: float, epochs: int) -> float:

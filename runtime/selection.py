@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from spec import model as m
+from dlspec.spec import model as m
 
 
 def val_score(val: dict[str, float], epoch: int) -> float:

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from compiler.compile import BATCH_DIM
-from runtime.cuda_graph import capture_blockers
-from spec.errors import RunError
+from dlspec.compiler.compile import BATCH_DIM
+from dlspec.cuda_graph import capture_blockers
+from dlspec.spec.errors import RunError
 
 
 def providers(device: str) -> list[str]:

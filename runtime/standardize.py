@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from compiler.compile import Stats
-from compiler.feature_probe import probe_features
-from compiler.features import Moments, standardized
-from runtime.data import Split, size
-from runtime.files import atomic_write
-from runtime.session import options
-from spec.errors import RunError
-from spec.loader import Program
+from dlspec.compiler.compile import Stats
+from dlspec.compiler.feature_probe import probe_features
+from dlspec.compiler.features import Moments, standardized
+from dlspec.data import Split, size
+from dlspec.files import atomic_write
+from dlspec.session import options
+from dlspec.spec.errors import RunError
+from dlspec.spec.loader import Program
 
 FILE = "standardize.json"
 _EPS32 = float(np.finfo(np.float32).eps)

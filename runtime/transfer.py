@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spec.errors import RunError
+from dlspec.spec.errors import RunError
 
 
 def source_weights(path: Path) -> dict[str, np.ndarray]:

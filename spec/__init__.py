@@ -1,6 +1,6 @@
 """The .dlspec language: grammar, parser, validated spec models and loader."""
 
-from spec.errors import CompileError, RunError, Span, SpecError
-from spec.loader import Program, load
+from dlspec.spec.errors import CompileError, RunError, Span, SpecError
+from dlspec.spec.loader import Program, load
 
 __all__ = ["CompileError", "Program", "RunError", "Span", "SpecError", "load"]

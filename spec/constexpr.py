@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from spec.errors import SpecError
+from dlspec.spec.errors import SpecError
 
 Value = Any
 

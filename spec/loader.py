@@ -10,10 +10,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from spec import model as m
-from spec.constexpr import evaluate
-from spec.errors import Span, SpecError, did_you_mean
-from spec.parser import Node, parse_text
+from dlspec.spec import model as m
+from dlspec.spec.constexpr import evaluate
+from dlspec.spec.errors import Span, SpecError, did_you_mean
+from dlspec.spec.parser import Node, parse_text
 
 STDLIB = Path(__file__).with_name("stdlib.dlspec")
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from spec.errors import Span
+from dlspec.spec.errors import Span
 
 
 class Node(BaseModel):

@@ -16,7 +16,7 @@ from lark.exceptions import (
 )
 from lark.tree import Meta
 
-from spec.errors import Span, SpecError
+from dlspec.spec.errors import Span, SpecError
 
 Node = dict[str, Any]
 

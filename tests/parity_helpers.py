@@ -16,8 +16,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from compiler import Compiled, compile_model
-from spec import load
+from dlspec.compiler import Compiled, compile_model
+from dlspec.spec import load
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

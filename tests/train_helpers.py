@@ -16,9 +16,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from compiler.train import TrainingGraphs, compile_training
-from spec import load
-from spec.loader import Program
+from dlspec.compiler.train import TrainingGraphs, compile_training
+from dlspec.spec import load
+from dlspec.spec.loader import Program
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

@@ -21,7 +21,7 @@ from test_grad_rules import ORT_ROWS, _row_id, _setup  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ort_placements import placements  # noqa: E402
 
-from compiler.gradients import gradient_model  # noqa: E402
+from dlspec.compiler.gradients import gradient_model  # noqa: E402
 
 
 def main() -> int:

@@ -25,14 +25,14 @@ from train_helpers import (  # noqa: E402
     session,
 )
 
-from compiler.augment import augment  # noqa: E402
-from compiler.compile import model_proto, value_info  # noqa: E402
-from compiler.graph import Graph  # noqa: E402
-from compiler.tensor import Tensor  # noqa: E402
-from compiler.train import compile_training  # noqa: E402
-from spec import load  # noqa: E402
-from spec.errors import SpecError  # noqa: E402
-from spec.model import Augment  # noqa: E402
+from dlspec.compiler.augment import augment  # noqa: E402
+from dlspec.compiler.compile import model_proto, value_info  # noqa: E402
+from dlspec.compiler.graph import Graph  # noqa: E402
+from dlspec.compiler.tensor import Tensor  # noqa: E402
+from dlspec.compiler.train import compile_training  # noqa: E402
+from dlspec.spec import load  # noqa: E402
+from dlspec.spec.errors import SpecError  # noqa: E402
+from dlspec.spec.model import Augment  # noqa: E402
 
 
 def aug(kind: str, amount: float = 1.0, p: float = 0.5) -> Augment:

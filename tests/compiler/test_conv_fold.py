@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from compiler.conv_fold import fold_crowded_convs
-from compiler.opset import OPSET
+from dlspec.compiler.conv_fold import fold_crowded_convs
+from dlspec.compiler.opset import OPSET
 
 # (x channels, H, W), weight shape, attributes, folded?
 CASES: list[tuple[tuple[int, int, int], tuple[int, ...], dict[str, Any], bool]] = [

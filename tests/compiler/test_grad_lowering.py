@@ -13,9 +13,9 @@ import onnx
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
-from compiler.gradients import gradient_model
-from compiler.opset import IR_VERSION, OPSET
-from compiler.optim import PACK_BELOW
+from dlspec.compiler.gradients import gradient_model
+from dlspec.compiler.opset import IR_VERSION, OPSET
+from dlspec.compiler.optim import PACK_BELOW
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train_helpers import compile_training_text  # noqa: E402

@@ -21,11 +21,11 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper
 
-from compiler import grad_rules_nn
-from compiler.autodiff import load_rules
-from compiler.grad_rules import attr
-from compiler.gradients import gradient_model
-from compiler.opset import OPSET
+from dlspec.compiler import grad_rules_nn
+from dlspec.compiler.autodiff import load_rules
+from dlspec.compiler.grad_rules import attr
+from dlspec.compiler.gradients import gradient_model
+from dlspec.compiler.opset import OPSET
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grad_reference import reference as _ref  # noqa: E402
@@ -399,6 +399,6 @@ def test_missing_rule_names_the_op() -> None:
     graph = helper.make_graph([node], "m", [helper.make_tensor_value_info("x", TP.FLOAT, [3, 3])],
                               [helper.make_tensor_value_info("loss", TP.FLOAT, [])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    from spec.errors import CompileError
+    from dlspec.spec.errors import CompileError
     with pytest.raises(CompileError, match="no gradient rule for ONNX op Det"):
         gradient_model(model, "loss", ["x"])

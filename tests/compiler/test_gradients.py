@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
-from compiler.gradients import gradient_model
-from compiler.opset import IR_VERSION, OPSET
-from spec.errors import CompileError
+from dlspec.compiler.gradients import gradient_model
+from dlspec.compiler.opset import IR_VERSION, OPSET
+from dlspec.spec.errors import CompileError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grad_reference import reference  # noqa: E402

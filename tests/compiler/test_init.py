@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from compiler.compile import Compiled, compile_model
-from compiler.init import InitPolicy, make
-from spec.errors import CompileError, SpecError
-from spec.loader import load
-from spec.model import Initializer
+from dlspec.compiler.compile import Compiled, compile_model
+from dlspec.compiler.init import InitPolicy, make
+from dlspec.spec.errors import CompileError, SpecError
+from dlspec.spec.loader import load
+from dlspec.spec.model import Initializer
 
 # ---------------------------------------------------------------- helpers
 

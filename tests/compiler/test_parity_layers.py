@@ -458,7 +458,7 @@ def test_features_on_an_image_then_conv(tmp_path: Path) -> None:
     ("avgpool(0)", "k must be a whole number >= 1"),
 ])
 def test_invalid_window_arguments_are_located_errors(tmp_path: Path, body: str, message: str) -> None:
-    from spec.errors import CompileError
+    from dlspec.spec.errors import CompileError
 
     with pytest.raises(CompileError, match=message) as err:
         compile_text(tmp_path, spec_for(body, IMG))

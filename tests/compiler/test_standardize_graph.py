@@ -10,12 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from compiler.compile import compile_model
-from compiler.feature_probe import probe_features
-from compiler.features import Moments
-from compiler.train import compile_training
-from spec import load
-from spec.errors import CompileError, SpecError
+from dlspec.compiler.compile import compile_model
+from dlspec.compiler.feature_probe import probe_features
+from dlspec.compiler.features import Moments
+from dlspec.compiler.train import compile_training
+from dlspec.spec import load
+from dlspec.spec.errors import CompileError, SpecError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train_helpers import with_outputs  # noqa: E402

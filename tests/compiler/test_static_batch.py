@@ -17,9 +17,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from compiler.compile import BATCH_DIM
-from compiler.train import compile_training
-from spec import load
+from dlspec.compiler.compile import BATCH_DIM
+from dlspec.compiler.train import compile_training
+from dlspec.spec import load
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EVERY_AUGMENTATION = ("hflip -> vflip -> translate(1) -> crop(1) -> noise(0.02) -> brightness(0.2) "

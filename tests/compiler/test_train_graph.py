@@ -36,9 +36,9 @@ from train_helpers import (  # noqa: E402
     with_outputs,
 )
 
-from compiler.train import TrainingGraphs, compile_training  # noqa: E402
-from runtime.cli import main  # noqa: E402
-from spec import load  # noqa: E402
+from dlspec.cli import main  # noqa: E402
+from dlspec.compiler.train import TrainingGraphs, compile_training  # noqa: E402
+from dlspec.spec import load  # noqa: E402
 
 EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.dlspec"))
 

@@ -60,10 +60,10 @@ from train_helpers import (  # noqa: E402
     with_outputs,
 )
 
-from compiler import conv_fold  # noqa: E402
-from compiler.autodiff import static_shapes  # noqa: E402
-from compiler.train import TrainingGraphs, compile_training  # noqa: E402
-from spec import model as m  # noqa: E402
+from dlspec.compiler import conv_fold  # noqa: E402
+from dlspec.compiler.autodiff import static_shapes  # noqa: E402
+from dlspec.compiler.train import TrainingGraphs, compile_training  # noqa: E402
+from dlspec.spec import model as m  # noqa: E402
 
 TOL = 1e-4
 TIGHT = 1e-5  # the optimizer step alone, given the graph's own gradients

@@ -37,10 +37,10 @@ import onnxruntime as ort  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-import runtime.session as rs  # noqa: E402
-from compiler.compile import BATCH_DIM  # noqa: E402
-from compiler.train import TrainingGraphs, compile_training  # noqa: E402
-from spec import load  # noqa: E402
+import dlspec.session as rs  # noqa: E402
+from dlspec.compiler.compile import BATCH_DIM  # noqa: E402
+from dlspec.compiler.train import TrainingGraphs, compile_training  # noqa: E402
+from dlspec.spec import load  # noqa: E402
 
 PROVIDER = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 PLAIN_OPTIONS = rs.options

@@ -25,10 +25,10 @@ echo "== 1b. the same for depthwise and grouped convolutions"
 timeout 100 python3 tests/e2e/cuda_train_check.py --device cuda --steps 10 --spec tests/e2e/digits_separable.dlspec \
   2>&1 | tee "$out/check_separable.log" | grep -v '^\s*$'
 echo "== 2. dlspec train --device cuda, then eval"
-( time timeout 200 python3 -m runtime.cli train examples/digits.dlspec --device cuda --out /tmp/runs/digits ) \
+( time timeout 200 python3 -m dlspec train examples/digits.dlspec --device cuda --out /tmp/runs/digits ) \
   > "$out/train_cuda.log" 2>&1
 tail -9 "$out/train_cuda.log"
-timeout 60 python3 -m runtime.cli eval /tmp/runs/digits 2>&1 | tail -2 | tee "$out/eval_cuda.log"
+timeout 60 python3 -m dlspec eval /tmp/runs/digits 2>&1 | tail -2 | tee "$out/eval_cuda.log"
 echo "== 3. train step against PyTorch on the GPU"
 timeout 150 python3 bench/train_step_vs_torch.py --device cuda 2>&1 | tee "$out/bench.log"
 echo "== 4. resnet18's GPU kernels"

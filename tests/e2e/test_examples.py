@@ -14,11 +14,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from compiler.compile import Compiled, compile_model
-from compiler.opset import IR_VERSION, OPSET
-from runtime.cli import main
-from spec.loader import load
-from spec.version import __version__
+from dlspec.cli import main
+from dlspec.compiler.compile import Compiled, compile_model
+from dlspec.compiler.opset import IR_VERSION, OPSET
+from dlspec.spec.loader import load
+from dlspec.spec.version import __version__
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.dlspec"))
 BATCH = 3

@@ -83,7 +83,7 @@ class _Torn:
 def _child(argv: list[str]) -> int:
     """KILL_AT SNAPSHOTS CLI-ARGS...: run the CLI, copying each finished last.npz to SNAPSHOTS/last.N.npz
     and dying inside the KILL_AT-th write of last.npz (0: never)."""
-    from runtime import checkpoint, cli
+    from dlspec import checkpoint, cli
 
     kill_at, snapshots, count = int(argv[0]), Path(argv[1]), 0
     real_save = checkpoint.save
@@ -134,8 +134,8 @@ def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str) 
 
 
 def test_a_kill_inside_a_checkpoint_write_resumes_bit_identical(tmp_path: Path) -> None:
-    from runtime import checkpoint
-    from spec.errors import RunError
+    from dlspec import checkpoint
+    from dlspec.spec.errors import RunError
 
     (tmp_path / "tiny.dlspec").write_text(SPEC)
     straight = _train(tmp_path, "straight")

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from runtime import files
-from runtime.files import atomic_write
-from spec.errors import RunError
+from dlspec import files
+from dlspec.files import atomic_write
+from dlspec.spec.errors import RunError
 
 
 def listing(folder: Path) -> list[str]:

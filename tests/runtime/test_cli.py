@@ -17,10 +17,10 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from compiler.compile import compile_model
-from compiler.tensor import show
-from runtime.cli import main
-from spec.loader import load
+from dlspec.cli import main
+from dlspec.compiler.compile import compile_model
+from dlspec.compiler.tensor import show
+from dlspec.spec.loader import load
 
 Capture = pytest.CaptureFixture[str]
 REPO = Path(__file__).resolve().parents[2]

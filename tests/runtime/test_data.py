@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import data as d
-from spec import model as m
-from spec.errors import RunError
-from spec.loader import load
+from dlspec import data as d
+from dlspec.spec import model as m
+from dlspec.spec.errors import RunError
+from dlspec.spec.loader import load
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-import runtime.fit as fit_module
-from runtime.fit import FitOptions, FitResult, fit
-from spec import load
-from spec.errors import RunError
+import dlspec.training as fit_module
+from dlspec.spec import load
+from dlspec.spec.errors import RunError
+from dlspec.training import FitOptions, FitResult, fit
 
 # sgd at lr 1e-12 leaves the weights as they were: the validation accuracy of epoch 1 is never
 # beaten, so with patience 3 the run ends after epoch 1 + 3 = 4 of its 20.

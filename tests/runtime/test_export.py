@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from rich.console import Console
 
-from runtime.cli import main
-from runtime.fit import FitOptions, fit
-from spec import load
+from dlspec.cli import main
+from dlspec.spec import load
+from dlspec.training import FitOptions, fit
 
 SPEC = """
 model small {

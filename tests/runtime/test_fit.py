@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 from rich.console import Console
 
-import runtime.fit as fit_module
-from runtime.cli import main
-from runtime.fit import FitOptions, fit
-from spec import load
-from spec.errors import RunError
+import dlspec.training as fit_module
+from dlspec.cli import main
+from dlspec.spec import load
+from dlspec.spec.errors import RunError
+from dlspec.training import FitOptions, fit
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "examples" / "digits.dlspec"

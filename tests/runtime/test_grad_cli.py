@@ -14,8 +14,8 @@ from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 from rich.console import Console
 
-from runtime import grad_cli
-from spec.errors import CompileError, RunError
+from dlspec import grad_cli
+from dlspec.spec.errors import CompileError, RunError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,7 +135,7 @@ def test_grad_failure_keeps_the_previous_output(tmp_path: Path) -> None:
 
 def test_grad_command_on_a_model_dlspec_compiled(tmp_path: Path) -> None:
     """The added nodes must not reuse the model's own value names (dlspec names its constants)."""
-    from runtime.cli import main
+    from dlspec.cli import main
 
     spec = Path(__file__).resolve().parents[2] / "examples" / "land_price.dlspec"
     assert main(["compile", str(spec), "-o", str(tmp_path / "m.onnx")]) == 0

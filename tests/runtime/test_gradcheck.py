@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from compiler.autodiff import RULES
-from runtime.cli import main
+from dlspec.cli import main
+from dlspec.compiler.autodiff import RULES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def test_fast_conv_matches_torch(cin: int, cout: int, group: int, stride: int, d
     from onnx import TensorProto, helper
     from onnx.reference import ReferenceEvaluator
 
-    from runtime.fastconv import Conv
+    from dlspec.fastconv import Conv
 
     rng = np.random.default_rng(0)
     x, w, b = rng.random((2, cin, 9, 8)), rng.random((cout, cin // group, k, k)), rng.random(cout)

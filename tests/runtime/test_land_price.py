@@ -13,10 +13,10 @@ import onnxruntime as ort
 import pytest
 from rich.console import Console
 
-from runtime.cli import main
-from runtime.data import load_dataset
-from runtime.fit import FitOptions, FitResult, fit
-from spec import load
+from dlspec.cli import main
+from dlspec.data import load_dataset
+from dlspec.spec import load
+from dlspec.training import FitOptions, FitResult, fit
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from runtime import checkpoint, plot
-from runtime.cli import main
-from runtime.plot import best_epoch, figure, read_metrics
-from spec.errors import RunError
+from dlspec import checkpoint, plot
+from dlspec.cli import main
+from dlspec.plot import best_epoch, figure, read_metrics
+from dlspec.spec.errors import RunError
 
 Capture = pytest.CaptureFixture[str]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.train import compile_training
-from runtime.cuda_graph import capture_blockers
-from runtime.session import StepRunner
-from spec import load
-from spec.errors import RunError
+from dlspec.compiler.train import compile_training
+from dlspec.cuda_graph import capture_blockers
+from dlspec.session import StepRunner
+from dlspec.spec import load
+from dlspec.spec.errors import RunError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

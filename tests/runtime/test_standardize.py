@@ -14,14 +14,14 @@ import onnxruntime as ort
 import pytest
 from rich.console import Console
 
-from compiler.train import compile_training
-from runtime import standardize
-from runtime.checkpoint import load as load_checkpoint
-from runtime.cli import main
-from runtime.data import load_dataset
-from runtime.fit import FitOptions, FitResult, fit
-from spec import load
-from spec.errors import RunError
+from dlspec import standardize
+from dlspec.checkpoint import load as load_checkpoint
+from dlspec.cli import main
+from dlspec.compiler.train import compile_training
+from dlspec.data import load_dataset
+from dlspec.spec import load
+from dlspec.spec.errors import RunError
+from dlspec.training import FitOptions, FitResult, fit
 
 IRIS = """
 model flowers {

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from runtime.fit import FitOptions, fit
-from spec import load
-from spec.errors import RunError
+from dlspec.spec import load
+from dlspec.spec.errors import RunError
+from dlspec.training import FitOptions, fit
 
 NET = """
 model MODEL {

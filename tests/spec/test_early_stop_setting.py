@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import spec
-from spec import model as m
-from spec.errors import SpecError
+from dlspec import spec
+from dlspec.spec import model as m
+from dlspec.spec.errors import SpecError
 
 MODEL = """\
 model m {

@@ -7,10 +7,10 @@ from typing import NamedTuple
 
 import pytest
 
-import spec
-from compiler import compile_model
-from runtime.cli import main
-from spec.errors import CompileError, RunError, SpecError
+from dlspec import spec
+from dlspec.cli import main
+from dlspec.compiler import compile_model
+from dlspec.spec.errors import CompileError, RunError, SpecError
 
 HEAD = (
     "model m {",

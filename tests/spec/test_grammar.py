@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-import spec
-from compiler import Compiled, compile_model
-from spec import model as m
-from spec.errors import SpecError
+from dlspec import spec
+from dlspec.compiler import Compiled, compile_model
+from dlspec.spec import model as m
+from dlspec.spec.errors import SpecError
 
 IMAGE = """
   input  image: float32[N, 3, 16, 16]

@@ -14,9 +14,9 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 from onnx.utils import Extractor
 
-from compiler.precision import to_float64
-from compiler.train import TrainingGraphs
-from runtime.fastconv import Conv
+from dlspec.compiler.precision import to_float64
+from dlspec.compiler.train import TrainingGraphs
+from dlspec.fastconv import Conv
 
 _NP: dict[int, Any] = {onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
        onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_}

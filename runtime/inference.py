@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spec.errors import RunError
+from dlspec.spec.errors import RunError
 
 _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
        "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_,

@@ -14,18 +14,18 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from compiler.train import TrainingGraphs, compile_training, with_weights
-from runtime import checkpoint, standardize
-from runtime.data import Dataset, batch_count, batches, load_dataset, size
-from runtime.files import atomic_write
-from runtime.metrics import prediction_metrics
-from runtime.schedule import base_rate, learning_rate
-from runtime.selection import Patience, read_records, val_score
-from runtime.session import StepRunner, options, providers, threads_in_use
-from runtime.transfer import load_into, source_weights
-from spec import model as m
-from spec.errors import RunError
-from spec.loader import Program
+from dlspec import checkpoint, standardize
+from dlspec.compiler.train import TrainingGraphs, compile_training, with_weights
+from dlspec.data import Dataset, batch_count, batches, load_dataset, size
+from dlspec.files import atomic_write
+from dlspec.metrics import prediction_metrics
+from dlspec.schedule import base_rate, learning_rate
+from dlspec.selection import Patience, read_records, val_score
+from dlspec.session import StepRunner, options, providers, threads_in_use
+from dlspec.spec import model as m
+from dlspec.spec.errors import RunError
+from dlspec.spec.loader import Program
+from dlspec.transfer import load_into, source_weights
 
 LAST, BEST = "last.npz", "best.npz"
 SOURCE = "run.json"  # the spec the run came from: its imports and data paths are relative to it

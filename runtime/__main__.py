@@ -1,0 +1,7 @@
+"""`python -m dlspec`: the command line."""
+
+import sys
+
+from dlspec.cli import main
+
+sys.exit(main())
