@@ -24,7 +24,7 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
     from train_step_vs_torch import batch_of  # the benchmark's batch: raw pixels and labels
 
-    from dlspec.compiler.train import compile_training
+    from dlspec.compiler import Target, compile_training
     from dlspec.session import StepRunner
     from dlspec.spec import load
 
@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     shape, batch = ((1, 8, 8), 64) if args.example == "digits" else ((3, 32, 32), 128)
     batch = args.batch or batch
-    tg = compile_training(load(REPO / "examples" / f"{args.example}.dlspec"), device="cuda")
+    tg = compile_training(load(REPO / "examples" / f"{args.example}.dlspec"), target=Target("cuda"))
     feeds = batch_of(batch, shape)
     runner = StepRunner(tg.train_step, tg.init, "cuda", batch=batch, cuda_graph=False)
     for i in range(4):

@@ -35,8 +35,8 @@ def image(size: int, shape: tuple[int, ...]) -> np.ndarray:
 def dlspec_infer(example: str, size: int, shape: tuple[int, ...], threads: int) -> Callable[[int], object]:
     import onnxruntime as ort
 
-    from dlspec.compiler.compile import compile_model
-    from dlspec.compiler.export import export
+    from dlspec.compiler import compile_model
+    from dlspec.compiler.lower.export import export
     from dlspec.session import options, providers
     from dlspec.spec.loader import load
 

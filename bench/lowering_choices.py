@@ -1,23 +1,24 @@
-"""The gradient lowerings dlspec chose against the forms they replaced, op by op, in onnxruntime.
+"""Each tuned lowering (dlspec.compiler.tune) against the plain one it replaces, op by op, in
+onnxruntime on the CPU.
 
-tests/compiler/test_grad_lowering.py pins each choice; this script shows why, and re-checks it
-on another machine, thread count or onnxruntime release. Each case builds the chosen form with
-the compiler itself (the gradient of one node) and the alternative by hand, checks that both
-give the same values, and times them interleaved call by call in one process.
+For each case, the gradient graph of one node (or the training step of a small model) is
+compiled twice, for Target(tuned=False) and for the CPU Target at --threads; both must give the
+same values. They are timed interleaved, call by call, in one process, and the op counts of each
+form are printed: which ops the tuned lowering writes instead of the plain ones.
 
     python bench/lowering_choices.py [--threads 2] [--calls 100]
 
-Prints microseconds per call and the ratio alternative / chosen (above 1: the choice is faster).
+Prints microseconds per call and the ratio plain / tuned (above 1: the tuned form is faster).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -27,43 +28,82 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dlspec.compiler.autodiff import RuleCtx, constants, load_rules, static_shapes, used_nodes  # noqa: E402
-from dlspec.compiler.grad_rules_norm import channel_affine  # noqa: E402
-from dlspec.compiler.graph import Graph  # noqa: E402
-from dlspec.compiler.opset import IR_VERSION, OPSET  # noqa: E402
+from dlspec.compiler import Target, compile_training, gradient_model  # noqa: E402
+from dlspec.compiler.graph import IR_VERSION, OPSET  # noqa: E402
+from dlspec.spec import load  # noqa: E402
 
 Feeds = dict[str, np.ndarray]
+Case = Callable[[Target], tuple[onnx.ModelProto, Feeds]]
 
 
-def _model(nodes: list[onnx.NodeProto], inputs: Feeds, output: str,
-           consts: dict[str, list[int]] | None = None) -> onnx.ModelProto:
+def _node_case(node: onnx.NodeProto, inputs: Feeds, wrt: list[str],
+               consts: list[onnx.TensorProto] | None = None) -> Case:
+    """The gradients of loss = sum(node's output * R) with respect to `wrt`."""
+    rng = np.random.default_rng(1)
     ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, v.shape) for n, v in inputs.items()]
-    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (consts or {}).items()]
-    out = [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)]
-    graph = helper.make_graph(nodes, "g", ins, out, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    out = [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)]
+    probe = helper.make_model(helper.make_graph([node], "g", ins, out, consts or []),
+                              opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, inputs)[0]
+    r = numpy_helper.from_array(rng.standard_normal(y.shape).astype(np.float32), "R")
+    nodes = [node, helper.make_node("Mul", [node.output[0], "R"], ["yr"]),
+             helper.make_node("ReduceSum", ["yr"], ["loss"], keepdims=0)]
+    graph = helper.make_graph(nodes, "g", ins, [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
+                              [r, *(consts or [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    return lambda target: (gradient_model(model, "loss", wrt, target), inputs)
 
 
-def _chosen(node: onnx.NodeProto, inputs: Feeds, index: int, seed: np.ndarray,
-            consts: Sequence[onnx.TensorProto] = ()) -> tuple[onnx.ModelProto, Feeds]:
-    """The compiler's gradient rule for `node`, alone: input `index`'s gradient given the output
-    gradient `seed` (no forward, no loss around it)."""
-    feeds = {**inputs, "seed": seed}
-    model = _model([node], inputs, node.output[0])
-    model.graph.initializer.extend(consts)
-    ctx = RuleCtx(Graph(set(feeds) | {i for i in node.input} | set(node.output)), static_shapes(model),
-                  constants(model))
-    grad = load_rules()[node.op_type](ctx, node, ["seed"])[index]
-    assert grad is not None
-    needed = used_nodes(ctx.g.nodes, [grad])  # the rule also wrote the other inputs' gradients
-    out = _model(needed + [helper.make_node("Identity", [grad], ["grad"])], feeds, "grad")
-    out.graph.initializer.extend(c for c in consts if any(c.name in n.input for n in needed))
-    return out, feeds
+def conv(shape: tuple[int, int, int, int], cout: int, k: int, stride: int = 1, group: int = 1) -> Case:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    w = rng.standard_normal((cout, shape[1] // group, k, k), dtype=np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[k // 2] * 4, strides=[stride] * 2, group=group)
+    return _node_case(node, {"x": x, "w": w}, ["x", "w"])
+
+
+def relu(shape: tuple[int, ...]) -> Case:
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    return _node_case(helper.make_node("Relu", ["x"], ["y"]), {"x": x}, ["x"])
+
+
+def upsample(shape: tuple[int, int, int, int]) -> Case:
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
+                            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    return _node_case(node, {"x": x}, ["x"], [scales])
+
+
+def train_step(example: str, batch: int) -> Case:
+    """The whole training step: batch norm's fused forward and closed-form gradient, the
+    optimizer's pack, the sums where gradients meet."""
+    prog = load(Path(__file__).resolve().parents[1] / "examples" / f"{example}.dlspec")
+
+    def build(target: Target) -> tuple[onnx.ModelProto, Feeds]:
+        tg = compile_training(prog, target=target)
+        rng = np.random.default_rng(0)
+        feeds: Feeds = {}
+        for vi in tg.train_step.graph.input:
+            if vi.name in tg.init:
+                feeds[vi.name] = tg.init[vi.name]
+            elif vi.name == "lr":
+                feeds[vi.name] = np.array(1e-3, np.float32)
+            elif vi.name == "step":
+                feeds[vi.name] = np.array(1, np.int64)
+            else:
+                dims = [d.dim_value or batch for d in vi.type.tensor_type.shape.dim]
+                integer = vi.type.tensor_type.elem_type == TensorProto.INT64
+                feeds[vi.name] = rng.integers(0, 10, dims) if integer else rng.random(dims, dtype=np.float32)
+        return tg.train_step, feeds
+    return build
 
 
 def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    so.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -81,72 +121,11 @@ def _race(a: Callable[[], object], b: Callable[[], object], calls: int) -> tuple
     return 1e6 * statistics.median(ta), 1e6 * statistics.median(tb)
 
 
-def conv_weight_grad(shape: tuple[int, int, int, int], cout: int, k: int) -> tuple[onnx.ModelProto, Feeds,
-                                                                                    onnx.ModelProto, Feeds]:
-    """dW against channels-last im2col: one Concat of every tap, one MatMul."""
-    rng = np.random.default_rng(0)
-    n, c, h, w = shape
-    x = rng.standard_normal(shape, dtype=np.float32)
-    wt = rng.standard_normal((cout, c, k, k), dtype=np.float32)
-    g = rng.standard_normal((n, cout, h, w), dtype=np.float32)
-    p = k // 2
-    chosen, feeds = _chosen(helper.make_node("Conv", ["x", "w"], ["y"], pads=[p] * 4), {"x": x, "w": wt},
-                            1, g)
-    nodes = [helper.make_node("Transpose", ["x"], ["xl"], perm=[0, 2, 3, 1])]
-    consts = {"cols": [-1, k * k * c], "rows": [cout, -1], "dw": [cout, k, k, c]}
-    taps = ["xl"]  # a 1x1 kernel's only tap is the whole input, uncopied
-    if k > 1:
-        nodes.append(helper.make_node("Pad", ["xl", "pads"], ["xp"]))
-        consts.update(pads=[0, p, p, 0, 0, p, p, 0], axes=[1, 2])
-        taps = []
-        for i, (a, b) in enumerate(itertools.product(range(k), range(k))):
-            consts[f"s{i}"], consts[f"e{i}"] = [a, b], [a + h, b + w]
-            nodes.append(helper.make_node("Slice", ["xp", f"s{i}", f"e{i}", "axes"], [f"t{i}"]))
-            taps.append(f"t{i}")
-    nodes += [helper.make_node("Concat", taps, ["cat"], axis=-1),  # as the former lowering did
-              helper.make_node("Reshape", ["cat", "cols"], ["c2"]),
-              helper.make_node("Transpose", ["seed"], ["gt"], perm=[1, 0, 2, 3]),
-              helper.make_node("Reshape", ["gt", "rows"], ["g2"]),
-              helper.make_node("MatMul", ["g2", "c2"], ["mm"]),
-              helper.make_node("Reshape", ["mm", "dw"], ["dw4"]),
-              helper.make_node("Transpose", ["dw4"], ["grad"], perm=[0, 3, 1, 2])]
-    other_feeds = {"x": x, "seed": g}
-    return chosen, feeds, _model(nodes, other_feeds, "grad", consts), other_feeds
-
-
-def batch_norm_affine(shape: tuple[int, int, int, int]) -> tuple[onnx.ModelProto, Feeds, onnx.ModelProto,
-                                                                  Feeds]:
-    """x * s + t per channel: the inference-mode BatchNormalization the compiler writes against a
-    broadcast Mul and Add."""
-    rng = np.random.default_rng(0)
-    c = shape[1]
-    x = rng.standard_normal(shape, dtype=np.float32)
-    s, t = rng.standard_normal(c, dtype=np.float32), rng.standard_normal(c, dtype=np.float32)
-    g = Graph({"x", "s", "t"})
-    out = channel_affine(g, "x", "s", "t", c, "affine")
-    chosen = _model(g.nodes + [helper.make_node("Identity", [out], ["y"])], {"x": x, "s": s, "t": t}, "y")
-    nodes = [helper.make_node("Reshape", ["s", "per_c"], ["s4"]),
-             helper.make_node("Reshape", ["t", "per_c"], ["t4"]),
-             helper.make_node("Mul", ["x", "s4"], ["m"]), helper.make_node("Add", ["m", "t4"], ["y"])]
-    feeds = {"x": x, "s": s, "t": t}
-    return chosen, feeds, _model(nodes, feeds, "y", {"per_c": [1, c, 1, 1]}), feeds
-
-
-def upsample_grad(shape: tuple[int, int, int, int]) -> tuple[onnx.ModelProto, Feeds, onnx.ModelProto, Feeds]:
-    """The gradient of a 2x nearest upsampling: AveragePool times 4 against a block ReduceSum."""
-    rng = np.random.default_rng(0)
-    n, c, h, w = shape
-    x = rng.standard_normal(shape, dtype=np.float32)
-    g = rng.standard_normal((n, c, 2 * h, 2 * w), dtype=np.float32)
-    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
-    resize = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
-                              coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-    chosen, feeds = _chosen(resize, {"x": x}, 0, g, [scales])
-    nodes = [helper.make_node("Reshape", ["seed", "blocks"], ["b"]),
-             helper.make_node("ReduceSum", ["b", "axes"], ["grad"], keepdims=0)]
-    other_feeds = {"seed": g}
-    other = _model(nodes, other_feeds, "grad", {"blocks": [n, c, h, 2, w, 2], "axes": [3, 5]})
-    return chosen, feeds, other, other_feeds
+def _form(plain: onnx.ModelProto, tuned: onnx.ModelProto) -> str:
+    """The ops whose counts differ between the two graphs: plain -> tuned."""
+    a = Counter(n.op_type for n in plain.graph.node if n.op_type != "Constant")
+    b = Counter(n.op_type for n in tuned.graph.node if n.op_type != "Constant")
+    return ", ".join(f"{op} {a[op]}->{b[op]}" for op in sorted(set(a) | set(b)) if a[op] != b[op])
 
 
 def main() -> None:
@@ -154,22 +133,32 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calls", type=int, default=100)
     args = ap.parse_args()
-    cases = [(f"conv 3x3 dW {s[1]}->{o} at {s[2]}x{s[3]}: per tap vs im2col", conv_weight_grad(s, o, 3))
-             for s, o in [((64, 64, 8, 8), 64), ((64, 16, 8, 8), 16), ((64, 32, 4, 4), 32)]]
-    cases += [(f"conv 1x1 dW {s[1]}->{o} at {s[2]}x{s[3]}: Gemm vs im2col", conv_weight_grad(s, o, 1))
-              for s, o in [((64, 64, 8, 8), 64), ((64, 32, 8, 8), 16)]]
-    cases += [(f"per-channel affine {s[1]}x{s[2]}x{s[3]}: BatchNormalization vs Mul+Add",
-               batch_norm_affine(s)) for s in [(64, 64, 8, 8), (64, 128, 4, 4)]]
-    cases += [(f"2x upsampling grad {s[1]}x{s[2]}x{s[3]}: AveragePool vs ReduceSum", upsample_grad(s))
+    cases: list[tuple[str, Case]] = [
+        (f"conv 3x3 {s[1]}->{o} at {s[2]}x{s[3]}", conv(s, o, 3)) for s, o in
+        [((64, 64, 8, 8), 64), ((64, 16, 8, 8), 16), ((64, 32, 4, 4), 32)]]
+    cases += [(f"conv 3x3 stride 2 {s[1]}->{o} at {s[2]}x{s[3]}", conv(s, o, 3, 2)) for s, o in
+              [((64, 32, 8, 8), 64)]]
+    cases += [(f"conv 1x1 {s[1]}->{o} at {s[2]}x{s[3]}", conv(s, o, 1)) for s, o in
+              [((64, 64, 8, 8), 64), ((64, 32, 8, 8), 16)]]
+    cases += [(f"depthwise 3x3 {s[1]} at {s[2]}x{s[3]}", conv(s, s[1], 3, group=s[1])) for s in
+              [(64, 64, 8, 8)]]
+    cases += [(f"relu {'x'.join(map(str, s))}", relu(s)) for s in [(64, 64, 8, 8)]]
+    cases += [(f"2x upsampling {s[1]}x{s[2]}x{s[3]}", upsample(s))
               for s in [(64, 64, 4, 4), (64, 64, 16, 16)]]
-    print(f"{'case':66} {'chosen us':>10} {'other us':>10} {'ratio':>6}   ({args.threads} threads, "
-          f"median of {args.calls} interleaved calls)")
-    for title, (chosen, feeds, other, other_feeds) in cases:
-        a, b = _session(chosen, args.threads), _session(other, args.threads)
-        want, got = b.run(None, other_feeds)[0], a.run(None, feeds)[0]
-        assert np.allclose(got, want, rtol=1e-4, atol=1e-3), title
-        ta, tb = _race(partial(a.run, None, feeds), partial(b.run, None, other_feeds), args.calls)
-        print(f"{title:66} {ta:10.0f} {tb:10.0f} {tb / ta:6.2f}")
+    cases += [("digits train step, batch 64", train_step("digits", 64))]
+    tuned_target, plain_target = Target("cpu", args.threads), Target(tuned=False)
+    print(f"{'case':40} {'plain us':>10} {'tuned us':>10} {'ratio':>6}   ({args.threads} threads, median of "
+          f"{args.calls} interleaved calls); ops plain -> tuned")
+    for title, case in cases:
+        plain, feeds = case(plain_target)
+        tuned, _ = case(tuned_target)
+        a, b = _session(tuned, args.threads), _session(plain, args.threads)
+        want = dict(zip([o.name for o in plain.graph.output], b.run(None, feeds)))
+        got = dict(zip([o.name for o in tuned.graph.output], a.run(None, feeds)))
+        for name, w in want.items():
+            assert np.allclose(got[name], w, rtol=1e-3, atol=1e-3), (title, name)
+        ta, tb = _race(partial(a.run, None, feeds), partial(b.run, None, feeds), args.calls)
+        print(f"{title:40} {tb:10.0f} {ta:10.0f} {tb / ta:6.2f}   {_form(plain, tuned)}")
 
 
 if __name__ == "__main__":

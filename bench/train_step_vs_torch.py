@@ -62,7 +62,7 @@ def digits_at_width(text: str, w: int) -> str:
 
 def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
                  device: str, width: int = DIGITS_WIDTH) -> Callable[[int], None]:
-    from dlspec.compiler.train import compile_training
+    from dlspec.compiler import Target, compile_training
     from dlspec.session import StepRunner
     from dlspec.spec.loader import load
 
@@ -72,7 +72,7 @@ def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{example}.dlspec"
         path.write_text(text)
-        tg = compile_training(load(path), device=device, threads=threads)
+        tg = compile_training(load(path), target=Target(device, threads))
     runner = StepRunner(tg.train_step, tg.init, device, threads, size)
     batch = batch_of(size, shape)
 

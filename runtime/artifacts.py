@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dlspec.compiler.train import TrainingGraphs
+from dlspec.compiler import TrainingGraphs
 from dlspec.files import atomic_write
 from dlspec.spec.errors import RunError
 

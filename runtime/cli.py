@@ -18,9 +18,8 @@ from rich.table import Table
 
 from dlspec import eval_cli, export_cli, grad_cli, plot
 from dlspec.artifacts import check_destination, write_training
-from dlspec.compiler.compile import Compiled, compile_model
-from dlspec.compiler.tensor import show
-from dlspec.compiler.train import compile_training
+from dlspec.compiler import Compiled, Target, compile_model, compile_training
+from dlspec.compiler.graph import show
 from dlspec.files import atomic_write
 from dlspec.gradient_check import gradcheck
 from dlspec.inference import predict
@@ -45,7 +44,7 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
     params = sum(r.params for r in c.records)
     flops = sum(r.flops for r in c.records)
     table.add_section()
-    table.add_row("total", "", f"{c.output.name} {show(c.output.shape)}", f"{params:,}", _si(flops))
+    table.add_row("total", "", f"{c.output.name} {show(c.output.dims)}", f"{params:,}", _si(flops))
     if not out.is_terminal:
         # Piped or captured: print whole rows (full layer paths) rather than wrap them at 80 columns.
         out.width = max(out.width, Measurement.get(out, out.options.update_width(10_000), table).maximum)
@@ -73,7 +72,7 @@ def cmd_compile(args: argparse.Namespace, out: Console) -> int:
     atomic_write(dest, c.onnx.SerializeToString())
     params = sum(r.params for r in c.records)
     out.print(f"wrote {dest}: model {c.model.name}, {params:,} parameters, output "
-              f"{c.output.name} {show(c.output.shape)}", markup=False)
+              f"{c.output.name} {show(c.output.dims)}", markup=False)
     _notes(c.notes, out)
     return 0
 
@@ -82,7 +81,7 @@ def _compile_training(args: argparse.Namespace, out: Console) -> int:
     prog = load(args.spec)
     dest = Path(args.output or f"{prog.model(args.model).name}.train")
     check_destination(dest)
-    tg = compile_training(prog, args.model, args.seed, threads=args.threads)
+    tg = compile_training(prog, args.model, args.seed, target=Target(threads=args.threads))
     for proto in (tg.inference.onnx, tg.train_step, tg.gradients):
         onnx.checker.check_model(proto, full_check=True)
     write_training(tg, dest)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import onnx
 
-from dlspec.compiler.autodiff import Dim, constants, static_shapes
+from dlspec.compiler.graph import Dim
+from dlspec.compiler.graph.infer import constants, value_types
 
 BY_VALUE = 32  # pieces that onnxruntime's CUDA Concat and Split pass to the kernel by value
 
@@ -15,7 +16,7 @@ def capture_blockers(model: onnx.ModelProto) -> list[str]:
     that memory on every replay, after the kernel has released it, and a Concat of more than 32
     inputs refuses capture outright. Empty when the step can be captured. (Pieces along the
     batch axis all have the symbolic size N: equal, whatever the batch.)"""
-    dims = static_shapes(model)
+    dims = {name: t.shape for name, t in value_types(model).items()}
     consts = constants(model)
     # with the batch fixed every shape is known, so onnxruntime folds Shape and whatever is
     # computed from shapes and constants alone before the graph ever runs

@@ -9,7 +9,7 @@ from typing import Any
 import onnx
 from rich.console import Console
 
-from dlspec.compiler.export import export
+from dlspec.compiler.lower.export import export
 from dlspec.files import atomic_write
 from dlspec.spec.errors import RunError
 

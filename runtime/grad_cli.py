@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from rich.console import Console
 
-from dlspec.compiler.gradients import gradient_model
+from dlspec.compiler import gradient_model
 from dlspec.files import atomic_write
 from dlspec.spec.errors import CompileError, RunError
 

@@ -14,8 +14,8 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 from onnx.utils import Extractor
 
-from dlspec.compiler.precision import to_float64
-from dlspec.compiler.train import TrainingGraphs
+from dlspec.compiler import TrainingGraphs
+from dlspec.compiler.graph.precision import to_float64
 from dlspec.fastconv import Conv
 
 _NP: dict[int, Any] = {onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
@@ -34,7 +34,7 @@ def synthetic_batch(model: onnx.ModelProto, tg: TrainingGraphs, batch: int,
                     rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Inputs in [0, 1), integer targets in range of the classes, real targets ~ N(0, 1)."""
     params = set(tg.init) | {"lr", "step"}
-    classes = int(tg.inference.output.shape[-1] or 1)
+    classes = int(tg.inference.output.dims[-1] or 1)
     feeds: dict[str, np.ndarray] = {}
     for vi in model.graph.input:
         if vi.name in params:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from dlspec.compiler.compile import BATCH_DIM
+from dlspec.compiler.graph.proto import BATCH_DIM
 from dlspec.cuda_graph import capture_blockers
 from dlspec.spec.errors import RunError
 

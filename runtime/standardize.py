@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from dlspec.compiler.compile import Stats
-from dlspec.compiler.feature_probe import probe_features
-from dlspec.compiler.features import Moments, standardized
+from dlspec.compiler.lower.compile import Stats
+from dlspec.compiler.lower.feature_probe import probe_features
+from dlspec.compiler.lower.features import Moments, standardized
 from dlspec.data import Split, size
 from dlspec.files import atomic_write
 from dlspec.session import options

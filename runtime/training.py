@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dlspec import checkpoint, standardize
-from dlspec.compiler.train import TrainingGraphs, compile_training, with_weights
+from dlspec.compiler import Target, TrainingGraphs, compile_training, with_weights
 from dlspec.data import Dataset, batch_count, batches, load_dataset, size
 from dlspec.files import atomic_write
 from dlspec.metrics import prediction_metrics
@@ -96,8 +96,8 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
         raise RunError(f"early_stop watches the validation split, and val={train.data.val} leaves it "
                        "no samples: give the data a larger val share")
     stats = standardize.for_run(prog, model_name, data.train, run_dir, opts.resume, opts.threads, note)
-    tg = compile_training(prog, model_name, opts.seed, stats.moments, device=opts.device,
-                          threads=threads_in_use(opts.threads))
+    target = Target("cuda" if opts.device == "cuda" else "cpu", threads_in_use(opts.threads))
+    tg = compile_training(prog, model_name, opts.seed, stats.moments, target)
     if train.from_ and not opts.resume:
         # a run folder is usually relative to where training runs; a shipped file, to the spec
         origin = Path(train.from_) if Path(train.from_).exists() else spec_path.parent / train.from_

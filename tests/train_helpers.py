@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from dlspec.compiler.train import TrainingGraphs, compile_training
+from dlspec.compiler import TrainingGraphs, compile_training
 from dlspec.spec import load
 from dlspec.spec.loader import Program
 

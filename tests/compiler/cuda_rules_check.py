@@ -21,7 +21,7 @@ from test_grad_rules import ORT_ROWS, _row_id, _setup  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ort_placements import placements  # noqa: E402
 
-from dlspec.compiler.gradients import gradient_model  # noqa: E402
+from dlspec.compiler import Target, gradient_model  # noqa: E402
 
 
 def main() -> int:
@@ -36,7 +36,7 @@ def main() -> int:
             continue
         try:
             names, xs, model, _ = _setup(row, TP.FLOAT)
-            data = gradient_model(model, "loss", names).SerializeToString()
+            data = gradient_model(model, "loss", names, Target("cuda")).SerializeToString()
             feeds = dict(zip(names, xs))
             want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
             sess, on_cpu = placements(data, ["CUDAExecutionProvider", "CPUExecutionProvider"])

@@ -25,11 +25,10 @@ from train_helpers import (  # noqa: E402
     session,
 )
 
-from dlspec.compiler.augment import augment  # noqa: E402
-from dlspec.compiler.compile import model_proto, value_info  # noqa: E402
+from dlspec.compiler import compile_training  # noqa: E402
 from dlspec.compiler.graph import Graph  # noqa: E402
-from dlspec.compiler.tensor import Tensor  # noqa: E402
-from dlspec.compiler.train import compile_training  # noqa: E402
+from dlspec.compiler.graph.proto import model_proto, value_info  # noqa: E402
+from dlspec.compiler.lower.augment import augment  # noqa: E402
 from dlspec.spec import load  # noqa: E402
 from dlspec.spec.errors import SpecError  # noqa: E402
 from dlspec.spec.model import Augment  # noqa: E402
@@ -44,11 +43,12 @@ SHAPE = (1, 6, 7)  # C, H, W: H != W so a transposed index would show
 
 def graph(augs: list[Augment], shape: tuple[int, ...] = SHAPE, seed: int = 3) -> onnx.ModelProto:
     g = Graph()
-    x = Tensor("x", (None, *shape))
-    y = augment(g, x, augs, seed, "step")
+    x = g.value("x", "float32", (None, *shape))
+    y = augment(x, augs, seed, g.value("step", "int64", ()))
     g.nodes.append(helper.make_node("Identity", [y.name], ["y"], name="out"))
     step = helper.make_tensor_value_info("step", TensorProto.INT64, [])
-    proto = model_proto("aug", g.nodes, [value_info(x), step], [value_info(Tensor("y", x.shape))], {}, "")
+    proto = model_proto("aug", g.nodes, [value_info(x), step], [value_info(y.with_shape(x.shape))], {}, "")
+    proto.graph.output[0].name = "y"
     onnx.checker.check_model(proto, full_check=True)
     return proto
 

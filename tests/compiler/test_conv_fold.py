@@ -10,8 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from dlspec.compiler.conv_fold import fold_crowded_convs
-from dlspec.compiler.opset import OPSET
+from dlspec.compiler import Target
+from dlspec.compiler.graph import OPSET
+from dlspec.compiler.tune.conv_fold import fold_crowded_convs
 
 # (x channels, H, W), weight shape, attributes, folded?
 CASES: list[tuple[tuple[int, int, int], tuple[int, ...], dict[str, Any], bool]] = [
@@ -44,7 +45,7 @@ def _model(x: tuple[int, int, int], w: tuple[int, ...], attrs: dict[str, Any], b
 def test_folded_conv_computes_the_same(x: tuple[int, int, int], w: tuple[int, ...], attrs: dict[str, Any],
                                        folded: bool, bias: bool) -> None:
     model = _model(x, w, attrs, bias)
-    rewritten = fold_crowded_convs(model)
+    rewritten = fold_crowded_convs(Target(threads=16), model)
     convs = [n for n in rewritten.graph.node if n.op_type == "Conv"]
     assert len(convs) == 1 and convs[0].name == "conv"
     three_d = any(a.name == "strides" and len(a.ints) == 3 for a in convs[0].attribute)

@@ -27,9 +27,9 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
-from dlspec.compiler.autodiff import load_rules
-from dlspec.compiler.gradients import gradient_model
-from dlspec.compiler.opset import OPSET
+from dlspec.compiler import gradient_model
+from dlspec.compiler.grad import RULES
+from dlspec.compiler.graph import OPSET
 from dlspec.spec.errors import CompileError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # cases at th
 MIN_CHECKED = 300  # cases actually compared (384 at onnx 1.23); fails if the table goes empty
 MIN_OPS = 60  # distinct ops among them (71 at onnx 1.23)
 FLOATS = (np.float16, np.float32, np.float64)
-RULE_OPS = sorted(load_rules())
+RULE_OPS = sorted(RULES)
 
 
 @dataclass
@@ -61,7 +61,7 @@ def cases_by_op() -> dict[str, list[object]]:
     with warnings.catch_warnings():  # some cases compute their expected outputs from inf and nan
         warnings.simplefilter("ignore")
         cases = collect_testcases()
-    rules = load_rules()
+    rules = RULES
     by_op: dict[str, list[object]] = defaultdict(list)
     for case in cases:
         nodes = case.model.graph.node if case.model is not None else []

@@ -3,8 +3,10 @@
 Each row builds a one-node model in float64, takes loss = sum(y * R) for a random R, and
 compares <grad, v> with (L(x + eps v) - L(x - eps v)) / 2 eps along a random direction v,
 evaluated by onnx's reference evaluator (an implementation of ONNX that dlspec did not write;
-tests/grad_reference.py fixes the few ops where it disagrees with the spec). Every row also runs
-its gradient graph in float32 in plain onnxruntime, which must agree with the reference.
+tests/grad_reference.py fixes the few ops where it disagrees with the spec). That checks the
+plain lowering of each rule; every tuned lowering (dlspec.compiler.tune) must give the plain
+one's gradients on every row and Target. Every row also runs its gradient graph in float32 in
+plain onnxruntime, which must agree with the reference.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper
 
-from dlspec.compiler import grad_rules_nn
-from dlspec.compiler.autodiff import load_rules
-from dlspec.compiler.grad_rules import attr
-from dlspec.compiler.gradients import gradient_model
-from dlspec.compiler.opset import OPSET
+from dlspec.compiler import Target, gradient_model
+from dlspec.compiler.grad import RULES
+from dlspec.compiler.graph import OPSET
+from dlspec.compiler.target import Lowering
+from dlspec.compiler.tune import conv as tuned_conv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grad_reference import reference as _ref  # noqa: E402
@@ -64,6 +66,7 @@ ROWS = [
     Row("Add", [(2, 3, 4), (3, 1)], id="broadcast"),
     Row("Sub", [(2, 3), (2, 3)]),
     Row("Mul", [(2, 3, 4), (4,)], id="broadcast"),
+    Row("Mul", [(3, 4)], inputs=["x0", "x0"], id="fan-out"),  # gradients that meet at x0 are summed
     Row("Div", [(3, 5), (5,)], low=0.5, high=2.0),
     Row("Sum", [(3, 4), (4,), (3, 4)]),
     Row("Mean", [(3, 4), (3, 4)]),
@@ -284,10 +287,13 @@ def _setup(row: Row, dtype_code: int | None = None
     return names, xs, _model(row, names, consts, rs, dtype_code), rng
 
 
+PLAIN = Target(tuned=False)
+
+
 @pytest.mark.parametrize("row", ROWS, ids=[_row_id(r) for r in ROWS])
 def test_rule_matches_central_differences(row: Row) -> None:
     names, xs, model, rng = _setup(row)
-    grads = _ref(gradient_model(model, "loss", names)).run(None, dict(zip(names, xs)))
+    grads = _ref(gradient_model(model, "loss", names, PLAIN)).run(None, dict(zip(names, xs)))
     forward = _ref(model)
     r = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name.startswith("R")))
     eps = 1e-6 if row.dtype == TP.DOUBLE else 1e-3
@@ -306,46 +312,74 @@ def test_rule_matches_central_differences(row: Row) -> None:
         assert abs(numeric - analytic) <= row.tol * max(1.0, abs(numeric)), (name, numeric, analytic)
 
 
-CONV_ROWS = [r for r in ROWS if r.op in ("Conv", "ConvTranspose")]
+# Each tuned Target, and on CUDA the border-tap form of conv weight gradients, which the rows' small
+# maps would not reach otherwise (CUDA_CONV_MAX_MAP 0)
+TARGETS = {"cpu": (Target("cpu"), None), "cpu-16-threads": (Target("cpu", 16), None),
+           "cuda": (Target("cuda"), None), "cuda-taps": (Target("cuda"), 0)}
 
 
-@pytest.mark.parametrize("max_map", [0, 10 ** 9], ids=["taps", "conv"])
-@pytest.mark.parametrize("row", CONV_ROWS, ids=[_row_id(r) for r in CONV_ROWS])
-def test_cuda_lowering_gives_the_cpu_lowerings_gradients(row: Row, max_map: int,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """On CUDA, conv weight gradients either slice G per border tap instead of padding x, or
-    (small maps) are one Conv over the batch: the same sums, so the same gradients as the CPU
-    lowering checked against finite differences above. Both forms run for every row."""
-    monkeypatch.setattr(grad_rules_nn, "CONV_WEIGHT_GRAD_MAX_MAP", max_map)
+def _tuned_gradients(row: Row, target: Target, max_map: int | None, monkeypatch: pytest.MonkeyPatch,
+                     dtype_code: int | None = None) -> tuple[list[np.ndarray], onnx.ModelProto]:
+    if max_map is not None:
+        monkeypatch.setattr(tuned_conv, "CUDA_CONV_MAX_MAP", max_map)
+    names, xs, model, _ = _setup(row, dtype_code)
+    tuned = gradient_model(model, "loss", names, target)
+    return _ref(tuned).run(None, dict(zip(names, xs))), tuned
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("row", ROWS, ids=[_row_id(r) for r in ROWS])
+def test_tuned_lowering_gives_the_plain_gradients(row: Row, target: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same sums in other ops: the gradients of the plain lowering, which the central
+    differences above check, to rounding (float64, in the reference evaluator)."""
     names, xs, model, _ = _setup(row)
-    feeds = dict(zip(names, xs))
-    cpu = _ref(gradient_model(model, "loss", names)).run(None, feeds)
-    cuda = _ref(gradient_model(model, "loss", names, device="cuda")).run(None, feeds)
-    for name, a, b in zip(["loss", *names], cpu, cuda):
+    plain = _ref(gradient_model(model, "loss", names, PLAIN)).run(None, dict(zip(names, xs)))
+    tuned, _ = _tuned_gradients(row, *TARGETS[target], monkeypatch)
+    for name, a, b in zip(["loss", *names], plain, tuned):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("row", CONV_ROWS, ids=[_row_id(r) for r in CONV_ROWS])
-def test_many_thread_lowering_gives_the_few_thread_gradients(row: Row) -> None:
-    """For a CPU step on many threads, weight gradients of 2-D convs are one 3-D Conv over the
-    batch and x's channels: the same sums as the taps checked against finite differences above,
-    in the reference evaluator (float64) and in onnxruntime (float32)."""
+def test_every_tuned_lowering_is_checked_by_some_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each variant that dlspec.compiler.tune registers for gradient rules gives a gradient for at
+    least one row and Target above, so the test above compares it with the plain lowering."""
+    from dlspec.compiler.grad import common, conv, resize, walk
+    from dlspec.compiler.graph import composite
+
+    lowerings: list[Lowering] = [conv.conv_input_grad, conv.conv_transpose, conv.conv_weight_grad,
+                                 common.masked, walk.add_up, resize.block_sum, composite.channel_sum]
+    used: set[str] = set()
+    expected = {f"{low.__name__}:{fn.__name__}" for low in lowerings for _, fn in low.variants}
+
+    def traced(fn: Any, name: str) -> Any:
+        def call(*args: Any, **kw: Any) -> Any:
+            out = fn(*args, **kw)
+            if out is not None:
+                used.add(name)
+            return out
+        return call
+
+    for low in lowerings:
+        monkeypatch.setattr(low, "variants", [(when, traced(fn, f"{low.__name__}:{fn.__name__}"))
+                                              for when, fn in low.variants])
+    with monkeypatch.context() as m:
+        for row in ROWS:
+            for target, max_map in TARGETS.values():
+                _tuned_gradients(row, target, max_map, m)
+    assert expected - used == set(), sorted(expected - used)
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if not r.no_ort and r.op in ("Conv", "ConvTranspose")],
+                         ids=_row_id)
+def test_many_thread_lowering_runs_in_onnxruntime(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 3-D Conv forms of the many-thread lowering in float32 in onnxruntime, against the
+    reference's plain gradients."""
     names, xs, model, _ = _setup(row)
-    feeds = dict(zip(names, xs))
-    few = _ref(gradient_model(model, "loss", names)).run(None, feeds)
-    wide = gradient_model(model, "loss", names, threads=16)
-    grouped = row.attrs.get("group", 1) > 1
-    if len(xs[0].shape) == 4 and not grouped and max(xs[1].shape[2:]) > 1:
-        assert any(n.op_type == "Conv" and n.name.startswith("grad") and len(attr(n, "strides", [])) == 3
-                   for n in wide.graph.node), "the 3-D weight-gradient Conv is missing"
-    for name, a, b in zip(["loss", *names], few, _ref(wide).run(None, feeds)):
-        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=name)
-    if row.no_ort:
-        return
+    plain = _ref(gradient_model(model, "loss", names, PLAIN)).run(None, dict(zip(names, xs)))
     names, xs32, model32, _ = _setup(row, TP.FLOAT)
-    sess = ort.InferenceSession(gradient_model(model32, "loss", names, threads=16).SerializeToString(),
+    sess = ort.InferenceSession(gradient_model(model32, "loss", names, Target("cpu", 16)).SerializeToString(),
                                 providers=["CPUExecutionProvider"])
-    for name, e, g in zip(names, few[1:], sess.run(None, dict(zip(names, xs32)))[1:]):
+    for name, e, g in zip(names, plain[1:], sess.run(None, dict(zip(names, xs32)))[1:]):
         np.testing.assert_allclose(g, e, rtol=1e-3, atol=1e-4, err_msg=name)
 
 
@@ -390,8 +424,7 @@ def test_rule_runs_in_onnxruntime(row: Row) -> None:
 
 
 def test_every_rule_has_a_row() -> None:
-    rules = load_rules()
-    assert set(rules) <= {r.op for r in ROWS}, sorted(set(rules) - {r.op for r in ROWS})
+    assert set(RULES) <= {r.op for r in ROWS}, sorted(set(RULES) - {r.op for r in ROWS})
 
 
 def test_missing_rule_names_the_op() -> None:

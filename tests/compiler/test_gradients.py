@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
-from dlspec.compiler.gradients import gradient_model
-from dlspec.compiler.opset import IR_VERSION, OPSET
+from dlspec.compiler import gradient_model
+from dlspec.compiler.graph import IR_VERSION, OPSET
 from dlspec.spec.errors import CompileError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

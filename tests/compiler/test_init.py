@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from dlspec.compiler.compile import Compiled, compile_model
-from dlspec.compiler.init import InitPolicy, make
+from dlspec.compiler import Compiled, compile_model
+from dlspec.compiler.lower.init import InitPolicy, make
 from dlspec.spec.errors import CompileError, SpecError
 from dlspec.spec.loader import load
 from dlspec.spec.model import Initializer

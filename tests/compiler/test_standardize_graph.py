@@ -10,10 +10,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from dlspec.compiler.compile import compile_model
-from dlspec.compiler.feature_probe import probe_features
-from dlspec.compiler.features import Moments
-from dlspec.compiler.train import compile_training
+from dlspec.compiler import compile_model, compile_training
+from dlspec.compiler.lower.feature_probe import probe_features
+from dlspec.compiler.lower.features import Moments
 from dlspec.spec import load
 from dlspec.spec.errors import CompileError, SpecError
 

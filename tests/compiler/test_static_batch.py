@@ -17,8 +17,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from dlspec.compiler.compile import BATCH_DIM
-from dlspec.compiler.train import compile_training
+from dlspec.compiler import compile_training
+from dlspec.compiler.graph.proto import BATCH_DIM
 from dlspec.spec import load
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -37,7 +37,7 @@ from train_helpers import (  # noqa: E402
 )
 
 from dlspec.cli import main  # noqa: E402
-from dlspec.compiler.train import TrainingGraphs, compile_training  # noqa: E402
+from dlspec.compiler import Target, TrainingGraphs, compile_training  # noqa: E402
 from dlspec.spec import load  # noqa: E402
 
 EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.dlspec"))
@@ -124,7 +124,7 @@ model table {
 
 @pytest.mark.parametrize("spec", ["tiny", "table", "digits_transfer"])
 def test_many_thread_lowering_steps_as_the_few_thread_one(tmp_path: Path, spec: str) -> None:
-    """compile_training(threads=16) writes other ops (compiler/threads.py) for the same function:
+    """compile_training for 16 threads writes other ops (dlspec.compiler.tune) for the same function:
     two steps from the same values give the same outputs, in onnxruntime and in onnx's reference
     evaluator; batch norm over [N, C] as over [N, C, H, W]; a frozen backbone keeps its
     eval-mode batch norm."""
@@ -132,7 +132,7 @@ def test_many_thread_lowering_steps_as_the_few_thread_one(tmp_path: Path, spec: 
     if spec in ("tiny", "table"):
         path = tmp_path / "m.dlspec"
         path.write_text(TINY_CNN if spec == "tiny" else TABLE_BN)
-    few, many = compile_training(load(path)), compile_training(load(path), threads=16)
+    few, many = compile_training(load(path)), compile_training(load(path), target=Target(threads=16))
     assert {n.domain for n in many.train_step.graph.node} <= set(STANDARD_DOMAINS)
     training_bn = [n for n in many.train_step.graph.node if n.op_type == "BatchNormalization"
                    and not n.name.startswith("backbone")]  # digits_transfer freezes the backbone

@@ -60,9 +60,9 @@ from train_helpers import (  # noqa: E402
     with_outputs,
 )
 
-from dlspec.compiler import conv_fold  # noqa: E402
-from dlspec.compiler.autodiff import static_shapes  # noqa: E402
-from dlspec.compiler.train import TrainingGraphs, compile_training  # noqa: E402
+from dlspec.compiler import Target, TrainingGraphs, compile_training  # noqa: E402
+from dlspec.compiler.graph.infer import value_types  # noqa: E402
+from dlspec.compiler.tune import conv_fold  # noqa: E402
 from dlspec.spec import model as m  # noqa: E402
 
 TOL = 1e-4
@@ -329,7 +329,7 @@ def training_text(case: Case, opt: str, extra: str = "") -> str:
 def compile_case(tmp_path: Path, text: str, threads: int | None = None) -> tuple[TrainingGraphs, m.Train]:
     prog = load_text(tmp_path, text)
     name = prog.model().name
-    return compile_training(prog, threads=threads), prog.train(name) or m.Train()
+    return compile_training(prog, target=Target(threads=threads)), prog.train(name) or m.Train()
 
 
 # ---------------------------------------------------------------- the torch side
@@ -572,11 +572,11 @@ def test_many_thread_lowering_matches_torch(tmp_path: Path, case_id: str, opt: s
     assert any(n.op_type == "Conv" and n.name.startswith("grad") and  # a 3-D weight gradient
                any(a.name == "strides" and len(a.ints) == 3 for a in n.attribute)
                for n in tg.train_step.graph.node)
-    # crowded convs folded (compiler/conv_fold.py), a dX among them: the forward's 4x4 or 2x2 maps
+    # crowded convs folded (dlspec.compiler.tune.conv_fold), a dX among them: the forward's 4x4 or 2x2 maps
     folded = [n.name for n in tg.train_step.graph.node if n.op_type == "Conv" and n.input[0].endswith(".x5")]
     assert any(not f.startswith("grad") for f in folded) and any(f.startswith("grad") for f in folded)
-    shapes = static_shapes(tg.train_step, data_prop=True)
-    assert not [n.name for n in tg.train_step.graph.node if conv_fold._crowded(n, shapes)]  # none left
+    types = value_types(tg.train_step, data_prop=True)
+    assert not [n.name for n in tg.train_step.graph.node if conv_fold._crowded(n, types)]  # none left
     values = randomize(tg.inference, seed=41)
     batches = [case.batch(case.n, 42), case.batch(case.n, 43)]
     check_gradients(tg, case, values, batches[0])

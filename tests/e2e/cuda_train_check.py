@@ -38,8 +38,8 @@ import onnxruntime as ort  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import dlspec.session as rs  # noqa: E402
-from dlspec.compiler.compile import BATCH_DIM  # noqa: E402
-from dlspec.compiler.train import TrainingGraphs, compile_training  # noqa: E402
+from dlspec.compiler import Target, TrainingGraphs, compile_training  # noqa: E402
+from dlspec.compiler.graph.proto import BATCH_DIM  # noqa: E402
 from dlspec.spec import load  # noqa: E402
 
 PROVIDER = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -182,7 +182,7 @@ def main() -> int:
     ap.add_argument("--spec", type=Path, default=ROOT / "examples" / "digits.dlspec",
                     help="a spec that takes the digits' image [N, 1, 8, 8] and label")
     args = ap.parse_args()
-    tg = compile_training(load(args.spec), device=args.device)
+    tg = compile_training(load(args.spec), target=Target(args.device))
     # full batches, then a short last one, which gets a session of its own
     batches = digit_batches([64] * (args.steps - 1) + [40])
     ok = check_placement(tg, args.device, batches)

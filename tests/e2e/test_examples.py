@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto
 
 from dlspec.cli import main
-from dlspec.compiler.compile import Compiled, compile_model
-from dlspec.compiler.opset import IR_VERSION, OPSET
+from dlspec.compiler import Compiled, compile_model
+from dlspec.compiler.graph import IR_VERSION, OPSET
 from dlspec.spec.loader import load
 from dlspec.spec.version import __version__
 

@@ -18,8 +18,8 @@ import pytest
 from onnx import numpy_helper
 
 from dlspec.cli import main
-from dlspec.compiler.compile import compile_model
-from dlspec.compiler.tensor import show
+from dlspec.compiler import compile_model
+from dlspec.compiler.graph import show
 from dlspec.spec.loader import load
 
 Capture = pytest.CaptureFixture[str]

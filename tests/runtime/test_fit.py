@@ -114,7 +114,7 @@ def test_cuda_without_the_gpu_build_names_the_extra(tmp_path: Path) -> None:
 
 def test_many_threads_train_with_their_own_lowering_to_the_same_losses(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """--threads 8 compiles the step for many threads (compiler/threads.py): other ops, the same
+    """--threads 8 compiles the step for many threads (dlspec.compiler.tune): other ops, the same
     function, so the same epoch losses as at 2 threads up to float32 rounding."""
     spec = _spec(tmp_path)
     steps = {}
@@ -122,7 +122,7 @@ def test_many_threads_train_with_their_own_lowering_to_the_same_losses(tmp_path:
 
     def keep(*args: object, **kwargs: object) -> object:
         tg = real(*args, **kwargs)  # type: ignore[arg-type]
-        steps[kwargs["threads"]] = tg.train_step
+        steps[args[-1].threads] = tg.train_step  # type: ignore[attr-defined]
         return tg
 
     monkeypatch.setattr(fit_module, "compile_training", keep)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dlspec.cli import main
-from dlspec.compiler.autodiff import RULES
+from dlspec.compiler.grad import RULES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,7 @@ def test_a_broken_rule_makes_gradcheck_fail(tmp_path: Path, capsys: pytest.Captu
     spec = tmp_path / "small.dlspec"
     spec.write_text(SMALL)
 
-    def relu_without_mask(ctx: Any, node: Any, gy: list[Any]) -> list[Any]:
+    def relu_without_mask(node: Any, gy: list[Any]) -> list[Any]:
         return [gy[0]]  # forgets that relu blocks negative inputs
 
     monkeypatch.setitem(RULES, "Relu", relu_without_mask)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlspec.compiler.train import compile_training
+from dlspec.compiler import Target, compile_training
 from dlspec.cuda_graph import capture_blockers
 from dlspec.session import StepRunner
 from dlspec.spec import load
@@ -72,7 +72,7 @@ def test_the_small_parameter_pack_blocks_cuda_graphs_and_the_cuda_step_has_none(
     packed = capture_blockers(compile_training(prog).train_step)
     assert packed and all(b.startswith(("Concat optim/", "Split optim/")) for b in packed)
     assert any("55 pieces" in b for b in packed)
-    assert capture_blockers(compile_training(prog, device="cuda").train_step) == []
+    assert capture_blockers(compile_training(prog, target=Target("cuda")).train_step) == []
 
 
 def test_the_cuda_lowering_trains_as_the_cpu_one() -> None:
@@ -81,7 +81,7 @@ def test_the_cuda_lowering_trains_as_the_cpu_one() -> None:
     prog = load(EXAMPLES / "digits.dlspec")
     runs = []
     for device in ("cpu", "cuda"):
-        tg = compile_training(prog, device=device)
+        tg = compile_training(prog, target=Target(device))
         runner = StepRunner(tg.train_step, tg.init, threads=1)
         losses = [runner.run(b, 1e-2, step)["loss"] for step, b in enumerate(digit_batches([32] * 4), 1)]
         runs.append((losses, runner.weights()))

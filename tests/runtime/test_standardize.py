@@ -17,7 +17,7 @@ from rich.console import Console
 from dlspec import standardize
 from dlspec.checkpoint import load as load_checkpoint
 from dlspec.cli import main
-from dlspec.compiler.train import compile_training
+from dlspec.compiler import compile_training
 from dlspec.data import load_dataset
 from dlspec.spec import load
 from dlspec.spec.errors import RunError

@@ -1,0 +1,11 @@
+"""Gradients: reverse-mode autodiff over ONNX nodes with one rule per op type, and the gradients
+graph of any ONNX model.
+
+Importing the package fills the rule table: each rule module registers its ops on import.
+"""
+
+from dlspec.compiler.grad import conv, einsum, elementwise, nn, norm, resize, shape  # noqa: F401
+from dlspec.compiler.grad.table import NO_GRADIENT, RULES, Node
+from dlspec.compiler.grad.walk import backward
+
+__all__ = ["NO_GRADIENT", "RULES", "Node", "backward"]

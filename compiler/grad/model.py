@@ -1,0 +1,141 @@
+"""The gradients graph of an ONNX model: inputs + parameters -> loss and `grad.<param>`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx
+from onnx import TensorProto, helper, version_converter
+
+from dlspec.compiler.grad.walk import backward
+from dlspec.compiler.graph import DTYPES, IR_VERSION, OPSET, Graph
+from dlspec.compiler.graph import ops as op
+from dlspec.compiler.graph.infer import constants, value_types
+from dlspec.compiler.target import Target
+from dlspec.spec.errors import CompileError, did_you_mean
+
+OLDEST_OPSET = 9  # the oldest opset whose models are converted to OPSET before differentiating
+
+FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
+
+
+def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None = None,
+                   target: Target | None = None) -> onnx.ModelProto:
+    """Append the backward pass: outputs `loss` and `grad.<name>` for every name in `wrt`
+    (default: every float initializer). Those initializers become graph inputs, so the caller
+    feeds the current parameters (no constant folding of weights). A model of an older opset is
+    converted to OPSET first; the result has opset OPSET and IR version IR_VERSION. `target` picks
+    the lowerings, as for compile_training."""
+    model = to_opset(model)
+    src = model.graph
+    inits = {t.name: t for t in src.initializer}
+    if wrt is None:
+        wrt = [n for n, t in inits.items() if t.data_type in FLOATS]
+    outputs = {o.name for o in src.output} | {o for node in src.node for o in node.output}
+    if loss not in outputs:
+        raise CompileError(f"no value named '{loss}' to use as the loss{did_you_mean(loss, outputs)}")
+    known = set(inits) | {i.name for i in src.input}
+    for name in wrt:
+        if name not in known:
+            raise CompileError(f"cannot differentiate with respect to '{name}': not an input or "
+                               f"initializer of the model{did_you_mean(name, known)}")
+    types = value_types(model)
+    loss_shape = types[loss].shape if loss in types else None
+    if loss_shape is None:
+        raise CompileError(f"the loss '{loss}' must be a scalar, but ONNX shape inference cannot tell "
+                           "its shape")
+    if loss_shape not in ((), (1,)):
+        raise CompileError(f"the loss '{loss}' must be a scalar, it has shape {list(loss_shape)}")
+    taken = {v for node in src.node for v in list(node.input) + list(node.output)}
+    taken |= {v.name for v in list(src.input) + list(src.initializer)} | {node.name for node in src.node}
+    g = Graph(taken, target)  # the new nodes must not reuse a name of the model they extend
+    loss_value = g.value(loss, types[loss].dtype, loss_shape)
+    with g.at("grad.seed"):
+        seed = loss_value.scalar(1.0)
+        if loss_shape == (1,):
+            seed = op.Reshape(seed, [1])
+    grads = backward(g, list(src.node), loss, list(wrt), seed, types, constants(model))
+    missing = [n for n in wrt if n not in grads]
+    if missing:
+        raise CompileError(f"the loss does not depend on: {', '.join(missing)}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    as_inputs = [inits[n] for n in wrt if n in inits]
+    kept = [t for t in graph.initializer if t.name not in set(wrt)]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for t in as_inputs:
+        graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    graph.node.extend(g.nodes)
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(loss, _elem_type(types[loss].dtype), list(loss_shape)))
+    for name in wrt:
+        gname = f"grad.{name}"
+        graph.node.append(helper.make_node("Identity", [grads[name].name], [gname], name=f"{gname}/Identity"))
+        shape = types[name].shape if name in types else None
+        graph.output.append(helper.make_tensor_value_info(
+            gname, _elem_type(types[name].dtype if name in types else None),
+            list(shape or ()) or None))
+    out.ir_version = IR_VERSION
+    return out
+
+
+def onnx_opset(model: onnx.ModelProto) -> int:
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise CompileError("the model imports no ONNX opset (opset_import names no default domain)")
+    return versions[0]
+
+
+def to_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` at opset OPSET: converted from opsets OLDEST_OPSET..OPSET by onnx's version converter."""
+    version = onnx_opset(model)
+    if version > OPSET:
+        raise CompileError(f"the model uses ONNX opset {version}, newer than opset {OPSET} that dlspec "
+                           f"writes and differentiates; export it at opset {OPSET} or older")
+    if version == OPSET:
+        return model
+    if version < OLDEST_OPSET:
+        raise CompileError(f"the model uses ONNX opset {version}; dlspec converts opsets "
+                           f"{OLDEST_OPSET} to {OPSET}: re-export it at opset {OLDEST_OPSET} or newer")
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type, version, ""):
+            raise CompileError(f"node {node.name or node.output[0]} uses {node.op_type}, which is not an "
+                               f"ONNX op at the model's opset {version}")
+    try:
+        return version_converter.convert_version(model, OPSET)
+    except Exception as err:  # the converter raises bare RuntimeErrors (or worse) from C++
+        culprit = _unconvertible(model, version)
+        where = (f" at node {culprit.name or culprit.output[0]} ({culprit.op_type})" if culprit is not None
+                 else "")
+        raise CompileError(f"cannot convert the model from ONNX opset {version} to {OPSET}{where}: "
+                           f"{str(err).strip().splitlines()[-1][:200]}") from None
+
+
+def _unconvertible(model: onnx.ModelProto, version: int) -> onnx.NodeProto | None:
+    """The first node that fails to convert on its own (typed inputs, constants kept), if any."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    g = inferred.graph
+    typed = {vi.name: vi for vi in list(g.input) + list(g.value_info) + list(g.output)}
+    values = {t.name: t for t in g.initializer}
+    values.update({name: onnx.numpy_helper.from_array(v, name) for name, v in constants(model).items()})
+    for node in model.graph.node:
+        ins = [i for i in node.input if i]
+        graph = helper.make_graph(
+            [node], "probe", [typed[i] for i in ins if i in typed and i not in values],
+            [typed.get(o) or helper.make_empty_tensor_value_info(o) for o in node.output if o],
+            initializer=[values[i] for i in ins if i in values])
+        probe = helper.make_model(graph, opset_imports=list(model.opset_import))
+        try:
+            version_converter.convert_version(probe, OPSET)
+        except Exception:
+            return node
+    return None
+
+
+def _elem_type(dtype: str | None) -> int:
+    return DTYPES[dtype] if dtype is not None else TensorProto.FLOAT

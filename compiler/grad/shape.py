@@ -1,0 +1,236 @@
+"""Gradient rules of ops that move, select or reduce elements: reshapes, slices, pads, scatters,
+reductions. A selection is undone by padding or scattering the gradient back into zeros."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlspec.compiler.grad.common import INT64_MAX, INT64_MIN, rank, sizes, unbroadcast
+from dlspec.compiler.grad.table import Grads, Node, rule, rule_multi
+from dlspec.compiler.graph import Value
+from dlspec.compiler.graph import ops as op
+from dlspec.spec.errors import CompileError
+
+
+def _none(n: Node, first: Value | None) -> Grads:
+    """`first` for input 0, no gradient for the rest (shapes, axes, indices)."""
+    return [first] + [None] * (len(n.inputs) - 1)
+
+
+# ---- reshapes and permutations ----
+def reshape_like(g: Value, x: Value) -> Value:
+    # allowzero: a 0 in x's shape is a 0, not "copy that dim from g"
+    return Value(g.graph, op.Reshape(g, op.Shape(x), allowzero=1).name, g.dtype, x.shape)
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def _reshape(n: Node, g: Value) -> Grads:
+    return _none(n, reshape_like(g, n.inputs[0]))
+
+
+@rule("Expand")
+def _expand(n: Node, g: Value) -> Grads:
+    return _none(n, unbroadcast(g, n.inputs[0]))
+
+
+@rule("Transpose")
+def _transpose(n: Node, g: Value) -> Grads:
+    perm = n.ints("perm") or list(range(rank(n.inputs[0], "Transpose")))[::-1]
+    return [op.Transpose(g, [perm.index(i) for i in range(len(perm))])]
+
+
+# ---- joining and selecting ----
+@rule("Concat")
+def _concat(n: Node, g: Value) -> Grads:
+    axis = n.i("axis")
+    return op.Split(g, [sizes(x, "Concat", [axis])[axis] for x in n.inputs], axis=axis)
+
+
+@rule_multi("Split")
+def _split(n: Node, gy: list[Value | None]) -> Grads:
+    # dx = the outputs' gradients joined; an unused output contributes zeros, not nothing
+    parts = [g if g is not None else op.zeros_like(y) for g, y in zip(gy, n.outputs)]
+    return _none(n, parts[0] if len(parts) == 1 else op.Concat(parts, axis=n.i("axis")))
+
+
+@rule("Slice")
+def _slice(n: Node, g: Value) -> Grads:
+    # dx = zeros with g written back at the selected positions: a Pad for an ascending run,
+    # else a Gather from g with one zero row appended (positions not selected read the zero)
+    x = n.inputs[0]
+    starts, ends = n.const_ints(1), n.const_ints(2)
+    assert starts is not None and ends is not None, "Slice has starts and ends"
+    r = rank(x, "Slice")
+    axes = [a % r for a in n.const_ints(3) or range(len(starts))]
+    steps = n.const_ints(4) or [1] * len(axes)
+    dims = sizes(x, "Slice", axes)
+    pads: dict[int, tuple[int, int]] = {}
+    for a, start, end, step in zip(axes, starts, ends, steps):
+        picked = np.arange(dims[a])[slice(start, end, step)]
+        if len(picked) == 0:
+            return _none(n, op.zeros_like(x))
+        if len(picked) == 1 or step == 1:
+            pads[a] = (int(picked[0]), dims[a] - int(picked[-1]) - 1)
+            continue
+        where = np.full(dims[a], len(picked), np.int64)  # where[i]: the row of g that x[i] went to
+        where[picked] = np.arange(len(picked))
+        g = op.Gather(op.Pad(g, [0, 1], axes=[a]), g.graph.ints(list(where)), axis=a)
+    if any(b or e for b, e in pads.values()):
+        order = sorted(pads)
+        g = op.Pad(g, [pads[a][0] for a in order] + [pads[a][1] for a in order], axes=order)
+    return _none(n, g)
+
+
+@rule("Pad")
+def _pad(n: Node, g: Value) -> Grads:
+    mode = n.s("mode")
+    if mode != "constant":
+        return _none(n, _pad_fold(n, g, mode))
+    dx = _unpad(n, g)
+    out: list[Value | None] = [dx, None]
+    value = n.input(2)
+    if value is not None:  # d value = the sum of g over the padded positions
+        out.append(reshape_like(op.ReduceSum(g, keepdims=0) - op.ReduceSum(dx, keepdims=0), value))
+    return out + [None] * (len(n.inputs) - len(out))
+
+
+def _unpad(n: Node, g: Value) -> Value:
+    """The inverse of a constant Pad: crop what it added, zero-fill what a negative pad cropped."""
+    axes_in = n.input(3)
+    if n.const(1) is None:  # pads computed at run time: a Pad by -pads does both
+        return op.Pad(g, -n.inputs[1], axes=axes_in)
+    pads = n.const_ints(1) or []
+    k = len(pads) // 2
+    axes = n.const_ints(3) or list(range(k))
+    begin, end = pads[:k], pads[k:]
+    if any(b > 0 or e > 0 for b, e in zip(begin, end)):
+        g = op.Slice(g, [max(b, 0) for b in begin], [-e if e > 0 else INT64_MAX for e in end], axes)
+    if any(b < 0 or e < 0 for b, e in zip(begin, end)):
+        g = op.Pad(g, [max(-b, 0) for b in begin] + [max(-e, 0) for e in end], axes=axes)
+    return g
+
+
+def _pad_fold(n: Node, g: Value, mode: str) -> Value:
+    """edge, reflect and wrap: each padded row copied some row of x; add its gradient back there."""
+    x = n.inputs[0]
+    pads = n.const_ints(1) or []
+    r = rank(x, "Pad")
+    axes = [a % r for a in n.const_ints(3) or range(r)]
+    dims = sizes(x, "Pad", [a for i, a in enumerate(axes) if pads[i] or pads[len(axes) + i]])
+    for i, a in enumerate(axes):
+        b, e, d = pads[i], pads[len(axes) + i], dims[a]
+        if not (b or e):
+            continue
+        limit = d - 1 if mode == "reflect" else d
+        if min(b, e) < 0 or max(b, e) > limit:
+            raise CompileError(f"the Pad gradient supports {mode} pads from 0 to {limit} on axis {a} "
+                               f"(got {b}, {e})")
+
+        def cut(start: int, end: int, step: int = 1, v: Value = g, a: int = a) -> Value:
+            return op.Slice(v, [start], [end], [a], [step])
+
+        def place(v: Value, before: int, after: int, a: int = a) -> Value:
+            return op.Pad(v, [before, after], axes=[a])
+
+        parts = [cut(b, b + d)]
+        if mode == "edge":  # every padded row copied the first (last) row
+            if b:
+                parts.append(place(op.ReduceSum(cut(0, b), [a]), 0, d - 1))
+            if e:
+                parts.append(place(op.ReduceSum(cut(b + d, b + d + e), [a]), d - 1, 0))
+        elif mode == "reflect":  # out[b - j] = x[j] for j in 1..b; out[b + d - 1 + j] = x[d - 1 - j]
+            if b:
+                parts.append(place(cut(b - 1, INT64_MIN, -1), 1, d - 1 - b))
+            if e:
+                parts.append(place(cut(b + d + e - 1, b + d - 1, -1), d - 1 - e, 1))
+        elif mode == "wrap":  # the leading pad copied the last b rows, the trailing pad the first e
+            if b:
+                parts.append(place(cut(0, b), d - b, 0))
+            if e:
+                parts.append(place(cut(b + d, b + d + e), 0, d - e))
+        else:
+            raise CompileError(f"the Pad gradient does not support mode '{mode}'")
+        g = parts[0] if len(parts) == 1 else op.Sum(parts)
+    return g
+
+
+@rule("ScatterElements")
+def _scatter_elements(n: Node, g: Value) -> Grads:
+    # y = data with updates written (none) or added (add) at indices along axis
+    _, idx, upd = n.inputs
+    axis, reduction = n.i("axis"), n.s("reduction")
+    if reduction not in ("none", "add"):
+        raise CompileError(f"ScatterElements(reduction='{reduction}') has no gradient rule (none and add do)")
+    dupd = op.GatherElements(g, idx, axis=axis)  # d updates = g at the indices
+    if reduction == "add":
+        return [g, None, dupd]
+    # overwritten elements of data do not reach y
+    return [op.ScatterElements(g, idx, op.zeros_like(upd), axis=axis), None, dupd]
+
+
+@rule("GatherElements")
+def _gather_elements(n: Node, g: Value) -> Grads:
+    # y[i] = x[idx[i]] along axis: scatter-add g back (repeated indices accumulate)
+    x, idx = n.inputs
+    return [op.ScatterElements(op.zeros_like(x), idx, g, axis=n.i("axis"), reduction="add"), None]
+
+
+# ---- reductions ----
+def _axes(n: Node) -> list[int]:
+    """The reduced axes, sorted and non-negative; [] when the op reduces nothing (noop_with_empty_axes)."""
+    r = rank(n.inputs[0], n.op_type)
+    if n.input(1) is not None:
+        if n.const(1) is None:
+            raise CompileError(f"the {n.op_type} gradient needs constant axes when keepdims=0")
+        axes = n.const_ints(1) or []
+    else:
+        axes = n.ints("axes")
+    if not axes and not n.i("noop_with_empty_axes"):
+        axes = list(range(r))
+    return sorted(a % r for a in axes)
+
+
+def _keep(n: Node, v: Value) -> Value:
+    """`v` (shaped like the reduction's output) with the reduced axes present, as keepdims=1 has them."""
+    if n.i("keepdims"):
+        return v
+    axes = _axes(n)
+    return op.Unsqueeze(v, axes) if axes else v
+
+
+def _spread(n: Node, g: Value) -> Value:
+    return op.Expand(_keep(n, g), op.Shape(n.inputs[0]))
+
+
+@rule("ReduceSum", "ReduceMean")
+def _reduce(n: Node, g: Value) -> Grads:
+    x, y = n.inputs[0], n.outputs[0]
+    dx = _spread(n, g)
+    if n.op_type == "ReduceMean":  # each input element had weight 1 / (elements per output)
+        dx = dx / (op.numel(x) / op.numel(y)).cast_like(dx)
+    return _none(n, dx)
+
+
+@rule("ReduceMax", "ReduceMin")
+def _reduce_max(n: Node, g: Value) -> Grads:
+    # the gradient goes to the positions equal to the result, split evenly on ties (as torch.amax)
+    x, g = n.inputs[0], _keep(n, g)
+    hit = op.Equal(x, _keep(n, n.outputs[0])).cast_like(g)
+    count = op.ReduceSum(hit, n.input(1), keepdims=1, noop_with_empty_axes=n.i("noop_with_empty_axes"))
+    return _none(n, hit * (g / count))
+
+
+@rule("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
+def _reduce_smooth(n: Node, gy: Value) -> Grads:
+    x, g, y = n.inputs[0], _keep(n, gy), _keep(n, n.outputs[0])
+    if n.op_type == "ReduceL1":  # d sum |x| = sign(x)
+        dx = _spread(n, gy) * op.Sign(x)
+    elif n.op_type == "ReduceL2":  # d sqrt(sum x^2) = x / y
+        dx = x * (g / y)
+    elif n.op_type == "ReduceSumSquare":  # d sum x^2 = 2 x
+        dx = (x + x) * g
+    elif n.op_type == "ReduceLogSum":  # d log sum x = 1 / sum x = exp(-y)
+        dx = op.Expand(g * op.Exp(-y), op.Shape(x))
+    else:  # d log sum exp x = exp(x - y), the softmax over the reduced axes
+        dx = g * op.Exp(x - y)
+    return _none(n, dx)

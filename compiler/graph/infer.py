@@ -1,0 +1,73 @@
+"""What is known of a finished graph before it runs: each value's element type and shape (from
+ONNX shape inference), and the values of its constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from dlspec.compiler.graph.value import DTYPE_OF, Shape
+from dlspec.spec.errors import CompileError
+
+
+@dataclass(frozen=True)
+class Type:
+    dtype: str | None
+    shape: Shape | None
+
+
+# Ops that onnx's shape inference leaves untyped (opset 18's GroupNormalization has no inference
+# function); their output has the type and shape of their first input.
+SHAPE_OF_INPUT = frozenset({"GroupNormalization"})
+
+
+def value_types(model: onnx.ModelProto, data_prop: bool = False) -> dict[str, Type]:
+    """The type of every value that shape inference reaches (symbolic dims by name). `data_prop`
+    also follows shapes computed in the graph (Reshape to Shape(x)), at several times the cost."""
+    try:
+        inferred = shape_inference.infer_shapes(_typed(model), strict_mode=True, data_prop=data_prop)
+    except shape_inference.InferenceError as err:
+        raise CompileError(f"ONNX shape inference fails on the model: {str(err).strip()[:400]}") from None
+    out: dict[str, Type] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        shape = (tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+                 if t.HasField("shape") else None)
+        out[vi.name] = Type(DTYPE_OF.get(t.elem_type), shape)
+    for init in g.initializer:
+        out[init.name] = Type(DTYPE_OF.get(init.data_type), tuple(init.dims))
+    return out
+
+
+def _typed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with value_info for the outputs of SHAPE_OF_INPUT ops, so inference carries on past them."""
+    pending = [n for n in model.graph.node if n.op_type in SHAPE_OF_INPUT]
+    if not pending:
+        return model
+    typed = onnx.ModelProto()
+    typed.CopyFrom(model)
+    for _ in pending:  # each round types at least one more, or stops
+        g = shape_inference.infer_shapes(typed).graph
+        known = {vi.name: vi for vi in list(g.input) + list(g.value_info) + list(g.output)
+                 if vi.type.tensor_type.elem_type}
+        added = [n for n in pending if n.output[0] not in known and n.input[0] in known]
+        for n in added:
+            vi = typed.graph.value_info.add()
+            vi.CopyFrom(known[n.input[0]])
+            vi.name = n.output[0]
+        if not added:
+            break
+    return typed
+
+
+def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Values known before the graph runs: initializers and Constant node outputs."""
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return out

@@ -1,0 +1,169 @@
+"""Data augmentation inside the training graph, in standard ONNX ops.
+
+Each augmentation draws from its own counter-based stream, `stream_seed(seed, "augment.{i}.{kind}")`,
+so a step's draws are a function of (seed, step, position) alone, the same on every provider.
+Per-sample draws come from noise shaped [N, k]: sample n reads elements n*k .. n*k + k - 1.
+
+`p` (the chance to apply) is read by hflip, vflip and cutout; the others apply to every sample
+(their amount already spans "no change": offset 0, factor 1), and a `p=` written on them is an
+error rather than a silently ignored setting. Everything but noise needs an image [N, C, H, W].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from dlspec.compiler.graph import Value, show
+from dlspec.compiler.graph import ops as op
+from dlspec.compiler.lower.random import stream_seed, uniform_like
+from dlspec.spec.errors import SpecError
+from dlspec.spec.model import Augment
+
+_USES_P = ("hflip", "vflip", "cutout")
+_ANY_RANK = ("noise",)
+
+
+def augment(x: Value, augs: list[Augment], seed: int, step: Value) -> Value:
+    """Apply `augs` in order to the network input `x` (training graphs only)."""
+    g = x.graph
+    for i, aug in enumerate(augs):
+        hint = f"augment.{i}.{aug.kind}"
+        if "p" in aug.arg_spans and aug.kind not in _USES_P:
+            raise SpecError(f"{aug.kind} applies to every sample and takes no p= (only "
+                            f"{', '.join(_USES_P)} do)", aug.arg_spans["p"])
+        if aug.kind not in _ANY_RANK and (x.rank != 4 or any(d is None for d in x.dims[1:])):
+            raise SpecError(f"augmentation {aug.kind} needs an image input [N, C, H, W]; the network "
+                            f"input is {show(x.dims)}", aug.span)
+        with g.at(hint, f"{aug.span} {hint}" if aug.span else hint):
+            y = _RULES[aug.kind](_Aug(x, aug, stream_seed(seed, hint), step))
+            if y.name != x.name and all(d is not None for d in x.dims[1:]):
+                # ONNX shape inference loses the static dims through the data-shaped draws; the
+                # gradient rules downstream need them, so restate them (a Reshape costs no copy)
+                y = op.Reshape(y, [-1, *(d for d in x.dims[1:] if isinstance(d, int))])
+        x = y.with_shape(x.shape)
+    return x
+
+
+class _Aug:
+    """One augmentation being lowered: its input, its setting and its noise stream."""
+
+    def __init__(self, x: Value, aug: Augment, seed: int, step: Value):
+        self.x, self.aug, self.seed, self.step = x, aug, seed, step
+
+    def whole(self, what: str, low: int) -> int:
+        """`amount` as a whole number >= low (pixels)."""
+        a = self.aug.amount
+        if a != int(a) or a < low:
+            raise SpecError(f"{self.aug.kind}({a:g}): the {what} must be a whole number >= {low}",
+                            self.aug.arg_spans.get("amount", self.aug.span))
+        return int(a)
+
+    def dims(self) -> tuple[int, int, int]:
+        c, h, w = self.x.dims[1:]
+        assert isinstance(c, int) and isinstance(h, int) and isinstance(w, int)
+        return c, h, w
+
+    def batch(self) -> Value:
+        """N, as a 1-element int64 tensor."""
+        return op.Slice(op.Shape(self.x), [0], [1])
+
+    def per_sample(self, k: int) -> list[Value]:
+        """k independent U[0, 1) draws per sample, each shaped [N, 1, 1, 1]."""
+        shape = op.Concat([self.batch(), self.x.graph.ints([k])], axis=0)
+        u = uniform_like(op.ConstantOfShape(shape), self.step, self.seed)
+        u = op.Reshape(u, [-1, k])  # [N, k] for shape inference
+        cols = op.Split(u, axis=1, num_outputs=k) if k > 1 else [u]
+        return [op.Unsqueeze(c, [2, 3]) for c in cols]
+
+    def integer(self, u: Value, n: int) -> Value:
+        """floor(u * n) as float, in 0 .. n-1 (u may round up to 1.0 in float32, hence the Min)."""
+        return op.Min([op.Floor(u * float(n)), float(n - 1)])
+
+    def chance(self, u: Value) -> Value:
+        """bool [N, 1, 1, 1]: the sample is augmented (probability p)."""
+        return u < self.aug.p
+
+
+def _flip(axis: int) -> Callable[[_Aug], Value]:
+    def rule(a: _Aug) -> Value:
+        size = a.x.dims[axis]
+        assert isinstance(size, int)
+        flipped = op.Slice(a.x, [-1], [-size - 1], [axis], [-1])
+        return op.Where(a.chance(a.per_sample(1)[0]), flipped, a.x)
+    return rule
+
+
+def _shift(a: _Aug) -> Value:
+    """translate(k) / crop(k): zero-pad by k, then cut the original size out at a per-sample
+    offset: output[i, j] = x[i + dy, j + dx] (zero outside), dy and dx uniform in -k .. k."""
+    k = a.whole("padding" if a.aug.kind == "crop" else "shift in pixels", 0)
+    if k == 0:
+        return a.x
+    c, h, w = a.dims()
+    g = a.x.graph
+    out = op.Pad(a.x, [0, 0, k, k, 0, 0, k, k])
+    uy, ux = a.per_sample(2)
+    n = a.batch()
+    # rows, then columns: index[n, c, i, j] = i + oy[n] with oy = dy + k in 0 .. 2k
+    for axis, u, size, shape in ((2, uy, h, (c, h, w + 2 * k)), (3, ux, w, (c, h, w))):
+        offset = a.integer(u, 2 * k + 1).cast("int64")
+        ramp = op.Reshape(g.const(list(range(size)), "int64"),
+                          [1, 1, size, 1] if axis == 2 else [1, 1, 1, size])
+        index = op.Expand(ramp + offset, op.Concat([n, g.ints(shape)], axis=0))
+        out = op.GatherElements(out, index, axis=axis)
+    return out
+
+
+def _noise(a: _Aug) -> Value:
+    """x + amount * z, z ~ N(0, 1) per element by Box-Muller: sqrt(-2 ln(1 - u1)) cos(2 pi u2)."""
+    both = op.Concat([a.x.graph.ints([2]), op.Shape(a.x)], axis=0)
+    u = uniform_like(op.ConstantOfShape(both), a.step, a.seed)
+    u1 = op.Squeeze(op.Slice(u, [0], [1]), [0])
+    u2 = op.Squeeze(op.Slice(u, [1], [2]), [0])
+    tail = op.Max([1.0 - u1, 1e-12])  # in (0, 1]: ln stays finite
+    r = op.Sqrt(op.Log(tail) * -2.0)
+    z = r * op.Cos(u2 * (2 * math.pi))
+    return a.x + z * a.aug.amount
+
+
+def _signed(a: _Aug) -> Value:
+    """amount * (2u - 1), one per sample: uniform in [-amount, amount)."""
+    return (a.per_sample(1)[0] * 2.0 - 1.0) * a.aug.amount
+
+
+def _brightness(a: _Aug) -> Value:
+    """x + b, b uniform in [-amount, amount) per sample."""
+    return a.x + _signed(a)
+
+
+def _contrast(a: _Aug) -> Value:
+    """m + f (x - m), m the sample's mean over C, H, W, f uniform in [1 - amount, 1 + amount)."""
+    mean = op.ReduceMean(a.x, [1, 2, 3], keepdims=1)
+    factor = _signed(a) + 1.0
+    return mean + (a.x - mean) * factor
+
+
+def _cutout(a: _Aug) -> Value:
+    """With probability p, zero a size x size square (all channels) lying wholly inside the image,
+    its top-left corner uniform over the (H - size + 1) x (W - size + 1) places."""
+    s = a.whole("square's side", 1)
+    _, h, w = a.dims()
+    if s > min(h, w):
+        raise SpecError(f"cutout({s}): the square is larger than the {h}x{w} image",
+                        a.aug.arg_spans.get("amount", a.aug.span))
+    u_apply, uy, ux = a.per_sample(3)
+    inside = a.chance(u_apply)
+    for u, size, shape in ((uy, h, [1, 1, h, 1]), (ux, w, [1, 1, 1, w])):
+        start = a.integer(u, size - s + 1)  # float, exact: 0 .. size - s
+        ramp = op.Reshape(a.x.graph.const([float(i) for i in range(size)]), shape)
+        after = ramp > start - 0.5  # ramp >= start
+        before = ramp < start + (s - 0.5)  # ramp < start + s
+        inside = op.And(inside, op.And(after, before))
+    return op.Where(inside, 0.0, a.x)
+
+
+_RULES: dict[str, Callable[[_Aug], Value]] = {
+    "hflip": _flip(3), "vflip": _flip(2), "translate": _shift, "crop": _shift, "noise": _noise,
+    "brightness": _brightness, "contrast": _contrast, "cutout": _cutout,
+}

@@ -1,0 +1,95 @@
+"""State shared while one model is compiled, and the per-layer view of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlspec.compiler.graph import Graph, Shape, Value
+from dlspec.compiler.lower import init
+from dlspec.spec.errors import CompileError, Span
+from dlspec.spec.model import Initializer
+
+
+@dataclass
+class LayerRecord:
+    """One row of `dlspec check`: a layer, its output shapes, parameters and FLOPs."""
+
+    path: str
+    kind: str
+    shapes: list[Shape]
+    params: int
+    flops: int
+    span: Span | None
+
+
+@dataclass
+class ParamInfo:
+    name: str
+    shape: tuple[int, ...]
+    layer: str
+    state: bool  # running statistics: updated by the forward pass, not by gradients
+
+
+@dataclass
+class Compilation:
+    g: Graph
+    policy: init.InitPolicy
+    training: bool = False
+    frozen: Sequence[str] = ()  # path prefixes whose layers keep their parameters and statistics
+    records: list[LayerRecord] = field(default_factory=list)
+    params: list[ParamInfo] = field(default_factory=list)
+    state_updates: dict[str, Value] = field(default_factory=dict)  # running stat -> its next value
+
+    @property
+    def step(self) -> Value:
+        """The training graph's step counter input (dropout and augmentation draw from it)."""
+        return self.g.value("step", "int64", ())
+
+    def is_frozen(self, path: str) -> bool:
+        return any(path == f or path.startswith(f + ".") for f in self.frozen)
+
+
+class LayerCtx:
+    """What a layer's `build` sees: the graph, its own path and span, and parameter makers."""
+
+    def __init__(self, comp: Compilation, path: str, kind: str, span: Span | None,
+                 next_kind: str | None, init_override: Initializer | None):
+        self.comp = comp
+        self.g = comp.g
+        self.path = path
+        self.kind = kind
+        self.span = span
+        self.next_kind = next_kind
+        self.init_override = init_override
+        self.training = comp.training and not comp.is_frozen(path)
+        self.flops = 0
+        self.n_params = 0
+        comp.g.where = f"{span} {path}" if span else path
+        comp.g.hint = path  # the layer's nodes are named after it
+
+    def error(self, message: str) -> CompileError:
+        return CompileError(f"{self.path}: {message}", self.span)  # the path names the layer
+
+    def _add(self, suffix: str, value: np.ndarray, state: bool) -> Value:
+        name = f"{self.path}.{suffix}"
+        self.comp.params.append(ParamInfo(name, tuple(value.shape), self.path, state))
+        if not state:
+            self.n_params += int(value.size)
+        return self.g.param(name, value)
+
+    def weight(self, suffix: str, shape: Sequence[int], fan_in: int, fan_out: int) -> Value:
+        policy = self.comp.policy
+        chosen = policy.choose(f"{self.path}.{suffix}", self.kind)  # also marks the rules it matched
+        if self.init_override is not None:  # `conv(8, init=...)` beats every train-block rule
+            chosen = self.init_override
+        value = init.make(chosen, shape, fan_in, fan_out, policy.rng(f"{self.path}.{suffix}"))
+        return self._add(suffix, value, state=False)
+
+    def zeros(self, suffix: str, shape: Sequence[int], state: bool = False) -> Value:
+        return self._add(suffix, np.zeros(shape, np.float32), state)
+
+    def ones(self, suffix: str, shape: Sequence[int], state: bool = False) -> Value:
+        return self._add(suffix, np.ones(shape, np.float32), state)

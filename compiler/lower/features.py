@@ -1,0 +1,206 @@
+"""Lower the `features` block: derived inputs computed inside the graph from raw inputs.
+
+`standardize(x)` is the one fitted function: (x - mean) / std with the mean and std of x over
+the training split, which the runtime measures (through compiler.feature_probe)
+and passes in as `Moments` keyed by the name of the feature that calls it. Without them (a spec
+compiled with no data) it is the identity, and `Lowered.unfitted` says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlspec.compiler.graph import Dim, Graph, Shape, Value, show
+from dlspec.compiler.graph import ops as op
+from dlspec.spec import model as m
+from dlspec.spec.errors import CompileError, SpecError, did_you_mean
+
+_BINARY: dict[str, Callable[[Value, Value], Value]] = {
+    "add": op.Add, "sub": op.Sub, "mul": op.Mul, "div": op.Div, "pow": op.Pow}
+_UNARY: dict[str, Callable[[Value], Value]] = {
+    "log": op.Log, "exp": op.Exp, "sqrt": op.Sqrt, "abs": op.Abs, "neg": op.Neg}
+_VARIADIC: dict[str, Callable[[Sequence[Value]], Value]] = {"min": op.Min, "max": op.Max}
+STANDARDIZE = "standardize"
+FUNCTIONS = sorted(list(_UNARY) + list(_VARIADIC) + ["pow", "clip", STANDARDIZE])
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Mean and std of one standardize argument on the training split: scalars for an [N] value,
+    one per column or channel (axis 1) otherwise. std is never 0 (a constant value gets 1)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+@dataclass
+class Lowered:
+    values: dict[str, Value]
+    arguments: dict[str, Value] = field(default_factory=dict)  # feature -> its standardize argument
+    unfitted: dict[str, str] = field(default_factory=dict)  # feature -> its identity stand-in's output
+
+
+def standardized(feats: m.Features | None) -> list[str]:
+    """The features whose definition calls standardize, in order (at most one call each)."""
+    out: list[str] = []
+    for d in feats.defs if feats is not None else []:
+        calls = [e for e in _walk(d.expr) if isinstance(e, m.Func) and e.name == STANDARDIZE]
+        if len(calls) > 1:
+            raise SpecError(f"feature '{d.name}' calls standardize {len(calls)} times; one call per "
+                            "feature (its statistics are named after the feature): define a feature for "
+                            "each standardized value", calls[1].span)
+        if calls:
+            out.append(d.name)
+    return out
+
+
+def _walk(e: m.Expr) -> Iterator[m.Expr]:
+    yield e
+    for a in getattr(e, "args", None) or getattr(e, "items", None) or []:
+        yield from _walk(a)
+
+
+def lower_features(g: Graph, feats: m.Features, values: dict[str, Value],
+                   stats: Mapping[str, Moments] | None = None) -> Lowered:
+    """Each definition adds a value (or replaces the input of the same name), in order."""
+    standardized(feats)  # one standardize per feature, checked before any node is made
+    low = Lowered(dict(values))
+    for d in feats.defs:
+        g.where, g.hint = f"{d.span} features.{d.name}", f"features.{d.name}"
+        t = _expr(g, d.expr, low.values, _Standardize(d.name, stats, low))
+        if isinstance(t, float):
+            raise SpecError(f"feature '{d.name}' is a constant; it must use an input", d.span)
+        low.values[d.name] = t
+    return low
+
+
+@dataclass
+class _Standardize:
+    """What standardize(...) inside the definition of `feature` lowers to."""
+
+    feature: str
+    stats: Mapping[str, Moments] | None
+    low: Lowered
+
+    def apply(self, g: Graph, x: Value, e: m.Func) -> Value:
+        self.low.arguments[self.feature] = x
+        with g.at(f"{g.hint}.standardize"):
+            if self.stats is None or self.feature not in self.stats:
+                out = op.Identity(x)  # a stand-in with its own name (probe_features)
+                self.low.unfitted[self.feature] = out.name
+                return out
+            mo = self.stats[self.feature]
+            channels = () if x.rank == 1 else (x.dims[1],)
+            if mo.mean.shape != channels or mo.std.shape != channels:
+                raise CompileError(f"the statistics of standardize in feature '{self.feature}' have shape "
+                                   f"{list(mo.mean.shape)}, but its value {show(x.dims)} needs "
+                                   f"{list(channels)} (one per column or channel): they were fitted to "
+                                   "another version of the spec", e.span)
+            shape = channels + (1,) * max(x.rank - 2, 0)  # broadcasts along axis 1
+            with g.at(f"{g.hint}.mean"):  # named, for whoever reads the deployed graph
+                mean = g.const(mo.mean.reshape(shape), shared=False)
+            with g.at(f"{g.hint}.std"):
+                std = g.const(mo.std.reshape(shape), shared=False)
+            return ((x - mean) / std).with_shape(x.shape)
+
+
+def _broadcast(a: Shape, b: Shape, span: object) -> Shape:
+    """NumPy broadcasting where the symbolic batch size N matches only N or 1."""
+    rank = max(len(a), len(b))
+    a2, b2 = (1,) * (rank - len(a)) + a, (1,) * (rank - len(b)) + b
+    out: list[Dim] = []
+    for x, y in zip(a2, b2):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise CompileError(f"shapes {show(a)} and {show(b)} do not broadcast: a feature "
+                               "combines values of the same shape, or a value with a number",
+                               span)  # type: ignore[arg-type]
+    return tuple(out)
+
+
+def _as_value(g: Graph, v: Value | float) -> Value:
+    return v if isinstance(v, Value) else g.const(v)
+
+
+def _expr(g: Graph, e: m.Expr, vals: dict[str, Value], st: _Standardize) -> Value | float:
+    if isinstance(e, m.Num):
+        return float(e.value)
+    if isinstance(e, m.Name):
+        if e.id not in vals:
+            raise SpecError(f"unknown input or feature '{e.id}'{did_you_mean(e.id, vals)}; "
+                            f"known: {', '.join(vals)}", e.span)
+        return vals[e.id].cast("float32")
+    if isinstance(e, m.Op):
+        args = [_expr(g, a, vals, st) for a in e.args]
+        if all(isinstance(a, float) for a in args):
+            return _fold(e.op, args, e)  # type: ignore[arg-type]
+        if e.op == "neg":
+            return -_as_value(g, args[0])
+        return _binary(g, _BINARY[e.op], args, e.span)
+    if isinstance(e, m.Func):
+        return _func(g, e, vals, st)
+    raise SpecError("features are arithmetic over inputs: numbers, names, + - * / ** and "
+                    f"{', '.join(FUNCTIONS)}", e.span)
+
+
+def _binary(g: Graph, fn: Callable[[Value, Value], Value], args: list[Value | float],
+            span: object) -> Value:
+    a, b = (_as_value(g, x) for x in args)
+    shape = _broadcast(a.dims, b.dims, span)
+    return fn(a, b).with_shape(shape)
+
+
+def _fold(op: str, args: list[float], e: m.Op) -> float:
+    try:
+        if op == "neg":
+            return -args[0]
+        return float({"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+                      "pow": np.power}[op](args[0], args[1]))
+    except ZeroDivisionError:
+        raise SpecError("division by zero", e.span) from None
+
+
+def _func(g: Graph, e: m.Func, vals: dict[str, Value], st: _Standardize) -> Value:
+    args = [_expr(g, a, vals, st) for a in e.args]
+    name = e.name
+
+    def arity(n: int, form: str) -> None:
+        if len(args) != n:
+            raise SpecError(f"{name} takes {n} argument(s): {form}", e.span)
+
+    if name in _UNARY:
+        arity(1, f"{name}(x)")
+        return _UNARY[name](_as_value(g, args[0]))
+    if name == "pow":
+        arity(2, "pow(x, p)")
+        return _binary(g, op.Pow, args, e.span)
+    if name in _VARIADIC:
+        if len(args) < 2:
+            raise SpecError(f"{name} takes two or more arguments", e.span)
+        ts = [_as_value(g, a) for a in args]
+        shape = ts[0].dims
+        for t in ts[1:]:
+            shape = _broadcast(shape, t.dims, e.span)
+        return _VARIADIC[name](ts).with_shape(shape)
+    if name == "clip":
+        arity(3, "clip(x, low, high)")
+        x, lo, hi = args
+        if not isinstance(lo, float) or not isinstance(hi, float):
+            raise SpecError("clip bounds must be numbers: clip(x, low, high)", e.span)
+        if lo > hi:
+            raise SpecError(f"clip bounds are reversed: low {lo} > high {hi}", e.span)
+        return op.Clip(_as_value(g, x), lo, hi)
+    if name == STANDARDIZE:
+        arity(1, "standardize(x)")
+        if isinstance(args[0], float):
+            raise SpecError("standardize needs a value computed from the inputs, not a number", e.span)
+        return st.apply(g, args[0], e)
+    hint_for = {"normalize": "; for (x - mean) / std with training-set statistics, use standardize(x)"}
+    raise SpecError(f"unknown function '{name}'{did_you_mean(name, FUNCTIONS)}; "
+                    f"features can use: {', '.join(FUNCTIONS)}{hint_for.get(name, '')}", e.span)

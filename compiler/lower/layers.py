@@ -1,0 +1,412 @@
+"""The layer registry: each layer validates its arguments, infers its shape and lowers to ONNX.
+
+Each class's docstring shows the DSL form it handles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from dlspec.compiler.graph import Value, show
+from dlspec.compiler.graph import ops as op
+from dlspec.compiler.graph.composite import channel_sum, per_channel
+from dlspec.compiler.lower.random import stream_seed, uniform_like
+from dlspec.compiler.target import lowering
+
+if TYPE_CHECKING:
+    from dlspec.compiler.lower.context import LayerCtx
+
+LAYERS: dict[str, type[Layer]] = {}
+
+
+def layer(name: str) -> Any:
+    def register(cls: type[Layer]) -> type[Layer]:
+        assert name not in LAYERS, f"layer {name} registered twice"
+        cls.kind = name
+        LAYERS[name] = cls
+        return cls
+    return register
+
+
+class Layer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: ClassVar[str] = ""
+    positional: ClassVar[tuple[str, ...]] = ()
+    maps: ClassVar[bool] = True  # applied to each tensor of a list (param-free, one input)
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        raise NotImplementedError
+
+    def build_many(self, ctx: LayerCtx, xs: list[Value]) -> list[Value]:
+        if self.maps:
+            return [self.build(ctx, x) for x in xs]
+        if len(xs) != 1:
+            raise ctx.error(f"{self.kind} takes one tensor but gets {len(xs)} "
+                            f"({', '.join(show(x.dims) for x in xs)}); join them first with concat or add")
+        return [self.build(ctx, xs[0])]
+
+
+def _pair(ctx: LayerCtx, v: int | list[int], what: str, least: int = 1) -> tuple[int, int]:
+    """One number or two ([h, w]), each at least `least`."""
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2:
+        raise ctx.error(f"{what} takes one number or two ([h, w]), got {v}")
+    if min(pair) < least:
+        raise ctx.error(f"{what} must be {'a whole number' if isinstance(v, int) else 'whole numbers'} "
+                        f">= {least}, got {v}")
+    return (pair[0], pair[1])
+
+
+def _spatial(ctx: LayerCtx, x: Value, what: str) -> tuple[int, int]:
+    if x.rank != 4:
+        raise ctx.error(f"{what} expects an image-like tensor [N, C, H, W], got {show(x.dims)}")
+    h, w = x.dims[2], x.dims[3]
+    assert isinstance(h, int) and isinstance(w, int)
+    return h, w
+
+
+def _window_out(ctx: LayerCtx, size: int, k: int, s: int, p0: int, p1: int, d: int, what: str) -> int:
+    span = d * (k - 1) + 1
+    if size + p0 + p1 < span:
+        raise ctx.error(f"{what} window {k} (span {span}) is larger than its padded input ({size} + "
+                        f"{p0 + p1} padding)")
+    return (size + p0 + p1 - span) // s + 1
+
+
+def _pads(ctx: LayerCtx, padding: Any, k: tuple[int, int], d: tuple[int, int]) -> list[int]:
+    """ONNX pads [top, left, bottom, right]; 'same' centres the window (odd or even k)."""
+    if padding == "valid":
+        return [0, 0, 0, 0]
+    if padding == "same":
+        tot = [d[i] * (k[i] - 1) for i in range(2)]
+        return [tot[0] // 2, tot[1] // 2, tot[0] - tot[0] // 2, tot[1] - tot[1] // 2]
+    ph, pw = _pair(ctx, padding, "padding", least=0)
+    return [ph, pw, ph, pw]
+
+
+@layer("conv")
+class Conv(Layer):
+    """`conv(out, k=3, stride=1, padding=same|valid|p|[ph, pw], dilation=1, groups=1, bias=true)`.
+
+    Default padding is 'same' (the ResNet convention at stride 2). A conv directly followed by
+    `bn` has no bias unless `bias=true` is written: batch norm's shift makes it redundant.
+    """
+
+    positional: ClassVar[tuple[str, ...]] = ("out",)
+    maps: ClassVar[bool] = False
+    out: PositiveInt
+    k: int | list[int] = 3
+    stride: int | list[int] = 1
+    padding: Literal["same", "valid"] | int | list[int] = "same"
+    dilation: int | list[int] = 1
+    groups: PositiveInt = 1
+    bias: bool | None = None
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        h, w = _spatial(ctx, x, "conv")
+        k, s = _pair(ctx, self.k, "k"), _pair(ctx, self.stride, "stride")
+        d = _pair(ctx, self.dilation, "dilation")
+        pads = _pads(ctx, self.padding, k, d)
+        cin = x.channels
+        if cin % self.groups or self.out % self.groups:
+            raise ctx.error(f"groups={self.groups} must divide both the input channels ({cin}) "
+                            f"and the output channels ({self.out})")
+        ho = _window_out(ctx, h, k[0], s[0], pads[0], pads[2], d[0], "conv")
+        wo = _window_out(ctx, w, k[1], s[1], pads[1], pads[3], d[1], "conv")
+        fan_in = cin // self.groups * k[0] * k[1]
+        weight = ctx.weight("weight", (self.out, cin // self.groups, k[0], k[1]), fan_in,
+                            self.out // self.groups * k[0] * k[1])
+        with_bias = self.bias if self.bias is not None else ctx.next_kind != "bn"
+        bias = ctx.zeros("bias", (self.out,)) if with_bias else None
+        ctx.flops += 2 * self.out * ho * wo * fan_in
+        y = op.Conv(x, weight, bias, kernel_shape=list(k), strides=list(s), pads=pads, dilations=list(d),
+                    group=self.groups)
+        return y.with_shape((None, self.out, ho, wo))
+
+
+@layer("bn")
+class BatchNorm(Layer):
+    """`bn(eps=1e-5, momentum=0.1)`: batch norm over channels; running statistics are parameters."""
+
+    maps: ClassVar[bool] = False
+    eps: float = Field(1e-5, gt=0)
+    momentum: float = Field(0.1, gt=0, le=1)
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        if x.rank < 2:
+            raise ctx.error(f"bn expects [N, C, ...], got {show(x.dims)}")
+        c = (x.channels,)
+        weight, bias = ctx.ones("weight", c), ctx.zeros("bias", c)
+        run_mean, run_var = ctx.zeros("running_mean", c, state=True), ctx.ones("running_var", c, state=True)
+        if not ctx.training:
+            return op.BatchNormalization(x, weight, bias, run_mean, run_var, epsilon=self.eps,
+                                         momentum=1.0 - self.momentum)
+        stats = batch_norm_train(x, weight, bias, self.eps)
+        # running statistics as PyTorch keeps them: the variance unbiased, n / (n - 1)
+        unbias = stats.count / (stats.count - 1.0)
+
+        def blend(old: Value, new: Value) -> Value:  # (1 - momentum) old + momentum new
+            return old * (1.0 - self.momentum) + new * self.momentum
+
+        ctx.comp.state_updates[run_mean.name] = blend(run_mean, stats.mean)
+        ctx.comp.state_updates[run_var.name] = blend(run_var, stats.var * unbias)
+        return stats.y
+
+
+@dataclass
+class BatchStats:
+    """Training-mode batch norm: its output, the batch's mean and (biased) variance per channel,
+    and the count of values per channel."""
+
+    y: Value
+    mean: Value
+    var: Value
+    count: Value
+
+
+@lowering
+def batch_norm_train(x: Value, weight: Value, bias: Value, eps: float) -> BatchStats:
+    """y = (x - mean) w / sqrt(var + eps) + b with the statistics of the batch, per channel, in
+    primitive ops (the CUDA provider refuses training-mode BatchNormalization at opset >= 14)."""
+    c = x.channels
+    n = (op.numel(x) / x.graph.ints([c])).cast("float32")  # values per channel
+    mean = channel_sum(x, c) / n  # [C]
+    d = x - per_channel(mean, x.rank)
+    var = channel_sum(d * d, c) / n  # biased, [C]
+    inv = op.Reciprocal(op.Sqrt(var + eps))
+    y = d * per_channel(weight * inv, x.rank) + per_channel(bias, x.rank)
+    return BatchStats(y.with_shape(x.shape), mean, var, n)
+
+
+@layer("relu")
+class Relu(Layer):
+    """`relu`"""
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        return op.Relu(x)
+
+
+@layer("sigmoid")
+class Sigmoid(Layer):
+    """`sigmoid`"""
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        return op.Sigmoid(x)
+
+
+@layer("tanh")
+class Tanh(Layer):
+    """`tanh`"""
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        return op.Tanh(x)
+
+
+@layer("gelu")
+class Gelu(Layer):
+    """`gelu` (exact, erf form)"""
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        return op.Gelu(x)
+
+
+@layer("identity")
+class Identity(Layer):
+    """`identity`"""
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        return x
+
+
+@layer("leaky_relu")
+class LeakyRelu(Layer):
+    """`leaky_relu(slope=0.01)`"""
+
+    positional: ClassVar[tuple[str, ...]] = ("slope",)
+    slope: float = 0.01
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        return op.LeakyRelu(x, alpha=self.slope)
+
+
+@layer("silu")
+class Silu(Layer):
+    """`silu`: x * sigmoid(x)"""
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        return x * op.Sigmoid(x)
+
+
+@layer("softmax")
+class Softmax(Layer):
+    """`softmax(axis=1)`"""
+
+    axis: int = 1
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        if not -x.rank <= self.axis < x.rank:
+            raise ctx.error(f"softmax axis {self.axis} is out of range for {show(x.dims)}")
+        return op.Softmax(x, axis=self.axis)
+
+
+class _Pool(Layer):
+    positional: ClassVar[tuple[str, ...]] = ("k",)
+    k: int | list[int] = 2
+    stride: int | list[int] | None = None
+    padding: int | list[int] = 0
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        h, w = _spatial(ctx, x, self.kind)
+        k = _pair(ctx, self.k, "k")
+        s = _pair(ctx, self.stride, "stride") if self.stride is not None else k
+        pads = _pads(ctx, self.padding, k, (1, 1))
+        if any(2 * p > kk for p, kk in zip(pads, k + k)):
+            # PyTorch's rule; past it (from pad >= k) windows would lie wholly in the padding
+            raise ctx.error(f"padding {self.padding} is more than half the window {self.k}; "
+                            "pooling allows at most k / 2")
+        ho = _window_out(ctx, h, k[0], s[0], pads[0], pads[2], 1, self.kind)
+        wo = _window_out(ctx, w, k[1], s[1], pads[1], pads[3], 1, self.kind)
+        return self.pool(x, list(k), list(s), pads).with_shape((None, x.dims[1], ho, wo))
+
+    def pool(self, x: Value, k: list[int], s: list[int], pads: list[int]) -> Value:
+        raise NotImplementedError
+
+
+@layer("maxpool")
+class MaxPool(_Pool):
+    """`maxpool(k=2, stride=k, padding=0)`"""
+
+    def pool(self, x: Value, k: list[int], s: list[int], pads: list[int]) -> Value:
+        return op.MaxPool(x, k, s, pads)
+
+
+@layer("avgpool")
+class AvgPool(_Pool):
+    """`avgpool(k=2, stride=k, padding=0)` (padding counts as zeros, as in PyTorch)"""
+
+    def pool(self, x: Value, k: list[int], s: list[int], pads: list[int]) -> Value:
+        return op.AveragePool(x, k, s, pads, count_include_pad=1)
+
+
+@layer("gap")
+class GlobalAvgPool(Layer):
+    """`gap`: global average pooling, [N, C, H, W] -> [N, C, 1, 1]"""
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        if x.rank < 3:
+            raise ctx.error(f"gap expects [N, C, H, W], got {show(x.dims)}")
+        return op.GlobalAveragePool(x)
+
+
+@layer("flatten")
+class Flatten(Layer):
+    """`flatten`: [N, ...] -> [N, prod(...)]"""
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        if x.rank == 2:
+            return x
+        size = int(np.prod([d for d in x.dims[1:] if isinstance(d, int)]))
+        return op.Flatten(x, axis=1).with_shape((None, size))
+
+
+@layer("linear")
+class Linear(Layer):
+    """`linear(out, bias=true)`: y = x W^T + b with W of shape [out, in]"""
+
+    positional: ClassVar[tuple[str, ...]] = ("out",)
+    maps: ClassVar[bool] = False
+    out: PositiveInt
+    bias: bool = True
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        if x.rank != 2:
+            raise ctx.error(f"linear expects [N, features], got {show(x.dims)}; "
+                            "put flatten or gap before it")
+        fin = x.dims[1]
+        assert isinstance(fin, int)
+        weight = ctx.weight("weight", (self.out, fin), fin, self.out)
+        bias = ctx.zeros("bias", (self.out,)) if self.bias else None
+        ctx.flops += 2 * fin * self.out
+        return op.Gemm(x, weight, bias, transB=1).with_shape((None, self.out))
+
+
+@layer("dropout")
+class Dropout(Layer):
+    """`dropout(p=0.5)`: inverted dropout while training, identity at inference"""
+
+    positional: ClassVar[tuple[str, ...]] = ("p",)
+    p: float = Field(0.5, ge=0.0, lt=1.0)
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        if not ctx.training or self.p == 0:
+            return x
+        # inverted dropout: keep with probability 1 - p, scale kept values by 1 / (1 - p)
+        u = uniform_like(x, ctx.comp.step, stream_seed(ctx.comp.policy.seed, ctx.path))
+        keep = (u >= self.p).cast("float32")
+        return (x * (keep * (1.0 / (1.0 - self.p)))).with_shape(x.shape)
+
+
+@layer("upsample")
+class Upsample(Layer):
+    """`upsample(2)`: nearest-neighbour upsampling by an integer factor"""
+
+    positional: ClassVar[tuple[str, ...]] = ("scale",)
+    scale: PositiveInt = 2
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        _spatial(ctx, x, "upsample")
+        return upsample(x, self.scale, self.scale)
+
+
+def upsample(x: Value, fh: int, fw: int) -> Value:
+    """Nearest upsampling by integer factors: asymmetric coordinates + floor, as PyTorch's 'nearest'."""
+    scales = x.graph.const([1.0, 1.0, float(fh), float(fw)])
+    y = op.Resize(x, scales, mode="nearest", coordinate_transformation_mode="asymmetric",
+                  nearest_mode="floor")
+    h, w = x.dims[2], x.dims[3]
+    assert isinstance(h, int) and isinstance(w, int)
+    return y.with_shape((None, x.dims[1], h * fh, w * fw))
+
+
+def _same_shapes(ctx: LayerCtx, xs: list[Value], what: str, skip_axis: int | None = None) -> None:
+    ref = xs[0].dims
+    for x in xs[1:]:
+        ok = len(x.dims) == len(ref) and all(
+            a == b for i, (a, b) in enumerate(zip(x.dims, ref)) if i != skip_axis)
+        if not ok:
+            kind = "channel" if len(ref) > 1 and x.dims[2:] == ref[2:] else "shape"
+            raise ctx.error(f"{what}: {kind} mismatch between {show(ref)} and {show(x.dims)}")
+
+
+@layer("add")
+class Add(Layer):
+    """`add` or `add(from=[a, b])`: elementwise sum of tensors of one shape"""
+
+    maps: ClassVar[bool] = False
+
+    def build_many(self, ctx: LayerCtx, xs: list[Value]) -> list[Value]:
+        _same_shapes(ctx, xs, "add")
+        y = xs[0]
+        for x in xs[1:]:
+            y = y + x
+        return [y]
+
+
+@layer("concat")
+class Concat(Layer):
+    """`concat` or `concat(from=[a, b], axis=1)`: join tensors along the channel axis"""
+
+    maps: ClassVar[bool] = False
+    axis: int = 1
+
+    def build_many(self, ctx: LayerCtx, xs: list[Value]) -> list[Value]:
+        if len(xs) == 1:
+            return xs
+        if not 1 <= self.axis < xs[0].rank:
+            raise ctx.error(f"concat axis {self.axis} is out of range for {show(xs[0].dims)}")
+        _same_shapes(ctx, xs, "concat", skip_axis=self.axis)
+        return [op.Concat(xs, axis=self.axis)]

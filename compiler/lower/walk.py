@@ -1,0 +1,349 @@
+"""Walk a model's sections, blocks and chains, naming every layer by its spec path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from dlspec.compiler.graph import Value, show
+from dlspec.compiler.lower.context import Compilation, LayerCtx, LayerRecord
+from dlspec.compiler.lower.layers import LAYERS, Layer, _same_shapes
+from dlspec.spec import model as m
+from dlspec.spec.constexpr import Symbol, evaluate
+from dlspec.spec.errors import CompileError, Span, SpecError, did_you_mean
+from dlspec.spec.loader import STDLIB
+
+Env = dict[str, Any]
+COMMON_ARGS = ("from", "init")
+
+
+@dataclass
+class Scope:
+    """A naming scope: `backbone.stage1.0`; counts layers per kind (conv1, conv2, bn1...)."""
+
+    path: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def child(self, kind: str) -> str:
+        n = self.counts.get(kind, 0) + 1
+        self.counts[kind] = n
+        return f"{self.path}.{kind}{n}"
+
+    def sub(self, name: str) -> Scope:
+        return Scope(f"{self.path}.{name}")
+
+    def index(self) -> Scope:
+        """The next positional child (0, 1, ...): block calls and repeated copies, as in nn.Sequential."""
+        n = self.counts.get("", 0)
+        self.counts[""] = n + 1
+        return self.sub(str(n))
+
+
+class Walker:
+    def __init__(self, blocks: dict[str, m.BlockDef], comp: Compilation):
+        self.blocks = blocks
+        self.comp = comp
+        self.visible: dict[str, list[Value]] = {}  # named stages that `from=` can refer to
+        self.visible_in: dict[str, str] = {}
+
+    # ---- sections ----
+    def section(self, sec: m.Section, xs: list[Value]) -> list[Value]:
+        scope = Scope(sec.role)
+        if sec.form == "call":
+            assert sec.call is not None
+            return self.element(sec.call, xs, scope, {}, sole=True, next_kind=None, stages=sec.role)
+        assert sec.body is not None
+        return self.body(sec.body, xs, scope, {}, stages=sec.role)
+
+    def body(self, body: m.Body, xs: list[Value], scope: Scope, env: Env,
+             stages: str | None) -> list[Value]:
+        for st in body.stages:
+            inner = scope.sub(st.name) if st.name else scope
+            xs = self.chain(st.chain, xs, inner, env, stages if st.name is None else None, top=True)
+            if st.name and stages is not None:
+                if st.name in self.visible:
+                    raise SpecError(f"stage name '{st.name}' is already used in the "
+                                    f"{self.visible_in[st.name]}", st.name_span)
+                self.visible[st.name] = xs
+                self.visible_in[st.name] = stages
+        return xs
+
+    # ---- chains ----
+    def chain(self, chain: m.Chain, xs: list[Value], scope: Scope, env: Env,
+              stages: str | None = None, top: bool = False) -> list[Value]:
+        """`top`: the chain is a stage's whole body, so a lone block call shares the stage's scope."""
+        items = chain.items
+        for i, el in enumerate(items):
+            nxt = self._kind_of(items[i + 1], env) if i + 1 < len(items) else None
+            xs = self.element(el, xs, scope, env, sole=top and len(items) == 1, next_kind=nxt,
+                              stages=stages if len(items) == 1 else None)
+        return xs
+
+    def _kind_of(self, el: m.Element, env: Env) -> str | None:
+        if isinstance(el, m.Call):
+            bound = env.get(el.name)
+            return str(bound) if isinstance(bound, Symbol) else el.name
+        return None
+
+    def element(self, el: m.Element, xs: list[Value], scope: Scope, env: Env, sole: bool,
+                next_kind: str | None, stages: str | None) -> list[Value]:
+        if isinstance(el, m.Call):
+            return self.call(el, xs, scope, env, sole, next_kind, stages)
+        if isinstance(el, m.Group):
+            return self.chain(el.body, xs, scope, env)
+        if isinstance(el, m.ForEach):
+            items = evaluate(el.iter, env)
+            if not isinstance(items, list):
+                raise SpecError(f"for expects a list, got {items!r}", el.iter.span)
+            for item in items:
+                xs = self.chain(el.body, xs, scope, {**env, el.var: item})
+            return xs
+        if isinstance(el, m.Residual):
+            return self.residual(el, xs, scope, env)
+        times = evaluate(el.times, env)
+        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+            raise SpecError(f"a repeat count must be a whole number >= 1, got {times!r}", el.times.span)
+        first = self._kind_of(el.body, env)
+        for i in range(times):  # each copy but the last is followed by the next copy
+            xs = self.element(el.body, xs, scope.index(), env, sole=True,
+                              next_kind=next_kind if i == times - 1 else first, stages=None)
+        return xs
+
+    # ---- calls: layers and blocks ----
+    def call(self, call: m.Call, xs: list[Value], scope: Scope, env: Env, sole: bool,
+             next_kind: str | None, stages: str | None) -> list[Value]:
+        name = call.name
+        bound = env.get(name)
+        if isinstance(bound, Symbol):
+            name = str(bound)
+        if "from" in call.kwargs:
+            xs = self._from(call, env)
+        if name in LAYERS:
+            return self.layer(LAYERS[name], call, xs, scope, env, next_kind)
+        if name in self.blocks:
+            blk = self.blocks[name]
+            if "init" in call.kwargs:
+                raise SpecError("init= applies to single layers; set it on the layers inside "
+                                f"block '{name}' or in the train block", call.arg_spans["init"])
+            inner = scope if sole else scope.index()
+            try:
+                return self.body(blk.body, xs, inner, self._bind(blk, call, env),
+                                 stages if sole else None)
+            except SpecError as err:
+                raise _at_call_site(err, name, call) from None
+        known = list(LAYERS) + list(self.blocks)
+        raise SpecError(f"unknown layer or block '{name}'{did_you_mean(name, known)}",
+                        call.name_span or call.span)
+
+    def _from(self, call: m.Call, env: Env) -> list[Value]:
+        expr = call.kwargs["from"]
+        refs = evaluate(expr, env)
+        refs = refs if isinstance(refs, list) else [refs]
+        item_spans = ([i.span for i in expr.items] if isinstance(expr, m.ListExpr)
+                      and len(expr.items) == len(refs) else [expr.span] * len(refs))
+        out: list[Value] = []
+        for ref, span in zip(refs, item_spans, strict=True):
+            if str(ref) not in self.visible:
+                known = ", ".join(self.visible) or "none yet"
+                raise SpecError(f"no stage named '{ref}'{did_you_mean(str(ref), self.visible)}; "
+                                f"stages defined so far: {known}", span or call.arg_spans["from"])
+            out += self.visible[str(ref)]
+        return out
+
+    def _bind(self, blk: m.BlockDef, call: m.Call, env: Env) -> Env:
+        names = [p.name for p in blk.params]
+        sig = f"{blk.name}({', '.join(p.name + ('=...' if p.default else '') for p in blk.params)})"
+        if len(call.args) > len(names):
+            raise SpecError(f"block '{blk.name}' takes {len(names)} argument(s), got "
+                            f"{len(call.args)}: {sig}", call.args[len(names)].span)
+        given: Env = {n: evaluate(a, env) for n, a in zip(names, call.args, strict=False)}
+        for key, expr in call.kwargs.items():
+            if key == "from":
+                continue
+            if key not in names:
+                raise SpecError(f"block '{blk.name}' has no argument '{key}'"
+                                f"{did_you_mean(key, names)}: {sig}", call.arg_spans.get(key))
+            if key in given:
+                raise SpecError(f"argument '{key}' of block '{blk.name}' is given twice",
+                                call.arg_spans.get(key))
+            given[key] = evaluate(expr, env)
+        bound: Env = {}
+        for p in blk.params:
+            if p.name in given:
+                bound[p.name] = given[p.name]
+            elif p.default is not None:
+                bound[p.name] = evaluate(p.default, bound)
+            else:
+                raise SpecError(f"block '{blk.name}' needs argument '{p.name}': {sig}", call.span)
+        return bound
+
+    def layer(self, cls: type[Layer], call: m.Call, xs: list[Value], scope: Scope, env: Env,
+              next_kind: str | None) -> list[Value]:
+        args = self._layer_args(cls, call, env)
+        override = self._init_override(call, env) if "init" in call.kwargs else None
+        path = scope.child(cls.kind)
+        ctx = LayerCtx(self.comp, path, cls.kind, call.span, next_kind, override)
+        out = args.build_many(ctx, xs)
+        self.comp.records.append(LayerRecord(path, cls.kind, [t.dims for t in out], ctx.n_params,
+                                             ctx.flops, call.span))
+        return out
+
+    def _layer_args(self, cls: type[Layer], call: m.Call, env: Env) -> Layer:
+        pos = cls.positional
+        if len(call.args) > len(pos):
+            extra = call.args[len(pos)]
+            raise SpecError(f"{cls.kind} takes {len(pos)} positional argument(s)"
+                            f"{' (' + ', '.join(pos) + ')' if pos else ''}; name the others (key=value)",
+                            extra.span)
+        data: dict[str, Any] = {}
+        spans: dict[str, Span | None] = {}
+        for key, expr in zip(pos, call.args, strict=False):
+            data[key], spans[key] = _plain(evaluate(expr, env)), expr.span
+        for key, expr in call.kwargs.items():
+            if key in COMMON_ARGS:
+                continue
+            if key in data:
+                raise SpecError(f"argument '{key}' of {cls.kind} is given twice", call.arg_spans.get(key))
+            data[key], spans[key] = _plain(evaluate(expr, env)), call.arg_spans.get(key)
+        try:
+            # strict: a string or a boolean is not a number here (conv("8"), conv(true))
+            return cls.model_validate(data, strict=True)
+        except ValidationError as err:
+            e = err.errors()[0]
+            key = str(e["loc"][0]) if e["loc"] else ""
+            fields = [f for f in cls.model_fields] + list(COMMON_ARGS)
+            if e["type"] == "extra_forbidden":
+                raise SpecError(f"{cls.kind} has no argument '{key}'{did_you_mean(key, fields)}; "
+                                f"it takes: {', '.join(fields)}", spans.get(key) or call.span) from None
+            if e["type"] == "missing":
+                form = cls.__doc__.splitlines()[0] if cls.__doc__ else cls.kind
+                raise SpecError(f"{cls.kind} needs argument '{key}' ({form})", call.span) from None
+            msg = _EXPECTED.get(e["type"]) or e["msg"][0].lower() + e["msg"][1:]
+            raise SpecError(f"invalid value {_dsl(e['input'])} for '{key}' of {cls.kind}: {msg}",
+                            spans.get(key) or call.span) from None
+
+    def _init_override(self, call: m.Call, env: Env) -> m.Initializer:
+        expr = call.kwargs["init"]
+        span = call.arg_spans.get("init")
+        if isinstance(expr, m.Name):
+            data: dict[str, Any] = {"kind": expr.id}
+        elif isinstance(expr, m.Func) and len(expr.args) <= 1:
+            key = {"constant": "value", "normal": "std", "uniform": "limit"}.get(expr.name, "gain")
+            data = {"kind": expr.name, **({key: evaluate(expr.args[0], env)} if expr.args else {})}
+        else:
+            raise SpecError("init= takes an initializer such as xavier_uniform or normal(0.01)", span)
+        try:
+            return m.Initializer.model_validate(data)
+        except ValidationError:
+            kinds = list(m.Initializer.model_fields["kind"].annotation.__args__)  # type: ignore[union-attr]
+            raise SpecError(f"unknown initializer '{data['kind']}'{did_you_mean(data['kind'], kinds)}; "
+                            f"expected one of: {', '.join(kinds)}", span) from None
+
+    # ---- residual blocks ----
+    def residual(self, el: m.Residual, xs: list[Value], scope: Scope, env: Env) -> list[Value]:
+        if len(xs) != 1:
+            raise SpecError(f"residual takes one tensor but gets {len(xs)}", el.span)
+        for key in el.kwargs:
+            if key != "shortcut":
+                raise SpecError(f"residual has no argument '{key}'; it takes: shortcut",
+                                el.arg_spans.get(key))
+        mode = str(evaluate(el.kwargs["shortcut"], env)) if "shortcut" in el.kwargs else "auto"
+        if mode not in ("auto", "identity", "conv"):
+            raise SpecError(f"shortcut must be auto, identity or conv, got '{mode}'",
+                            el.arg_spans.get("shortcut"))
+        x = xs[0]
+        body = self.chain(el.body, xs, scope, env)
+        if len(body) != 1:
+            raise SpecError(f"the residual body gives {len(body)} tensors; it must give one", el.span)
+        y = body[0]
+        short = x
+        if mode == "conv" or (mode == "auto" and y.shape != x.shape):
+            short = self._projection(el, x, y, scope)
+        elif y.shape != x.shape:
+            what = "channel" if len(y.dims) == len(x.dims) and y.dims[2:] == x.dims[2:] else "shape"
+            raise CompileError(f"residual with shortcut=identity: the body gives {show(y.dims)} but its "
+                               f"input is {show(x.dims)} ({what} mismatch); an identity shortcut needs "
+                               "equal shapes (leave shortcut out to project with a 1x1 conv)", el.span)
+        LayerCtx(self.comp, scope.path + ".add", "add", el.span, None, None)  # names the Add
+        return [(y + short).with_shape(y.shape)]
+
+    def _projection(self, el: m.Residual, x: Value, y: Value, scope: Scope) -> Value:
+        """1x1 conv (stride = the body's downsampling) + bn: the ResNet projection shortcut."""
+        if x.rank != 4 or y.rank != 4:
+            if x.rank == 2 and y.rank == 2:
+                return self._apply(LAYERS["linear"].model_validate({"out": y.dims[1], "bias": False}),
+                                   "linear", [x], scope.sub(_shortcut_name(scope)), el.span, None)[0]
+            raise CompileError(f"residual: cannot project {show(x.dims)} to {show(y.dims)}", el.span)
+        hs, ws, ho, wo = x.dims[2], x.dims[3], y.dims[2], y.dims[3]
+        assert isinstance(hs, int) and isinstance(ws, int) and isinstance(ho, int) and isinstance(wo, int)
+        stride = [_stride_between(hs, ho), _stride_between(ws, wo)]
+        if 0 in stride:
+            raise CompileError(f"residual: the body turns {show(x.dims)} into {show(y.dims)}; no "
+                               "strided 1x1 shortcut gives that size", el.span)
+        sc = scope.sub(_shortcut_name(scope))
+        conv = LAYERS["conv"].model_validate({"out": y.dims[1], "k": 1, "stride": stride,
+                                              "padding": 0, "bias": False})
+        t = self._apply(conv, "conv", [x], sc, el.span, "bn")
+        t = self._apply(LAYERS["bn"].model_validate({}), "bn", t, sc, el.span, None)
+        _same_shapes(LayerCtx(self.comp, sc.path, "residual", el.span, None, None), [t[0], y],
+                     "residual shortcut")
+        return t[0]
+
+    def _apply(self, args: Layer, kind: str, xs: list[Value], scope: Scope, span: Span | None,
+               next_kind: str | None) -> list[Value]:
+        path = f"{scope.path}.{kind}"
+        ctx = LayerCtx(self.comp, path, args.kind, span, next_kind, None)
+        out = args.build_many(ctx, xs)
+        self.comp.records.append(LayerRecord(path, args.kind, [t.dims for t in out], ctx.n_params,
+                                             ctx.flops, span))
+        return out
+
+
+def _at_call_site(err: SpecError, block: str, call: m.Call) -> SpecError:
+    """An error inside a standard-library block is reported where the user's spec calls it."""
+    stdlib = str(STDLIB)
+    if err.span is None or err.span.file != stdlib or call.span is None or call.span.file == stdlib:
+        return err
+    return type(err)(f"{err.message} (inside block '{block}' of the standard library, at "
+                     f"{STDLIB.name}:{err.span.line}:{err.span.col})", call.span)
+
+
+def _shortcut_name(scope: Scope) -> str:
+    """`shortcut` (torchvision-like), then shortcut2, shortcut3 for more residuals in one scope."""
+    n = scope.counts.get("shortcut", 0) + 1
+    scope.counts["shortcut"] = n
+    return "shortcut" if n == 1 else f"shortcut{n}"
+
+
+_EXPECTED = {"int_type": "expected a whole number", "float_type": "expected a number",
+             "bool_type": "expected true or false", "string_type": "expected a name or a string"}
+
+
+def _dsl(v: Any) -> str:
+    """A value as it is written in a spec: true, "text", [1, 2]."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_dsl(i) for i in v) + "]"
+    return repr(v)
+
+
+def _stride_between(size: int, out: int) -> int:
+    """The stride s of a 1x1 conv mapping `size` to `out`: (size - 1) // s + 1 == out, else 0."""
+    for s in range(1, size + 1):
+        if (size - 1) // s + 1 == out:
+            return s
+    return 0
+
+
+def _plain(v: Any) -> Any:
+    """Symbols become plain strings and whole floats (width * 0.5) ints, for strict validation."""
+    if isinstance(v, list):
+        return [_plain(i) for i in v]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return str(v) if isinstance(v, Symbol) else v

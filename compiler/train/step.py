@@ -1,0 +1,185 @@
+"""The training graphs of a spec: forward (training mode) -> loss -> backward -> optimizer step.
+
+Parameters are graph inputs, never initializers: onnxruntime's constant sharing would alias
+identical initial values (all-zero biases) and corrupt training. Every output that the next
+step reads back is named after its input plus `.next`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from dlspec.compiler.grad import backward
+from dlspec.compiler.graph import Graph, Value
+from dlspec.compiler.graph.infer import constants, value_types
+from dlspec.compiler.graph.proto import array_info, model_proto, params_as_inputs, value_info
+from dlspec.compiler.lower.compile import Compiled, Forward, Stats, build_forward, compile_model, loss_targets
+from dlspec.compiler.lower.losses import metrics, total_loss
+from dlspec.compiler.target import Target, lowering
+from dlspec.compiler.train.optim import Slot, state_names, step_graph
+from dlspec.spec import model as m
+from dlspec.spec.errors import CompileError, SpecError, did_you_mean
+from dlspec.spec.loader import Program
+
+DEFAULT_OPTIMIZER = m.Adam.model_validate({"kind": "adam"})
+SCALARS = [helper.make_tensor_value_info("lr", TensorProto.FLOAT, []),
+           helper.make_tensor_value_info("step", TensorProto.INT64, [])]
+
+
+@dataclass
+class TrainingGraphs:
+    inference: Compiled
+    train_step: onnx.ModelProto
+    gradients: onnx.ModelProto
+    init: dict[str, np.ndarray]  # parameters, batch-norm statistics and optimizer state
+    trainable: list[str]
+    frozen: list[str]
+    metrics: list[str]
+    evaluate: onnx.ModelProto  # inference graph + loss, parameters as inputs: eval mode, any weights
+
+
+@lowering
+def finish(target: Target, model: onnx.ModelProto) -> onnx.ModelProto:
+    """A finished training graph, as the layers and rules wrote it."""
+    return model
+
+
+def compile_training(prog: Program, name: str | None = None, seed: int | None = None,
+                     moments: Stats | None = None, target: Target | None = None) -> TrainingGraphs:
+    """`moments`: the fitted statistics of standardized features, as `stats` of compile_model.
+    `target`: where the step will run (device, CPU threads); it picks lowerings that compute the
+    same function (dlspec.compiler.tune)."""
+    target = target or Target()
+    inference = compile_model(prog, name, seed, moments)
+    model = inference.model
+    train = prog.train(model.name) or m.Train()
+    if model.loss is None:
+        raise SpecError(f"model '{model.name}' has no loss: training needs `loss ...`", model.name_span)
+    _check_targets(train, [p.name for p in inference.params])
+    f = build_forward(prog, name, seed, training=True, frozen=train.freeze, stats=moments, target=target)
+    g = f.comp.g
+    targets = loss_targets(g, model)
+    with g.at("loss", f"{model.loss.span} loss"):
+        loss = total_loss(f.output, targets)
+        with g.at("metric"):
+            mets = metrics(f.output, targets)
+    weights = [p.name for p in f.comp.params if not p.state]
+    mults = {p: _lr_mult(train, p) for p in weights}
+    trainable = [p for p in weights if not _frozen(train, p) and mults[p] > 0]
+    stats = [p.name for p in f.comp.params if p.state]
+    optimizer = train.optimizer or DEFAULT_OPTIMIZER
+    values = {**g.initializers, **dict(_zeros_for(f, optimizer))}
+    batch = [value_info(t) for t in f.inputs] + [value_info(t) for _, t in _unique_targets(g, model)]
+    inputs = batch + SCALARS + [array_info(n, values[n]) for n in weights + stats]
+    grads = _backward(f, loss, trainable, inputs)
+
+    # gradients.onnx: batch + params + BN state -> loss, grad.<p>, next BN state
+    bn_next = f.comp.state_updates
+    outputs = {"loss": loss, **{f"grad.{p}": grads[p] for p in trainable},
+               **{f"{s}.next": v for s, v in bn_next.items()}}
+    gradients = _model(f, [i for i in inputs if i.name != "lr"], outputs, values)
+
+    # train_step.onnx: + lr, step, optimizer state -> loss, metrics, next params and state
+    slots = [Slot(p, grads[p], tuple(values[p].shape), mults[p]) for p in trainable]
+    nexts = step_graph(g, optimizer, train.clip, slots, g.value("lr", "float32", ()), f.comp.step)
+    opt_state = [s for p in trainable for s in state_names(optimizer, p)]
+    outputs = {"loss": loss, **mets, **{f"{k}.next": v for k, v in {**nexts, **bn_next}.items()}}
+    train_step = _model(f, inputs + [array_info(s, values[s]) for s in opt_state], outputs, values)
+    init = {n: values[n] for n in weights + stats + opt_state}
+    return TrainingGraphs(inference, finish(target, train_step), finish(target, gradients), init, trainable,
+                          [p for p in weights if p not in trainable], list(mets),
+                          _evaluate_model(prog, name, seed, moments))
+
+
+def _backward(f: Forward, loss: Value, trainable: list[str],
+              inputs: list[onnx.ValueInfoProto]) -> dict[str, Value]:
+    """The gradients of the trainable parameters, each of which the loss must depend on."""
+    g = f.comp.g
+    fwd = model_proto(f.model.name, g.nodes, inputs, [array_info(loss.name, np.float32(0))], {}, f.spec_hash)
+    with g.at("grad.seed"):
+        seed = g.const(1.0)
+    grads = backward(g, list(g.nodes), loss.name, trainable, seed, value_types(fwd), constants(fwd))
+    missing = [p for p in trainable if p not in grads]
+    if missing:
+        raise CompileError(f"the loss does not depend on {', '.join(missing[:3])}"
+                           f"{' ...' if len(missing) > 3 else ''}; freeze them or remove the layers")
+    return grads
+
+
+def _model(f: Forward, inputs: list[onnx.ValueInfoProto], outputs: dict[str, Value],
+           values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The graph built so far, with `outputs` exposed under their names (each by an Identity: a
+    value may feed several outputs)."""
+    nodes = list(f.comp.g.nodes)
+    for name, v in outputs.items():
+        nodes.append(helper.make_node("Identity", [v.name], [name], name=f"{name}/Identity"))
+    return model_proto(f.model.name, nodes, inputs, [_out(n, values) for n in outputs], {}, f.spec_hash)
+
+
+def _evaluate_model(prog: Program, name: str | None, seed: int | None,
+                    moments: Stats | None) -> onnx.ModelProto:
+    """The inference graph plus the loss, parameters as inputs: validation loss and metrics with
+    the current weights, in eval mode (running statistics, no dropout, no augmentation)."""
+    f = build_forward(prog, name, seed, stats=moments)
+    g, model = f.comp.g, f.model
+    assert model.loss is not None
+    with g.at("loss", f"{model.loss.span} loss"):
+        loss = total_loss(f.output, loss_targets(g, model))
+    inputs = [value_info(t) for t in f.inputs] + [value_info(t) for _, t in _unique_targets(g, model)]
+    outputs = [value_info(f.output), array_info(loss.name, np.float32(0))]
+    proto = model_proto(model.name, g.nodes, inputs, outputs, g.initializers, f.spec_hash)
+    return params_as_inputs(proto)
+
+
+def _unique_targets(g: Graph, model: m.Model) -> list[tuple[str, Value]]:
+    seen: dict[str, Value] = {}
+    for _, t in loss_targets(g, model):
+        seen.setdefault(t.name, t)
+    return list(seen.items())
+
+
+def _zeros_for(f: Forward, spec: m.Optimizer) -> list[tuple[str, np.ndarray]]:
+    return [(s, np.zeros_like(v)) for p, v in f.comp.g.initializers.items() for s in state_names(spec, p)]
+
+
+def _out(name: str, values: dict[str, np.ndarray]) -> onnx.ValueInfoProto:
+    """Outputs that mirror an input keep its shape; loss and metrics are float scalars."""
+    base = name[: -len(".next")] if name.endswith(".next") else name.removeprefix("grad.")
+    if base in values:
+        return array_info(name, values[base])
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [])
+
+
+def _matches(path: str, target: str) -> bool:
+    return path == target or path.startswith(target + ".")
+
+
+def _frozen(train: m.Train, param: str) -> bool:
+    return any(_matches(param, f) for f in train.freeze)
+
+
+def _lr_mult(train: m.Train, param: str) -> float:
+    """The most specific (longest) matching lr_mult rule wins."""
+    best: tuple[int, float] = (-1, 1.0)
+    for rule in train.lr_mult:
+        if _matches(param, rule.target) and len(rule.target) > best[0]:
+            best = (len(rule.target), rule.value)
+    return best[1]
+
+
+def _check_targets(train: m.Train, params: list[str]) -> None:
+    """A freeze or lr_mult target that matches no parameter is a typo: say so."""
+    prefixes = sorted({p.rsplit(".", i)[0] for p in params for i in range(1, p.count(".") + 1)})
+    for target in train.freeze:
+        if not any(_matches(p, target) for p in params):
+            raise SpecError(f"freeze target '{target}' matches no parameter{did_you_mean(target, prefixes)}",
+                            train.arg_spans.get("freeze"))
+    for rule in train.lr_mult:
+        if not any(_matches(p, rule.target) for p in params):
+            raise SpecError(f"lr_mult target '{rule.target}' matches no parameter"
+                            f"{did_you_mean(rule.target, prefixes)}",
+                            rule.span or train.arg_spans.get("lr_mult"))
