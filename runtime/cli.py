@@ -16,21 +16,19 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from dlspec import eval_cli, export_cli, grad_cli, plot
+from dlspec import api, eval_cli, export_cli, grad_cli, plot
 from dlspec.artifacts import check_destination, write_training
-from dlspec.compiler import Compiled, Target, compile_model, compile_training
+from dlspec.compiler import Compiled, Target
 from dlspec.compiler.graph import show
 from dlspec.files import atomic_write
-from dlspec.gradient_check import gradcheck
 from dlspec.inference import predict
 from dlspec.spec.errors import DlspecError
 from dlspec.spec.loader import load
 from dlspec.spec.version import __version__
-from dlspec.training import FitOptions, fit
 
 
 def _compile(args: argparse.Namespace) -> Compiled:
-    return compile_model(load(args.spec), args.model, args.seed)
+    return api.compile(args.spec, args.model, seed=args.seed)
 
 
 def cmd_check(args: argparse.Namespace, out: Console) -> int:
@@ -81,7 +79,7 @@ def _compile_training(args: argparse.Namespace, out: Console) -> int:
     prog = load(args.spec)
     dest = Path(args.output or f"{prog.model(args.model).name}.train")
     check_destination(dest)
-    tg = compile_training(prog, args.model, args.seed, target=Target(threads=args.threads))
+    tg = api.compile_training(prog, args.model, seed=args.seed, target=Target(threads=args.threads))
     for proto in (tg.inference.onnx, tg.train_step, tg.gradients):
         onnx.checker.check_model(proto, full_check=True)
     write_training(tg, dest)
@@ -93,10 +91,12 @@ def _compile_training(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_gradcheck(args: argparse.Namespace, out: Console) -> int:
-    tg = compile_training(load(args.spec), args.model, args.seed)
-    out.print(f"gradcheck: {len(tg.trainable)} parameter tensors against central differences in "
-              f"float64 (eps {args.eps:g}, batch {args.batch}); slow, for debugging", markup=False)
-    report = gradcheck(tg, eps=args.eps, batch=args.batch, directions=args.directions)
+    prog = load(args.spec)
+    out.print(f"gradcheck: the parameter tensors of {prog.model(args.model).name} against central "
+              f"differences in float64 (eps {args.eps:g}, batch {args.batch}); slow, for debugging",
+              markup=False)
+    report = api.gradcheck_spec(prog, args.model, seed=args.seed, eps=args.eps, batch=args.batch,
+                                directions=args.directions)
     table = Table(title="worst relative error per parameter tensor", title_justify="left")
     for col in ("parameter", "size", "checks", "rel. error", ""):
         table.add_column(col, justify="right" if col in ("size", "checks", "rel. error") else "left")
@@ -133,10 +133,8 @@ def cmd_predict(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_train(args: argparse.Namespace, out: Console) -> int:
-    spec_path = Path(args.spec)
-    opts = FitOptions(epochs=args.epochs, batch=args.batch, seed=args.seed, device=args.device,
-                      out=Path(args.out) if args.out else None, resume=args.resume, threads=args.threads)
-    result = fit(load(spec_path), spec_path, args.model, opts, out)
+    result = api.fit(args.spec, args.model, epochs=args.epochs, batch=args.batch, seed=args.seed,
+                     out=args.out, resume=args.resume, device=args.device, threads=args.threads, console=out)
     table = Table(title=f"trained {result.run_dir}", title_justify="left")
     table.add_column("epochs", justify="right")
     table.add_column("steps", justify="right")

@@ -10,12 +10,8 @@ from typing import Any
 
 from rich.console import Console
 
-from dlspec.data import load_all, load_dataset
-from dlspec.inference import session
-from dlspec.metrics import prediction_metrics
-from dlspec.spec import model as m
+from dlspec.api import evaluate
 from dlspec.spec.errors import RunError
-from dlspec.spec.loader import load
 from dlspec.training import SOURCE
 
 
@@ -45,21 +41,9 @@ def run(args: argparse.Namespace, out: Console) -> int:
     spec_file = Path(args.spec) if args.spec else (run_spec(src) if src.is_dir() else None)
     if spec_file is None:
         raise RunError("give --spec FILE: the spec whose data set to evaluate on")
-    prog = load(spec_file)
-    model = prog.model(args.model)
-    if not model.targets:
-        raise RunError(f"model {model.name} declares no target to evaluate against")
-    if args.data:
-        split, where = load_all(args.data, model), args.data
-    else:
-        split = load_dataset(prog.train(model.name) or m.Train(), model, spec_file.parent).test
-        where = f"the test split of {spec_file}"
-    sess = session(model_file)
-    feeds = {t.name: split[t.name] for t in model.inputs}
-    pred = sess.run(None, feeds)[0]
-    classifier = sess.get_outputs()[0].name == "logits"
-    result = prediction_metrics(pred, split[model.targets[0].name], classifier)
-    n = len(split[model.targets[0].name])
+    result = evaluate(model_file, spec_file, args.data, model_name=args.model)
+    n = int(result.pop("samples"))
+    where = args.data or f"the test split of {spec_file}"
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items())
     out.print(f"{model_file} on {where} ({n} samples): {shown}", markup=False)
     return 0

@@ -6,12 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import onnx
 from rich.console import Console
 
-from dlspec.compiler.lower.export import export
+from dlspec.api import export
 from dlspec.files import atomic_write
-from dlspec.spec.errors import RunError
 
 
 def add_parser(sub: Any) -> None:
@@ -23,13 +21,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, out: Console) -> int:
     src = Path(args.run)
     source = src / "model.onnx" if src.is_dir() else src
-    if not source.is_file():
-        raise RunError(f"no trained model at {source}: train first with `dlspec train`")
-    try:
-        model = onnx.load(str(source))
-    except Exception as err:  # onnx raises DecodeError and others for a bad file
-        raise RunError(f"cannot read {source}: {err}") from None
-    exported, folded = export(model, {"exported_from": str(source)})
+    exported = export(source)
+    folded = next(p.value for p in exported.metadata_props if p.key == "batch_norm_folded")
     dest = Path(args.output) if args.output else source.parent / "exported.onnx"
     atomic_write(dest, exported.SerializeToString())
     outputs = ", ".join(o.name for o in exported.graph.output)

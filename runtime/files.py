@@ -1,4 +1,5 @@
-"""Writing files so that a failure never leaves a half-written one behind."""
+"""Files: written so that a failure never leaves a half-written one behind, and ONNX models read
+with plain errors."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+
+import onnx
 
 from dlspec.spec.errors import RunError
 
@@ -52,3 +55,15 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         if isinstance(err, OSError):
             raise RunError(f"cannot write {path}: {err.strerror or err}") from None
         raise
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    try:
+        model = onnx.load(str(path))
+    except OSError as err:
+        raise RunError(f"cannot read {path}: {err.strerror or err}") from None
+    except Exception as err:  # protobuf's DecodeError and kin: not an ONNX file
+        raise RunError(f"cannot read {path}: not an ONNX model ({type(err).__name__}: {err})") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise RunError(f"cannot read {path}: not an ONNX model (no graph or no opset)")
+    return model

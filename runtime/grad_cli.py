@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 from rich.console import Console
 
-from dlspec.compiler import gradient_model
-from dlspec.files import atomic_write
-from dlspec.spec.errors import CompileError, RunError
+from dlspec.api import grad
+from dlspec.files import atomic_write, load_model
+from dlspec.spec.errors import CompileError
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, out: Console) -> int:
     model = load_model(args.model_file)
-    grads = gradient_model(model, args.loss, args.wrt)
+    grads = grad(model, args.loss, args.wrt)
     try:
         onnx.checker.check_model(grads)
     except onnx.checker.ValidationError as err:  # a bug in a gradient rule, not in the user's model
@@ -50,15 +50,3 @@ def run(args: argparse.Namespace, out: Console) -> int:
               f"({values:,} values), {added} nodes added to the model's {len(model.graph.node)}",
               markup=False)
     return 0
-
-
-def load_model(path: str | Path) -> onnx.ModelProto:
-    try:
-        model = onnx.load(str(path))
-    except OSError as err:
-        raise RunError(f"cannot read {path}: {err.strerror or err}") from None
-    except Exception as err:  # protobuf's DecodeError and kin: not an ONNX file
-        raise RunError(f"cannot read {path}: not an ONNX model ({type(err).__name__}: {err})") from None
-    if not model.HasField("graph") or not model.opset_import:
-        raise RunError(f"cannot read {path}: not an ONNX model (no graph or no opset)")
-    return model

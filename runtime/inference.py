@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -48,38 +50,40 @@ def load_inputs(sess: ort.InferenceSession, npz_path: str | Path) -> dict[str, n
         raise RunError(f"cannot read inputs {npz_path}: it holds a single .npy array, not an .npz of "
                        "named arrays (write one with numpy.savez(path, name=array, ...))")
     with data:
-        return _check_inputs(sess, data, npz_path)
+        return check_inputs(sess, data, npz_path)
 
 
-def _check_inputs(sess: ort.InferenceSession, data: np.lib.npyio.NpzFile,
-                  npz_path: str | Path) -> dict[str, np.ndarray]:
+def check_inputs(sess: ort.InferenceSession, data: Mapping[str, Any],
+                 where: str | Path) -> dict[str, np.ndarray]:
+    """The model's inputs from `data` (an .npz file or a dict of arrays), checked by name, dtype and
+    shape; `where` names the source in errors."""
     feeds: dict[str, np.ndarray] = {}
     batch: tuple[str, int] | None = None
     for inp in sess.get_inputs():
-        if inp.name not in data.files:
-            raise RunError(f"{npz_path}: missing input '{inp.name}' (the file has: "
-                           f"{', '.join(data.files) or 'nothing'})")
+        if inp.name not in data:
+            raise RunError(f"{where}: missing input '{inp.name}' (the file has: "
+                           f"{', '.join(data) or 'nothing'})")
         try:
-            arr = data[inp.name]
+            arr = np.asarray(data[inp.name])
         except ValueError:
-            raise RunError(f"{npz_path}: input '{inp.name}' holds Python objects; save a numeric "
+            raise RunError(f"{where}: input '{inp.name}' holds Python objects; save a numeric "
                            "array") from None
         want = _NP.get(inp.type)
         if want is not None and arr.dtype != want:
             if np.can_cast(arr.dtype, want, casting="same_kind"):
                 arr = arr.astype(want)
             else:
-                raise RunError(f"{npz_path}: input '{inp.name}' is {arr.dtype}, the model takes "
+                raise RunError(f"{where}: input '{inp.name}' is {arr.dtype}, the model takes "
                                f"{np.dtype(want).name}")
         dims = inp.shape
         if arr.ndim != len(dims) or any(isinstance(d, int) and d != a
                                         for d, a in zip(dims, arr.shape, strict=True)):
             shown = ", ".join(str(d) for d in dims)
-            raise RunError(f"{npz_path}: input '{inp.name}' has shape {list(arr.shape)}, the model "
+            raise RunError(f"{where}: input '{inp.name}' has shape {list(arr.shape)}, the model "
                            f"takes [{shown}]")
         if dims and not isinstance(dims[0], int):  # the symbolic batch dimension: one size for all
             if batch is not None and arr.shape[0] != batch[1]:
-                raise RunError(f"{npz_path}: input '{inp.name}' has {arr.shape[0]} rows, input "
+                raise RunError(f"{where}: input '{inp.name}' has {arr.shape[0]} rows, input "
                                f"'{batch[0]}' has {batch[1]}; every input needs the same batch size")
             batch = (inp.name, arr.shape[0])
         feeds[inp.name] = arr
@@ -88,10 +92,15 @@ def _check_inputs(sess: ort.InferenceSession, data: np.lib.npyio.NpzFile,
 
 def predict(model_path: str | Path, npz_path: str | Path) -> dict[str, np.ndarray]:
     sess = session(model_path)
-    feeds = load_inputs(sess, npz_path)
+    return run_model(sess, load_inputs(sess, npz_path), model_path, npz_path)
+
+
+def run_model(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], model_path: str | Path,
+              inputs: str | Path) -> dict[str, np.ndarray]:
+    """Every output by name."""
     names = [o.name for o in sess.get_outputs()]
     try:
         results = sess.run(names, feeds)
     except Exception as err:  # onnxruntime's own exception types
-        raise RunError(f"running {model_path} on {npz_path} failed: {_first_line(err)}") from None
+        raise RunError(f"running {model_path} on {inputs} failed: {_first_line(err)}") from None
     return dict(zip(names, results, strict=True))

@@ -8,9 +8,9 @@ import onnx
 from onnx import TensorProto, helper, version_converter
 
 from dlspec.compiler.grad.walk import backward
-from dlspec.compiler.graph import DTYPES, IR_VERSION, OPSET, Graph
+from dlspec.compiler.graph import DTYPES, IR_VERSION, OPSET, Graph, Value
 from dlspec.compiler.graph import ops as op
-from dlspec.compiler.graph.infer import constants, value_types
+from dlspec.compiler.graph.infer import Type, constants, value_types
 from dlspec.compiler.target import Target
 from dlspec.spec.errors import CompileError, did_you_mean
 
@@ -29,54 +29,65 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
     model = to_opset(model)
     src = model.graph
     inits = {t.name: t for t in src.initializer}
-    if wrt is None:
-        wrt = [n for n, t in inits.items() if t.data_type in FLOATS]
+    wrt = list(wrt) if wrt is not None else [n for n, t in inits.items() if t.data_type in FLOATS]
+    types = value_types(model)
+    _check_request(model, loss, wrt, types)
+    taken = {v for node in src.node for v in list(node.input) + list(node.output)}
+    taken |= {v.name for v in list(src.input) + list(src.initializer)} | {node.name for node in src.node}
+    g = Graph(taken, target)  # the new nodes must not reuse a name of the model they extend
+    with g.at("grad.seed"):
+        seed = g.value(loss, types[loss].dtype, types[loss].shape).scalar(1.0)
+        if types[loss].shape == (1,):
+            seed = op.Reshape(seed, [1])
+    grads = backward(g, list(src.node), loss, wrt, seed, types, constants(model))
+    missing = [n for n in wrt if n not in grads]
+    if missing:
+        raise CompileError(f"the loss does not depend on: {', '.join(missing)}")
+    return _with_gradients(model, g, loss, {n: grads[n] for n in wrt}, types)
+
+
+def _check_request(model: onnx.ModelProto, loss: str, wrt: Sequence[str], types: dict[str, Type]) -> None:
+    """`loss` is a scalar value of the model, and each of `wrt` an input or initializer."""
+    src = model.graph
     outputs = {o.name for o in src.output} | {o for node in src.node for o in node.output}
     if loss not in outputs:
         raise CompileError(f"no value named '{loss}' to use as the loss{did_you_mean(loss, outputs)}")
-    known = set(inits) | {i.name for i in src.input}
+    known = {t.name for t in src.initializer} | {i.name for i in src.input}
     for name in wrt:
         if name not in known:
             raise CompileError(f"cannot differentiate with respect to '{name}': not an input or "
                                f"initializer of the model{did_you_mean(name, known)}")
-    types = value_types(model)
-    loss_shape = types[loss].shape if loss in types else None
-    if loss_shape is None:
+    shape = types[loss].shape if loss in types else None
+    if shape is None:
         raise CompileError(f"the loss '{loss}' must be a scalar, but ONNX shape inference cannot tell "
                            "its shape")
-    if loss_shape not in ((), (1,)):
-        raise CompileError(f"the loss '{loss}' must be a scalar, it has shape {list(loss_shape)}")
-    taken = {v for node in src.node for v in list(node.input) + list(node.output)}
-    taken |= {v.name for v in list(src.input) + list(src.initializer)} | {node.name for node in src.node}
-    g = Graph(taken, target)  # the new nodes must not reuse a name of the model they extend
-    loss_value = g.value(loss, types[loss].dtype, loss_shape)
-    with g.at("grad.seed"):
-        seed = loss_value.scalar(1.0)
-        if loss_shape == (1,):
-            seed = op.Reshape(seed, [1])
-    grads = backward(g, list(src.node), loss, list(wrt), seed, types, constants(model))
-    missing = [n for n in wrt if n not in grads]
-    if missing:
-        raise CompileError(f"the loss does not depend on: {', '.join(missing)}")
+    if shape not in ((), (1,)):
+        raise CompileError(f"the loss '{loss}' must be a scalar, it has shape {list(shape)}")
+
+
+def _with_gradients(model: onnx.ModelProto, g: Graph, loss: str, grads: dict[str, Value],
+                    types: dict[str, Type]) -> onnx.ModelProto:
+    """The model with the gradient nodes appended, the differentiated initializers as inputs and
+    the outputs `loss` and `grad.<name>`."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    as_inputs = [inits[n] for n in wrt if n in inits]
-    kept = [t for t in graph.initializer if t.name not in set(wrt)]
+    moved = [t for t in graph.initializer if t.name in grads]
+    kept = [t for t in graph.initializer if t.name not in grads]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    for t in as_inputs:
+    for t in moved:
         graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     graph.node.extend(g.nodes)
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(loss, _elem_type(types[loss].dtype), list(loss_shape)))
-    for name in wrt:
+    graph.output.append(helper.make_tensor_value_info(loss, _elem_type(types[loss].dtype),
+                                                      list(types[loss].shape or ())))
+    for name, grad in grads.items():
         gname = f"grad.{name}"
-        graph.node.append(helper.make_node("Identity", [grads[name].name], [gname], name=f"{gname}/Identity"))
-        shape = types[name].shape if name in types else None
-        graph.output.append(helper.make_tensor_value_info(
-            gname, _elem_type(types[name].dtype if name in types else None),
-            list(shape or ()) or None))
+        graph.node.append(helper.make_node("Identity", [grad.name], [gname], name=f"{gname}/Identity"))
+        t = types.get(name)
+        graph.output.append(helper.make_tensor_value_info(gname, _elem_type(t.dtype if t else None),
+                                                          list(t.shape or ()) or None if t else None))
     out.ir_version = IR_VERSION
     return out
 

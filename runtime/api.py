@@ -1,0 +1,119 @@
+"""dlspec from Python: what the command line does, as functions that return values.
+
+    import dlspec
+    prog = dlspec.load("examples/digits.dlspec")
+    print(dlspec.compile(prog).onnx.graph.output)          # the inference graph
+    result = dlspec.fit(prog, epochs=5, out="runs/digits")  # train, as `dlspec train`
+    dlspec.predict(result.run_dir / "model.onnx", {"image": images})
+
+Each function takes a loaded Program or the path of a .dlspec file; errors are the three of
+dlspec.spec.errors (SpecError, CompileError, RunError), with the message the CLI prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from rich.console import Console
+
+from dlspec.compiler import Compiled, Target, TrainingGraphs, compile_model, gradient_model
+from dlspec.compiler import compile_training as _compile_training
+from dlspec.compiler.lower.export import export as _export
+from dlspec.data import load_all, load_dataset
+from dlspec.files import load_model
+from dlspec.gradient_check import TensorCheck, gradcheck
+from dlspec.inference import check_inputs, run_model, session
+from dlspec.metrics import prediction_metrics
+from dlspec.spec import model as m
+from dlspec.spec.errors import RunError
+from dlspec.spec.loader import Program, load
+from dlspec.training import FitOptions, FitResult
+from dlspec.training import fit as _fit
+
+Spec = Program | str | Path
+
+__all__ = ["Program", "Target", "compile", "compile_training", "evaluate", "export", "fit", "grad",
+           "gradcheck_spec", "load", "predict"]
+
+
+def _program(spec: Spec) -> Program:
+    return spec if isinstance(spec, Program) else load(spec)
+
+
+def compile(spec: Spec, model: str | None = None, *, seed: int | None = None) -> Compiled:  # noqa: A001
+    """The inference graph (`.onnx`), with one record per layer (shapes, parameters, FLOPs)."""
+    return compile_model(_program(spec), model, seed)
+
+
+def compile_training(spec: Spec, model: str | None = None, *, seed: int | None = None,
+                     target: Target | None = None) -> TrainingGraphs:
+    """The training graphs: train_step, gradients, evaluate and inference, with initial values.
+    `target` (device, CPU threads) picks lowerings that compute the same function faster there."""
+    return _compile_training(_program(spec), model, seed, target=target)
+
+
+def fit(spec: Spec, model: str | None = None, *, epochs: int | None = None, batch: int | None = None,
+        seed: int | None = None, out: str | Path | None = None, resume: bool = False, device: str = "cpu",
+        threads: int | None = None, console: Console | None = None) -> FitResult:
+    """Train on the train block's data, as `dlspec train`: the run folder (default runs/MODEL)
+    gets metrics.jsonl, last.npz, best.npz and model.onnx. Progress goes to `console` (default:
+    none shown)."""
+    prog = _program(spec)
+    opts = FitOptions(epochs=epochs, batch=batch, seed=seed, device=device,
+                      out=Path(out) if out is not None else None, resume=resume, threads=threads)
+    return _fit(prog, Path(prog.root), model, opts, console or Console(quiet=True))
+
+
+def grad(model: onnx.ModelProto | str | Path, loss: str, wrt: Sequence[str] | None = None, *,
+         target: Target | None = None) -> onnx.ModelProto:
+    """The gradients graph of any ONNX model (opset 9 or newer) with a scalar value `loss`:
+    outputs `loss` and `grad.<name>` for each name of `wrt` (default: every float initializer)."""
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    return gradient_model(proto, loss, wrt, target)
+
+
+def export(run: str | Path) -> onnx.ModelProto:
+    """The deployable model of a training run (its folder or model.onnx): batch norm folded into
+    the convolutions, and `probabilities` beside `logits` for classifiers."""
+    src = Path(run)
+    source = src / "model.onnx" if src.is_dir() else src
+    if not source.is_file():
+        raise RunError(f"no trained model at {source}: train first with `dlspec train`")
+    return _export(load_model(source), {"exported_from": str(source)})[0]
+
+
+def evaluate(model: str | Path, spec: Spec, data: str | Path | None = None, *,
+             model_name: str | None = None) -> dict[str, float]:
+    """Metrics of a model file on the spec's test split, or on every sample of `data` (an .npz or
+    .csv file, or a bundled set): accuracy for classifiers, MAE and RMSE for regression, and the
+    number of `samples`."""
+    prog = _program(spec)
+    decl = prog.model(model_name)
+    if not decl.targets:
+        raise RunError(f"model {decl.name} declares no target to evaluate against")
+    if data is not None:
+        split = load_all(str(data), decl)
+    else:
+        split = load_dataset(prog.train(decl.name) or m.Train(), decl, Path(prog.root).parent).test
+    sess = session(model)
+    pred = sess.run(None, {t.name: split[t.name] for t in decl.inputs})[0]
+    classifier = sess.get_outputs()[0].name == "logits"
+    truth = split[decl.targets[0].name]
+    return {**prediction_metrics(pred, truth, classifier), "samples": float(len(truth))}
+
+
+def predict(model: str | Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of a model file on `inputs` (one array per model input, checked by name,
+    type and shape)."""
+    sess = session(model)
+    return run_model(sess, check_inputs(sess, inputs, "inputs"), model, "the inputs")
+
+
+def gradcheck_spec(spec: Spec, model: str | None = None, *, seed: int | None = None, eps: float = 1e-4,
+                   batch: int = 4, directions: int = 2) -> list[TensorCheck]:
+    """The compiled gradients of every trainable tensor against central differences in float64:
+    the worst relative error per tensor. Slow; for debugging."""
+    return gradcheck(compile_training(spec, model, seed=seed), eps=eps, batch=batch, directions=directions)

@@ -1,0 +1,100 @@
+"""dlspec from Python, as a notebook uses it: load, compile, fit, predict, evaluate, export and
+grad return values (and the same errors the CLI prints), without the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import dlspec
+from dlspec import RunError, SpecError
+from dlspec.training import FitResult
+
+SMALL = """
+model small {
+  input  image: float32[N, 1, 8, 8]
+  target label: int64[N]
+  features { image = image / 16 }
+  backbone { stem: conv(32, k=3) -> bn -> relu -> maxpool(2) }
+  head { flatten -> linear(10) }
+  loss cross_entropy
+}
+
+train {
+  data      digits(test=0.2, val=0.1)
+  batch     32
+  epochs    3
+  optimizer adam(lr=1e-2)
+  seed      3
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, FitResult]:
+    tmp = tmp_path_factory.mktemp("api")
+    spec = tmp / "small.dlspec"
+    spec.write_text(SMALL)
+    return spec, dlspec.fit(spec, out=tmp / "run", threads=2)
+
+
+def test_compile_takes_a_path_or_a_loaded_program(tmp_path: Path) -> None:
+    spec = tmp_path / "small.dlspec"
+    spec.write_text(SMALL)
+    by_path, by_program = dlspec.compile(spec), dlspec.compile(dlspec.load(spec))
+    assert by_path.output.name == by_program.output.name == "logits"
+    assert by_path.onnx.graph.output[0].name == "logits"
+    assert [r.path for r in by_path.records] == [r.path for r in by_program.records]
+    tg = dlspec.compile_training(str(spec), target=dlspec.Target("cpu", threads=16))
+    assert tg.metrics == ["accuracy"] and "backbone.stem.conv1.weight" in tg.trainable
+
+
+def test_fit_trains_and_predict_evaluate_export_use_the_run(run: tuple[Path, FitResult]) -> None:
+    spec, result = run
+    assert result.epochs == 3 and result.metrics["accuracy"] > 0.9
+    model = result.run_dir / "model.onnx"
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    out = dlspec.predict(model, {"image": x[:50].reshape(-1, 1, 8, 8).astype(np.float32)})
+    assert list(out) == ["logits"] and out["logits"].shape == (50, 10)
+    assert (out["logits"].argmax(1) == y[:50]).mean() > 0.8
+    scores = dlspec.evaluate(model, spec)
+    assert scores["accuracy"] == pytest.approx(result.metrics["accuracy"])
+    assert scores["samples"] == 359  # the test split of 1797 digits at test=0.2
+    exported = dlspec.export(result.run_dir)
+    assert [o.name for o in exported.graph.output] == ["logits", "probabilities"]
+
+
+def test_grad_differentiates_a_model_or_a_file(tmp_path: Path) -> None:
+    spec = tmp_path / "small.dlspec"
+    spec.write_text(SMALL)
+    tg = dlspec.compile_training(spec)
+    path = tmp_path / "evaluate.onnx"
+    onnx.save(tg.evaluate, str(path))
+    loss = tg.evaluate.graph.output[1].name
+    grads = dlspec.grad(path, loss, ["head.linear1.weight"])
+    assert [o.name for o in grads.graph.output] == [loss, "grad.head.linear1.weight"]
+
+
+def test_errors_are_the_clis(tmp_path: Path, run: tuple[Path, FitResult]) -> None:
+    spec, result = run
+    with pytest.raises(RunError, match="missing input 'image'"):
+        dlspec.predict(result.run_dir / "model.onnx",
+                       {"pixels": np.zeros((1, 1, 8, 8), np.float32)})
+    bad = tmp_path / "bad.dlspec"
+    bad.write_text(SMALL.replace("conv(32, k=3)", "conv(32, kk=3)"))
+    with pytest.raises(SpecError, match="conv has no argument 'kk'") as err:
+        dlspec.compile(bad)
+    assert err.value.span is not None and err.value.span.line == 6
+
+
+def test_importing_the_language_loads_no_onnx() -> None:
+    code = "import sys, dlspec.spec; print('onnx' in sys.modules, 'onnxruntime' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
