@@ -5,6 +5,7 @@ Each class's docstring shows the DSL form it handles.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -182,36 +183,41 @@ def batch_norm_train(x: Value, weight: Value, bias: Value, eps: float) -> BatchS
     return BatchStats(y.with_shape(x.shape), mean, var, n)
 
 
-@layer("relu")
-class Relu(Layer):
-    """`relu`"""
+class _Activation(Layer):
+    """A layer that is one elementwise op."""
+
+    fn: ClassVar[Callable[[Value], Value]]
 
     def build(self, ctx: LayerCtx, x: Value) -> Value:
-        return op.Relu(x)
+        return type(self).fn(x)
+
+
+@layer("relu")
+class Relu(_Activation):
+    """`relu`"""
+
+    fn = op.Relu
 
 
 @layer("sigmoid")
-class Sigmoid(Layer):
+class Sigmoid(_Activation):
     """`sigmoid`"""
 
-    def build(self, ctx: LayerCtx, x: Value) -> Value:
-        return op.Sigmoid(x)
+    fn = op.Sigmoid
 
 
 @layer("tanh")
-class Tanh(Layer):
+class Tanh(_Activation):
     """`tanh`"""
 
-    def build(self, ctx: LayerCtx, x: Value) -> Value:
-        return op.Tanh(x)
+    fn = op.Tanh
 
 
 @layer("gelu")
-class Gelu(Layer):
+class Gelu(_Activation):
     """`gelu` (exact, erf form)"""
 
-    def build(self, ctx: LayerCtx, x: Value) -> Value:
-        return op.Gelu(x)
+    fn = op.Gelu
 
 
 @layer("identity")
