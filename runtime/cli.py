@@ -49,8 +49,9 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
     out.print(table)
     ins = ", ".join(f"{t.name}: {t.dtype}{show(tuple(None if isinstance(d, str) else d for d in t.shape))}"
                     for t in c.model.inputs)
-    out.print(f"inputs {ins}; {params:,} trainable parameters; {_si(flops)} FLOPs per sample "
-              "(a multiply-add counts 2)")
+    frozen = f" ({params - c.trainable_size:,} of them frozen)" if c.frozen else ""
+    out.print(f"inputs {ins}; {params:,} parameters, {c.trainable_size:,} trainable{frozen}; "
+              f"{_si(flops)} FLOPs per sample (a multiply-add counts 2)")
     _notes(c.notes, out)
     out.print(f"[green]ok[/green]: {escape(str(args.spec))} is valid")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ from dlspec.compiler.graph.proto import model_proto, value_info
 from dlspec.compiler.lower.augment import augment
 from dlspec.compiler.lower.context import Compilation, LayerRecord, ParamInfo
 from dlspec.compiler.lower.features import Moments, lower_features
+from dlspec.compiler.lower.freeze import check_targets, lr_mult
+from dlspec.compiler.lower.freeze import frozen as is_frozen
 from dlspec.compiler.lower.init import InitPolicy
 from dlspec.compiler.lower.necks import NECKS, fpn
 from dlspec.compiler.lower.walk import Walker
@@ -35,6 +38,12 @@ class Compiled:
     output: Value
     spec_hash: str
     notes: list[str] = field(default_factory=list)  # e.g. a standardize compiled without statistics
+    frozen: list[str] = field(default_factory=list)  # weights the train block freezes (or lr_mult 0)
+
+    @property
+    def trainable_size(self) -> int:
+        """Trainable values: the weights' elements but the frozen ones'."""
+        return sum(math.prod(p.shape) for p in self.params if not p.state and p.name not in self.frozen)
 
 
 @dataclass
@@ -61,10 +70,15 @@ def compile_model(prog: Program, name: str | None = None, seed: int | None = Non
     them); without them standardize is the identity and `notes` says so."""
     f = build_forward(prog, name, seed, stats=stats)
     g = f.comp.g
+    weights = [p.name for p in f.comp.params if not p.state]
+    frozen: list[str] = []
+    if f.train is not None:  # the train block's targets are checked wherever the spec is
+        check_targets(f.train, weights)
+        frozen = [p for p in weights if is_frozen(f.train, p) or lr_mult(f.train, p) == 0]
     proto = model_proto(f.model.name, g.nodes, [value_info(t) for t in f.inputs], [value_info(f.output)],
                         g.initializers, f.spec_hash, _stats_props(stats, f.model))
     return Compiled(f.model, proto, f.comp.records, f.comp.params, f.output, f.spec_hash,
-                    unfitted_notes(f.unfitted))
+                    unfitted_notes(f.unfitted), frozen)
 
 
 def unfitted_notes(features: Sequence[str]) -> list[str]:

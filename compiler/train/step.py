@@ -18,11 +18,12 @@ from dlspec.compiler.graph import Graph, Value
 from dlspec.compiler.graph.infer import constants, value_types
 from dlspec.compiler.graph.proto import array_info, model_proto, params_as_inputs, value_info
 from dlspec.compiler.lower.compile import Compiled, Forward, Stats, build_forward, compile_model, loss_targets
+from dlspec.compiler.lower.freeze import frozen, lr_mult
 from dlspec.compiler.lower.losses import metrics, total_loss
 from dlspec.compiler.target import Target, lowering
 from dlspec.compiler.train.optim import Slot, state_names, step_graph
 from dlspec.spec import model as m
-from dlspec.spec.errors import CompileError, SpecError, did_you_mean
+from dlspec.spec.errors import CompileError, SpecError
 from dlspec.spec.loader import Program
 
 DEFAULT_OPTIMIZER = m.Adam.model_validate({"kind": "adam"})
@@ -59,7 +60,6 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
     train = prog.train(model.name) or m.Train()
     if model.loss is None:
         raise SpecError(f"model '{model.name}' has no loss: training needs `loss ...`", model.name_span)
-    _check_targets(train, [p.name for p in inference.params])
     f = build_forward(prog, name, seed, training=True, frozen=train.freeze, stats=moments, target=target)
     g = f.comp.g
     targets = loss_targets(g, model)
@@ -68,8 +68,8 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
         with g.at("metric"):
             mets = metrics(f.output, targets)
     weights = [p.name for p in f.comp.params if not p.state]
-    mults = {p: _lr_mult(train, p) for p in weights}
-    trainable = [p for p in weights if not _frozen(train, p) and mults[p] > 0]
+    mults = {p: lr_mult(train, p) for p in weights}
+    trainable = [p for p in weights if not frozen(train, p) and mults[p] > 0]
     stats = [p.name for p in f.comp.params if p.state]
     optimizer = train.optimizer or DEFAULT_OPTIMIZER
     values = {**g.initializers, **dict(_zeros_for(f, optimizer))}
@@ -152,34 +152,3 @@ def _out(name: str, values: dict[str, np.ndarray]) -> onnx.ValueInfoProto:
     if base in values:
         return array_info(name, values[base])
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [])
-
-
-def _matches(path: str, target: str) -> bool:
-    return path == target or path.startswith(target + ".")
-
-
-def _frozen(train: m.Train, param: str) -> bool:
-    return any(_matches(param, f) for f in train.freeze)
-
-
-def _lr_mult(train: m.Train, param: str) -> float:
-    """The most specific (longest) matching lr_mult rule wins."""
-    best: tuple[int, float] = (-1, 1.0)
-    for rule in train.lr_mult:
-        if _matches(param, rule.target) and len(rule.target) > best[0]:
-            best = (len(rule.target), rule.value)
-    return best[1]
-
-
-def _check_targets(train: m.Train, params: list[str]) -> None:
-    """A freeze or lr_mult target that matches no parameter is a typo: say so."""
-    prefixes = sorted({p.rsplit(".", i)[0] for p in params for i in range(1, p.count(".") + 1)})
-    for target in train.freeze:
-        if not any(_matches(p, target) for p in params):
-            raise SpecError(f"freeze target '{target}' matches no parameter{did_you_mean(target, prefixes)}",
-                            train.arg_spans.get("freeze"))
-    for rule in train.lr_mult:
-        if not any(_matches(p, rule.target) for p in params):
-            raise SpecError(f"lr_mult target '{rule.target}' matches no parameter"
-                            f"{did_you_mean(rule.target, prefixes)}",
-                            rule.span or train.arg_spans.get("lr_mult"))

@@ -115,7 +115,7 @@ def test_check_parameter_total_equals_the_onnx_initializers(
     shown = int(re.findall(r"│ +([\d,]+) │", total)[0].replace(",", ""))
     expected = trainable(onnx.load(str(built["digits"])))
     assert shown == expected
-    assert f"{expected:,} trainable parameters" in out
+    assert f"{expected:,} parameters, {expected:,} trainable;" in out
     # the running statistics of bn are in the file but are not trainable
     assert any(t.name.endswith("running_var") for t in onnx.load(str(built["digits"])).graph.initializer)
 
@@ -425,3 +425,23 @@ def test_paths_are_printed_literally(tmp_path: Path, capsys: Capture) -> None:
     assert code == 0 and f"{spec} is valid" in out
     code, out, _ = run(["compile", spec, "-o", folder / "m.onnx"], capsys)
     assert code == 0 and f"wrote {folder / 'm.onnx'}" in out
+
+
+def test_check_counts_what_the_train_block_freezes_and_catches_its_typos(tmp_path: Path,
+                                                                        capsys: Capture) -> None:
+    """`freeze backbone` and `lr_mult x: 0` leave those weights out of the trainable count, as
+    train does; a freeze or lr_mult target that names no parameter fails at check, not at train."""
+    path = tmp_path / "m.dlspec"
+    spec = ("model m {\n  input x: float32[N, 4]\n  target y: float32[N]\n"
+            "  backbone { a: linear(8) -> relu }\n  head { linear(1) }\n  loss mse\n}\n"
+            "train {\n  FREEZE\n}\n")
+    path.write_text(spec.replace("FREEZE", "freeze backbone"))
+    code, out, _ = run(["check", str(path)], capsys)
+    assert code == 0 and "49 parameters, 9 trainable (40 of them frozen)" in out  # 4*8+8 frozen
+    path.write_text(spec.replace("FREEZE", "lr_mult head: 0"))
+    code, out, _ = run(["check", str(path)], capsys)
+    assert code == 0 and "49 parameters, 40 trainable (9 of them frozen)" in out
+    for typo, column in (("freeze backbone.b", 3), ("lr_mult hed: 0.1", 11)):
+        path.write_text(spec.replace("FREEZE", typo))
+        code, _, err = run(["check", str(path)], capsys)
+        assert code == 2 and "matches no parameter" in err and f"m.dlspec:9:{column}:" in err, err
