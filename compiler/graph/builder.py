@@ -3,6 +3,7 @@ hint that new nodes are stamped with."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,25 @@ from dlspec.compiler.graph.value import Shape, Value
 from dlspec.compiler.target import Target
 
 SHARED_CONST = 16  # constants of at most this many elements are shared by every node that uses them
+
+
+@dataclass(frozen=True)
+class Initial:
+    """A parameter's initial value, made only when asked for: a graph's shapes, parameter counts
+    and FLOPs need none of them, and the memory they take is checked first (graph.memory)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    make: Callable[[], np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+    def value(self) -> np.ndarray:
+        out = self.make()
+        assert out.shape == self.shape and out.dtype == np.dtype(self.dtype), (out.shape, self.shape)
+        return out
 
 
 @dataclass
@@ -35,7 +55,7 @@ class Graph:
     def __init__(self, taken: Iterable[str] = (), target: Target | None = None) -> None:
         """`taken`: names already used by a graph these nodes will join."""
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: dict[str, np.ndarray] = {}
+        self.initializers: dict[str, Initial] = {}
         self.target = target or Target()
         self.custom_gradients: dict[str, CustomGradient] = {}  # by the value's name
         self.where = ""  # "file:line:col path" of what is being lowered, stamped on its nodes
@@ -107,11 +127,11 @@ class Graph:
         """A 1-D int64 constant: shapes, axes, pads, starts and ends."""
         return self.const(list(values), "int64")
 
-    def param(self, name: str, value: np.ndarray) -> Value:
+    def param(self, name: str, initial: Initial) -> Value:
         """An initializer of the forward graph: a parameter or a running statistic."""
         assert name not in self.initializers, f"parameter {name} defined twice"
-        self.initializers[name] = value
-        return Value(self, name, value.dtype.name, tuple(value.shape))
+        self.initializers[name] = initial
+        return Value(self, name, initial.dtype, initial.shape)
 
     def custom_gradient(self, y: Value, inputs: Sequence[Value],
                         rule: Callable[[Value], Sequence[Value | None]]) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx
 
 from dlspec.compiler.graph import Graph, Value, show
 from dlspec.compiler.graph import ops as op
+from dlspec.compiler.graph.memory import materialize
 from dlspec.compiler.graph.proto import model_proto, value_info
 from dlspec.compiler.lower.augment import augment
 from dlspec.compiler.lower.context import Compilation, LayerRecord, ParamInfo
@@ -27,18 +28,31 @@ from dlspec.spec.errors import CompileError, Span, SpecError, did_you_mean
 from dlspec.spec.loader import Program
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "bce_with_logits")
+INFERENCE_COPIES = 4  # the weights, the ModelProto's copy, its serialized bytes, a session's copy
 
 
 @dataclass
 class Compiled:
+    """A model's inference graph. `records`, `params` and `output` say what it holds; the ONNX
+    model itself, with the initial weights, is made when `onnx` is first read (after checking
+    that the weights fit), so `dlspec check` never allocates them."""
+
     model: m.Model
-    onnx: onnx.ModelProto
     records: list[LayerRecord]
     params: list[ParamInfo]
     output: Value
     spec_hash: str
     notes: list[str] = field(default_factory=list)  # e.g. a standardize compiled without statistics
     frozen: list[str] = field(default_factory=list)  # weights the train block freezes (or lr_mult 0)
+    build: Callable[[], onnx.ModelProto] | None = field(default=None, repr=False)
+    _onnx: onnx.ModelProto | None = field(default=None, repr=False)
+
+    @property
+    def onnx(self) -> onnx.ModelProto:
+        if self._onnx is None:
+            assert self.build is not None
+            self._onnx, self.build = self.build(), None
+        return self._onnx
 
     @property
     def trainable_size(self) -> int:
@@ -75,10 +89,14 @@ def compile_model(prog: Program, name: str | None = None, seed: int | None = Non
     if f.train is not None:  # the train block's targets are checked wherever the spec is
         check_targets(f.train, weights)
         frozen = [p for p in weights if is_frozen(f.train, p) or lr_mult(f.train, p) == 0]
-    proto = model_proto(f.model.name, g.nodes, [value_info(t) for t in f.inputs], [value_info(f.output)],
-                        g.initializers, f.spec_hash, _stats_props(stats, f.model))
-    return Compiled(f.model, proto, f.comp.records, f.comp.params, f.output, f.spec_hash,
-                    unfitted_notes(f.unfitted), frozen)
+
+    def build() -> onnx.ModelProto:
+        weights = materialize(g.initializers, INFERENCE_COPIES, f"model '{f.model.name}'", f.model.name_span)
+        return model_proto(f.model.name, g.nodes, [value_info(t) for t in f.inputs], [value_info(f.output)],
+                           weights, f.spec_hash, _stats_props(stats, f.model))
+
+    return Compiled(f.model, f.comp.records, f.comp.params, f.output, f.spec_hash, unfitted_notes(f.unfitted),
+                    frozen, build)
 
 
 def unfitted_notes(features: Sequence[str]) -> list[str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from dlspec.compiler.graph import Graph, Shape, Value
+from dlspec.compiler.graph.builder import Initial
 from dlspec.compiler.lower import init
 from dlspec.spec.errors import CompileError, Span
 from dlspec.spec.model import Initializer
@@ -73,23 +75,25 @@ class LayerCtx:
     def error(self, message: str) -> CompileError:
         return CompileError(f"{self.path}: {message}", self.span)  # the path names the layer
 
-    def _add(self, suffix: str, value: np.ndarray, state: bool) -> Value:
+    def _add(self, suffix: str, shape: Sequence[int], state: bool, make: Callable[[], np.ndarray]) -> Value:
         name = f"{self.path}.{suffix}"
-        self.comp.params.append(ParamInfo(name, tuple(value.shape), self.path, state))
+        dims = tuple(int(d) for d in shape)
+        self.comp.params.append(ParamInfo(name, dims, self.path, state))
         if not state:
-            self.n_params += int(value.size)
-        return self.g.param(name, value)
+            self.n_params += math.prod(dims)
+        return self.g.param(name, Initial(dims, "float32", make))
 
     def weight(self, suffix: str, shape: Sequence[int], fan_in: int, fan_out: int) -> Value:
         policy = self.comp.policy
         chosen = policy.choose(f"{self.path}.{suffix}", self.kind)  # also marks the rules it matched
         if self.init_override is not None:  # `conv(8, init=...)` beats every train-block rule
             chosen = self.init_override
-        value = init.make(chosen, shape, fan_in, fan_out, policy.rng(f"{self.path}.{suffix}"))
-        return self._add(suffix, value, state=False)
+        name = f"{self.path}.{suffix}"
+        return self._add(suffix, shape, False,
+                         lambda: init.make(chosen, shape, fan_in, fan_out, policy.rng(name)))
 
     def zeros(self, suffix: str, shape: Sequence[int], state: bool = False) -> Value:
-        return self._add(suffix, np.zeros(shape, np.float32), state)
+        return self._add(suffix, shape, state, lambda: np.zeros(shape, np.float32))
 
     def ones(self, suffix: str, shape: Sequence[int], state: bool = False) -> Value:
-        return self._add(suffix, np.ones(shape, np.float32), state)
+        return self._add(suffix, shape, state, lambda: np.ones(shape, np.float32))

@@ -44,7 +44,7 @@ def probe_features(prog: Program, name: str | None = None, stats: Stats | None =
         out = f"standardize.{feature}"
         g.node("Identity", [arg], outputs=[out], name=f"{out}/Identity")
         outputs.append(value_info(g.value(out, "float32", arg.shape)))
-    proto = model_proto(model.name, g.nodes, [value_info(t) for t in inputs], outputs, g.initializers, "")
+    proto = model_proto(model.name, g.nodes, [value_info(t) for t in inputs], outputs, {}, "")
     return Probe(proto, ready)
 
 

@@ -16,8 +16,17 @@ from onnx import TensorProto, helper
 from dlspec.compiler.grad import backward
 from dlspec.compiler.graph import Graph, Value
 from dlspec.compiler.graph.infer import constants, value_types
+from dlspec.compiler.graph.memory import materialize
 from dlspec.compiler.graph.proto import array_info, model_proto, params_as_inputs, value_info
-from dlspec.compiler.lower.compile import Compiled, Forward, Stats, build_forward, compile_model, loss_targets
+from dlspec.compiler.lower.compile import (
+    INFERENCE_COPIES,
+    Compiled,
+    Forward,
+    Stats,
+    build_forward,
+    compile_model,
+    loss_targets,
+)
 from dlspec.compiler.lower.freeze import frozen, lr_mult
 from dlspec.compiler.lower.losses import metrics, total_loss
 from dlspec.compiler.target import Target, lowering
@@ -72,7 +81,10 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
     trainable = [p for p in weights if not frozen(train, p) and mults[p] > 0]
     stats = [p.name for p in f.comp.params if p.state]
     optimizer = train.optimizer or DEFAULT_OPTIMIZER
-    values = {**g.initializers, **dict(_zeros_for(f, optimizer))}
+    # a step holds the weights, their gradients, optimizer state, and the next weights and state
+    copies = 2 * (1 + len(state_names(optimizer, ""))) + 1
+    values = materialize(g.initializers, copies, f"training '{model.name}'", model.name_span)
+    values.update({s: np.zeros_like(values[p]) for p in trainable for s in state_names(optimizer, p)})
     batch = [value_info(t) for t in f.inputs] + [value_info(t) for _, t in _unique_targets(g, model)]
     inputs = batch + SCALARS + [array_info(n, values[n]) for n in weights + stats]
     grads = _backward(f, loss, trainable, inputs)
@@ -131,7 +143,8 @@ def _evaluate_model(prog: Program, name: str | None, seed: int | None,
         loss = total_loss(f.output, loss_targets(g, model))
     inputs = [value_info(t) for t in f.inputs] + [value_info(t) for _, t in _unique_targets(g, model)]
     outputs = [value_info(f.output), array_info(loss.name, np.float32(0))]
-    proto = model_proto(model.name, g.nodes, inputs, outputs, g.initializers, f.spec_hash)
+    weights = materialize(g.initializers, INFERENCE_COPIES, f"model '{model.name}'", model.name_span)
+    proto = model_proto(model.name, g.nodes, inputs, outputs, weights, f.spec_hash)
     return params_as_inputs(proto)
 
 
@@ -140,10 +153,6 @@ def _unique_targets(g: Graph, model: m.Model) -> list[tuple[str, Value]]:
     for _, t in loss_targets(g, model):
         seen.setdefault(t.name, t)
     return list(seen.items())
-
-
-def _zeros_for(f: Forward, spec: m.Optimizer) -> list[tuple[str, np.ndarray]]:
-    return [(s, np.zeros_like(v)) for p, v in f.comp.g.initializers.items() for s in state_names(spec, p)]
 
 
 def _out(name: str, values: dict[str, np.ndarray]) -> onnx.ValueInfoProto:
