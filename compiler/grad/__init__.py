@@ -4,7 +4,19 @@ graph of any ONNX model.
 Importing the package fills the rule table: each rule module registers its ops on import.
 """
 
-from dlspec.compiler.grad import conv, einsum, elementwise, nn, norm, resize, shape  # noqa: F401
+from dlspec.compiler.grad import (  # noqa: F401
+    batch_norm,
+    conv,
+    einsum,
+    elementwise,
+    losses,
+    nn,
+    norm,
+    recurrent,
+    resize,
+    sample,
+    shape,
+)
 from dlspec.compiler.grad.table import NO_GRADIENT, RULES, Node
 from dlspec.compiler.grad.walk import backward
 

@@ -67,22 +67,6 @@ def _log_softmax(n: Node, g: Value) -> Grads:
     return [g - op.Exp(y) * op.ReduceSum(g, [n.i("axis")], keepdims=1)]
 
 
-@rule("BatchNormalization")
-def _batchnorm(n: Node, g: Value) -> Grads:
-    # inference form: y = scale (x - mean) / sqrt(var + eps) + b, the statistics constant
-    if n.i("training_mode"):
-        raise CompileError("BatchNormalization(training_mode=1) has no rule: training graphs write "
-                           "batch norm in primitive ops")
-    x, scale, _, mean, var = n.inputs[:5]
-    r = rank(x, "BatchNormalization")
-    axes = [0] + list(range(2, r))
-    per_c = [1, -1] + [1] * (r - 2)
-    inv = op.Reciprocal(op.Sqrt(var + n.f("epsilon")))
-    dx = g * op.Reshape(scale * inv, per_c)
-    xhat = (x - op.Reshape(mean, per_c)) * op.Reshape(inv, per_c)
-    return [dx, op.ReduceSum(g * xhat, axes, keepdims=0), op.ReduceSum(g, axes, keepdims=0), None, None]
-
-
 @rule("GlobalAveragePool")
 def _gap(n: Node, g: Value) -> Grads:
     x = n.inputs[0]

@@ -12,7 +12,6 @@ plain onnxruntime, which must agree with the reference.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,32 +29,12 @@ from dlspec.compiler.target import Lowering
 from dlspec.compiler.tune import conv as tuned_conv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import grad_rows_select  # noqa: E402
+import grad_rows_sequence  # noqa: E402
 from grad_reference import reference as _ref  # noqa: E402
+from grad_row import BIG, Row  # noqa: E402
+from grad_row import const as _c  # noqa: E402
 
-
-@dataclass
-class Row:
-    op: str
-    shapes: list[tuple[int, ...]]  # the differentiated inputs
-    attrs: dict[str, Any] = field(default_factory=dict)
-    consts: list[Any] = field(default_factory=list)  # constant inputs after the differentiated ones
-    low: float = -1.0
-    high: float = 1.0
-    tol: float = 1e-6
-    id: str = ""
-    exact: Any = None  # float64 forward in numpy where the reference evaluator computes in float32
-    inputs: list[str] | None = None  # the node's inputs when not x0.. then c0..: e.g. ["x0", "c0", "x1"]
-    outputs: int = 1
-    loss_on: list[int] | None = None  # the outputs the loss reads (default all): the others go unused
-    dtype: int = TP.DOUBLE  # FLOAT for ops that ONNX defines for float32 only
-    no_ort: str = ""  # why onnxruntime cannot run the row's forward op, if it cannot
-
-
-def _c(v: Any, dtype: Any = np.int64) -> np.ndarray:
-    return np.asarray(v, dtype=dtype)
-
-
-BIG = 2**62
 ROWS = [
     Row("Identity", [(3, 4)]),
     Row("Dropout", [(3, 4)]),
@@ -237,6 +216,8 @@ ROWS = [
         no_ort="onnxruntime's LRN takes 4-D input with an odd size only"),
     Row("Where", [(3, 4), (3, 4)], id="where"),
 ]
+# rows of further op families, a module each
+ROWS += grad_rows_select.ROWS + grad_rows_sequence.ROWS
 
 
 def _model(row: Row, x_names: list[str], const_names: list[str], rs: list[np.ndarray] | None,

@@ -1,0 +1,3 @@
+"""Gradient rules of sampling ops: GridSample."""
+
+from __future__ import annotations
