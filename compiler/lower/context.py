@@ -92,8 +92,30 @@ class LayerCtx:
         return self._add(suffix, shape, False,
                          lambda: init.make(chosen, shape, fan_in, fan_out, policy.rng(name)))
 
+    def imported(self, suffix: str, value: np.ndarray, state: bool) -> Value:
+        """A parameter whose initial value comes from a file: an init rule that names its path
+        (not a layer kind, not the default) still replaces it."""
+        name = f"{self.path}.{suffix}"
+        chosen = None if state else self.comp.policy.explicit(name)
+        if chosen is None:
+            return self._add(suffix, value.shape, state, lambda: value)
+        fan_in, fan_out = fans(value.shape)
+        rng = self.comp.policy.rng(name)
+        return self._add(suffix, value.shape, state,
+                         lambda: init.make(chosen, value.shape, fan_in, fan_out, rng))
+
     def zeros(self, suffix: str, shape: Sequence[int], state: bool = False) -> Value:
         return self._add(suffix, shape, state, lambda: np.zeros(shape, np.float32))
 
     def ones(self, suffix: str, shape: Sequence[int], state: bool = False) -> Value:
         return self._add(suffix, shape, state, lambda: np.ones(shape, np.float32))
+
+
+def fans(shape: Sequence[int]) -> tuple[int, int]:
+    """The fan-in and fan-out of a weight of unknown kind: [out, in, *kernel] as convolutions and
+    PyTorch's linear layers store them; a vector counts as [n, 1]."""
+    if len(shape) < 2:
+        n = int(shape[0]) if shape else 1
+        return n, n
+    field = math.prod(shape[2:])
+    return int(shape[1]) * field, int(shape[0]) * field

@@ -87,6 +87,22 @@ class InitPolicy:
         self.used.add(best[1])
         return self.rules[best[1]].init
 
+    def explicit(self, path: str) -> Initializer | None:
+        """The init of the most specific rule that names `path` or a prefix of it (not a layer
+        kind, not the default), marked used; None if none does."""
+        best: tuple[int, int] | None = None
+        for i, rule in enumerate(self.rules):
+            t = rule.target
+            if t is not None and (path == t or path.startswith(t + ".")):
+                score = 2 + t.count(".")
+                if best is None or (score, i) >= best:
+                    best = (score, i)
+        if best is None:
+            return None
+        self.asked.append((path, "onnx"))
+        self.used.add(best[1])
+        return self.rules[best[1]].init
+
     def rng(self, name: str) -> np.random.Generator:
         """Each parameter draws from its own stream: adding a layer leaves the others as they were."""
         return np.random.default_rng([self.seed, zlib.crc32(name.encode())])
