@@ -20,15 +20,16 @@ FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 
 def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None = None,
                    target: Target | None = None) -> onnx.ModelProto:
-    """Append the backward pass: outputs `loss` and `grad.<name>` for every name in `wrt`
-    (default: every float initializer). Those initializers become graph inputs, so the caller
-    feeds the current parameters (no constant folding of weights). A model of an older opset is
-    converted to OPSET first; the result has opset OPSET and IR version IR_VERSION. `target` picks
-    the lowerings, as for compile_training."""
+    """Append the backward pass: outputs `loss` and `grad.<name>` for every name in `wrt`. Those
+    initializers become graph inputs, so the caller feeds the current parameters (no constant
+    folding of weights). By default `wrt` is every float initializer the loss depends on, but
+    batch norm's running statistics; the model's metadata `not_differentiated` lists the others.
+    A model of an older opset is converted to OPSET first; the result has opset OPSET and IR
+    version IR_VERSION. `target` picks the lowerings, as for compile_training."""
     model = to_opset(model)
     src = model.graph
-    inits = {t.name: t for t in src.initializer}
-    wrt = list(wrt) if wrt is not None else [n for n, t in inits.items() if t.data_type in FLOATS]
+    chosen = wrt is None
+    wrt = list(wrt) if wrt is not None else _parameters(model)
     types = value_types(model)
     _check_request(model, loss, wrt, types)
     taken = {v for node in src.node for v in list(node.input) + list(node.output)}
@@ -40,9 +41,20 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
             seed = op.Reshape(seed, [1])
     grads = backward(g, list(src.node), loss, wrt, seed, types, constants(model))
     missing = [n for n in wrt if n not in grads]
-    if missing:
+    if missing and not chosen:
         raise CompileError(f"the loss does not depend on: {', '.join(missing)}")
-    return _with_gradients(model, g, loss, {n: grads[n] for n in wrt}, types)
+    out = _with_gradients(model, g, loss, {n: grads[n] for n in wrt if n in grads}, types)
+    if missing:
+        helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
+                                     "not_differentiated": ", ".join(missing)})
+    return out
+
+
+def _parameters(model: onnx.ModelProto) -> list[str]:
+    """The float initializers but batch norm's running statistics (its inputs 3 and 4)."""
+    stats = {n.input[i] for n in model.graph.node if n.op_type == "BatchNormalization"
+             for i in (3, 4) if i < len(n.input)}
+    return [t.name for t in model.graph.initializer if t.data_type in FLOATS and t.name not in stats]
 
 
 def _check_request(model: onnx.ModelProto, loss: str, wrt: Sequence[str], types: dict[str, Type]) -> None:

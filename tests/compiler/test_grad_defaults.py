@@ -1,0 +1,40 @@
+"""`dlspec grad` on real models: by default the gradients of every float initializer the loss
+depends on, never of batch norm's running statistics; an initializer the loss does not reach is
+recorded, not an error, unless it was asked for by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+from dlspec import CompileError
+from dlspec.compiler import gradient_model
+from dlspec.compiler.graph import IR_VERSION, OPSET
+
+
+def _model() -> object:
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.standard_normal((3, 2, 3, 3)), "scale": np.ones(3), "bias": np.zeros(3),
+             "mean": np.zeros(3), "var": np.ones(3), "unused": np.ones(4)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["b"]),
+             helper.make_node("ReduceSum", ["b"], ["loss"], keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 2, 4, 4])],
+                              [helper.make_tensor_value_info("loss", TP.FLOAT, [])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+
+def test_defaults_differentiate_the_parameters_and_record_the_rest() -> None:
+    grads = gradient_model(_model(), "loss")  # type: ignore[arg-type]
+    outputs = [o.name for o in grads.graph.output]
+    assert outputs == ["loss", "grad.w", "grad.scale", "grad.bias"]  # not the running statistics
+    props = {p.key: p.value for p in grads.metadata_props}
+    assert props["not_differentiated"] == "unused"
+
+
+def test_a_parameter_asked_for_by_name_that_the_loss_does_not_reach_is_an_error() -> None:
+    with pytest.raises(CompileError, match="the loss does not depend on: unused"):
+        gradient_model(_model(), "loss", ["w", "unused"])  # type: ignore[arg-type]
