@@ -175,6 +175,10 @@ class _Copy:
         learned scale), but not the constants PyTorch's exporter names onnx::*. Scalars
         elsewhere (a dropout ratio, a clip bound) stay constants; batch norm's running
         statistics are state."""
+        for n in nodes:  # exporters share equal initial values through Identity: each is its own
+            if n.op_type == "Identity" and n.input[0] in initializers and n.input[0] in self.consts:
+                self.consts[n.output[0]] = self.consts[n.input[0]]
+                initializers = initializers | {n.output[0]}
         weights = {n.input[i] for n in nodes for i in WEIGHT_INPUTS.get(n.op_type, ())
                    if i < len(n.input) and n.input[i]}
         stats = {n.input[i] for n in nodes if n.op_type == "BatchNormalization" for i in (3, 4)}
@@ -207,7 +211,7 @@ class _Copy:
             article = "an" if node.op_type == "If" else "a"
             raise self.ctx.error(f"node {node.name or node.output[0]} of the ONNX graph is {article} "
                                  f"{node.op_type}: control flow cannot be imported")
-        if node.op_type == "Constant" and node.output[0] in self.consts:
+        if node.op_type in ("Constant", "Identity") and node.output[0] in self.consts:
             self.value(node.output[0])  # a parameter already, or a constant of dlspec's graph
             return
         ins = [self.value(i) for i in node.input]
