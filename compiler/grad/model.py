@@ -87,8 +87,10 @@ def _with_gradients(model: onnx.ModelProto, g: Graph, loss: str, grads: dict[str
     kept = [t for t in graph.initializer if t.name not in grads]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    listed = {i.name for i in graph.input}  # before IR 4, initializers are listed as inputs too
     for t in moved:
-        graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        if t.name not in listed:
+            graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     graph.node.extend(g.nodes)
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(loss, _elem_type(types[loss].dtype),

@@ -38,3 +38,19 @@ def test_defaults_differentiate_the_parameters_and_record_the_rest() -> None:
 def test_a_parameter_asked_for_by_name_that_the_loss_does_not_reach_is_an_error() -> None:
     with pytest.raises(CompileError, match="the loss does not depend on: unused"):
         gradient_model(_model(), "loss", ["w", "unused"])  # type: ignore[arg-type]
+
+
+def test_initializers_listed_as_inputs_too_stay_listed_once() -> None:
+    """Before IR 4 every initializer is also a graph input: the gradients model keeps one input
+    each, and onnxruntime loads it."""
+    import onnxruntime as ort
+
+    model = _model()
+    model.ir_version = 3  # type: ignore[attr-defined]
+    graph = model.graph  # type: ignore[attr-defined]
+    graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                       for t in graph.initializer)
+    grads = gradient_model(model, "loss")  # type: ignore[arg-type]
+    names = [i.name for i in grads.graph.input]
+    assert len(names) == len(set(names))
+    ort.InferenceSession(grads.SerializeToString(), providers=["CPUExecutionProvider"])
