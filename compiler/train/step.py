@@ -50,6 +50,7 @@ class TrainingGraphs:
     frozen: list[str]
     metrics: list[str]
     evaluate: onnx.ModelProto  # inference graph + loss, parameters as inputs: eval mode, any weights
+    apply: onnx.ModelProto  # the optimizer step alone: parameters, state, gradients -> next values
 
 
 @lowering
@@ -89,9 +90,9 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
     inputs = batch + SCALARS + [array_info(n, values[n]) for n in weights + stats]
     grads = _backward(f, loss, trainable, inputs)
 
-    # gradients.onnx: batch + params + BN state -> loss, grad.<p>, next BN state
+    # gradients.onnx: batch + params + BN state -> loss, metrics, grad.<p>, next BN state
     bn_next = f.comp.state_updates
-    outputs = {"loss": loss, **{f"grad.{p}": grads[p] for p in trainable},
+    outputs = {"loss": loss, **mets, **{f"grad.{p}": grads[p] for p in trainable},
                **{f"{s}.next": v for s, v in bn_next.items()}}
     gradients = _model(f, [i for i in inputs if i.name != "lr"], outputs, values)
 
@@ -102,9 +103,26 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
     outputs = {"loss": loss, **mets, **{f"{k}.next": v for k, v in {**nexts, **bn_next}.items()}}
     train_step = _model(f, inputs + [array_info(s, values[s]) for s in opt_state], outputs, values)
     init = {n: values[n] for n in weights + stats + opt_state}
+    apply = _apply_model(model.name, f.spec_hash, optimizer, train.clip, slots, values, target)
     return TrainingGraphs(inference, finish(target, train_step), finish(target, gradients), init, trainable,
                           [p for p in weights if p not in trainable], list(mets),
-                          _evaluate_model(prog, name, seed, moments))
+                          _evaluate_model(prog, name, seed, moments), apply)
+
+
+def _apply_model(name: str, spec_hash: str, optimizer: m.Optimizer, clip: m.Clip | None,
+                 slots: list[Slot], values: dict[str, np.ndarray], target: Target) -> onnx.ModelProto:
+    """The optimizer step alone: lr, step, the trainable parameters, their optimizer state and
+    gradients (`grad.<p>`, averaged across processes, say) -> their next values, with clipping."""
+    g = Graph(target=target)
+    slots = [Slot(s.name, g.value(f"grad.{s.name}", "float32", s.shape), s.shape, s.lr_mult) for s in slots]
+    nexts = step_graph(g, optimizer, clip, slots, g.value("lr", "float32", ()), g.value("step", "int64", ()))
+    states = [n for s in slots for n in state_names(optimizer, s.name)]
+    inputs = SCALARS + [array_info(n, values[n]) for n in [s.name for s in slots] + states]
+    inputs += [array_info(f"grad.{s.name}", values[s.name]) for s in slots]
+    nodes = list(g.nodes) + [helper.make_node("Identity", [v.name], [f"{k}.next"], name=f"{k}.next/Identity")
+                             for k, v in nexts.items()]
+    outputs = [array_info(f"{k}.next", values[k]) for k in nexts]
+    return model_proto(name, nodes, inputs, outputs, {}, spec_hash)
 
 
 def _backward(f: Forward, loss: Value, trainable: list[str],

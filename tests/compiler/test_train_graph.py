@@ -183,7 +183,7 @@ def test_train_step_and_gradients_inputs_and_outputs(name: str) -> None:
     assert set(output_names(tg.train_step)[2:]) == {f"{n}.next" for n in tg.trainable + state + live_stats}
     assert all(s.rsplit(".", 1)[0] in tg.trainable for s in state)
     assert input_names(tg.gradients) == [*batch, "step", *[n for n in param_inputs(tg) if n not in state]]
-    assert output_names(tg.gradients) == ["loss", *(f"grad.{p}" for p in tg.trainable),
+    assert output_names(tg.gradients) == ["loss", *metric, *(f"grad.{p}" for p in tg.trainable),
                                           *(f"{s}.next" for s in live_stats)]
     # every input that comes back as `.next` keeps its element type and shape
     ins, outs = _types(list(tg.train_step.graph.input)), _types(list(tg.train_step.graph.output))
