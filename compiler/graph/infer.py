@@ -3,11 +3,12 @@ ONNX shape inference), and the values of its constants."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from dlspec.compiler.graph.value import DTYPE_OF, Shape
 from dlspec.spec.errors import CompileError
@@ -19,6 +20,8 @@ class Type:
     shape: Shape | None
 
 
+FLOAT_CODES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+
 # Ops that onnx's shape inference leaves untyped (opset 18's GroupNormalization has no inference
 # function); their output has the type and shape of their first input.
 SHAPE_OF_INPUT = frozenset({"GroupNormalization"})
@@ -28,7 +31,8 @@ def value_types(model: onnx.ModelProto, data_prop: bool = False) -> dict[str, Ty
     """The type of every value that shape inference reaches (symbolic dims by name). `data_prop`
     also follows shapes computed in the graph (Reshape to Shape(x)), at several times the cost."""
     try:
-        inferred = shape_inference.infer_shapes(_typed(model), strict_mode=True, data_prop=data_prop)
+        inferred = shape_inference.infer_shapes(_typed(skeleton(model)[0]), strict_mode=True,
+                                                data_prop=data_prop)
     except shape_inference.InferenceError as err:
         raise CompileError(f"ONNX shape inference fails on the model: {str(err).strip()[:400]}") from None
     out: dict[str, Type] = {}
@@ -71,3 +75,42 @@ def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     return out
+
+
+SKELETON_KEEPS = 1024  # initializers of at most this many values stay: shapes, axes, scales
+
+
+def skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
+    """`model` with its large float initializers turned into graph inputs of the same type, and
+    those initializers by name: what shape inference and opset conversion need, without copying
+    (serialising) every weight on the way."""
+    moved = {t.name: t for t in model.graph.initializer
+             if t.data_type in FLOAT_CODES and math.prod(t.dims) > SKELETON_KEEPS}
+    if not moved:
+        return model, {}
+    out = onnx.ModelProto()
+    out.ir_version, out.producer_name = model.ir_version, model.producer_name
+    out.opset_import.extend(model.opset_import)
+    g = out.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.output.extend(model.graph.output)
+    g.value_info.extend(model.graph.value_info)
+    g.initializer.extend(t for t in model.graph.initializer if t.name not in moved)
+    listed = {i.name for i in model.graph.input}
+    g.input.extend(model.graph.input)
+    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                   for name, t in moved.items() if name not in listed)
+    out.ir_version = max(out.ir_version, 4)  # initializers need not be inputs too
+    return out, moved
+
+
+def with_weights_back(model: onnx.ModelProto, moved: dict[str, onnx.TensorProto],
+                      listed: set[str]) -> onnx.ModelProto:
+    """A skeleton's initializers put back (after a conversion): the inputs that stood for them go,
+    but those that the original model listed (`listed`) as inputs too."""
+    inputs = [i for i in model.graph.input if i.name not in moved or i.name in listed]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    model.graph.initializer.extend(moved.values())
+    return model

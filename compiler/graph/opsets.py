@@ -6,7 +6,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper, version_converter
 
-from dlspec.compiler.graph.infer import constants
+from dlspec.compiler.graph.infer import constants, skeleton, with_weights_back
 from dlspec.compiler.graph.opset import OPSET
 from dlspec.spec.errors import CompileError
 
@@ -35,14 +35,17 @@ def to_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type, version, ""):
             raise CompileError(f"node {node.name or node.output[0]} uses {node.op_type}, which is not an "
                                f"ONNX op at the model's opset {version}")
+    light, moved = skeleton(model)  # the converter serialises the model: leave the weights out
     try:
-        return version_converter.convert_version(model, OPSET)
+        converted = version_converter.convert_version(light, OPSET)
     except Exception as err:  # the converter raises bare RuntimeErrors (or worse) from C++
         culprit = _unconvertible(model, version)
         where = (f" at node {culprit.name or culprit.output[0]} ({culprit.op_type})" if culprit is not None
                  else "")
         raise CompileError(f"cannot convert the model from ONNX opset {version} to {OPSET}{where}: "
                            f"{str(err).strip().splitlines()[-1][:200]}") from None
+    converted.ir_version = model.ir_version if model.ir_version >= 4 else converted.ir_version
+    return with_weights_back(converted, moved, {i.name for i in model.graph.input})
 
 
 def _unconvertible(model: onnx.ModelProto, version: int) -> onnx.NodeProto | None:
