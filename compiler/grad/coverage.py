@@ -1,0 +1,33 @@
+"""Which nodes of a graph training would need a gradient rule for, and has none: found when a
+spec is checked, not in the middle of training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import onnx
+
+from dlspec.compiler.grad.table import NO_GRADIENT, RULES
+
+
+def without_rules(nodes: Sequence[onnx.NodeProto], params: Iterable[str],
+                  output: str) -> list[onnx.NodeProto]:
+    """The nodes on a path from some parameter to `output` whose op has no gradient rule."""
+    reach = set(params)
+    for node in nodes:
+        if node.op_type not in NO_GRADIENT and any(i in reach for i in node.input):
+            reach.update(node.output)
+    needed, missing = {output}, []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output) and any(i in reach for i in node.input):
+            needed.update(i for i in node.input if i in reach)
+            if node.domain not in ("", "ai.onnx") or node.op_type not in RULES:
+                missing.append(node)
+    return missing[::-1]
+
+
+def describe(node: onnx.NodeProto) -> str:
+    """`Op (node name, from spec path)` for a message."""
+    op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+    where = node.doc_string.partition(" ")[2] if node.doc_string else ""
+    return f"{op} (node {node.name}{', from ' + where if where else ''})"
