@@ -56,14 +56,14 @@ def compile_training(spec: Spec, model: str | None = None, *, seed: int | None =
 
 
 def fit(spec: Spec, model: str | None = None, *, epochs: int | None = None, batch: int | None = None,
-        seed: int | None = None, out: str | Path | None = None, resume: bool = False, device: str = "cpu",
-        threads: int | None = None, console: Console | None = None) -> FitResult:
+        seed: int | None = None, out: str | Path | None = None, resume: bool = False, force: bool = False,
+        device: str = "cpu", threads: int | None = None, console: Console | None = None) -> FitResult:
     """Train on the train block's data, as `dlspec train`: the run folder (default runs/MODEL)
-    gets metrics.jsonl, last.npz, best.npz and model.onnx. Progress goes to `console` (default:
-    none shown)."""
+    gets metrics.jsonl, last.npz, best.npz and model.onnx. `resume` refuses a spec that changed
+    since the run began, unless `force`. Progress goes to `console` (default: none shown)."""
     prog = _program(spec)
     opts = FitOptions(epochs=epochs, batch=batch, seed=seed, device=device,
-                      out=Path(out) if out is not None else None, resume=resume, threads=threads)
+                      out=Path(out) if out is not None else None, resume=resume, threads=threads, force=force)
     return _fit(prog, Path(prog.root), model, opts, console or Console(quiet=True))
 
 
@@ -94,14 +94,23 @@ def evaluate(model: str | Path, spec: Spec, data: str | Path | None = None, *,
     decl = prog.model(model_name)
     if not decl.targets:
         raise RunError(f"model {decl.name} declares no target to evaluate against")
-    if data is not None:
-        split = load_all(str(data), decl)
-    else:
-        split = load_dataset(prog.train(decl.name) or m.Train(), decl, Path(prog.root).parent).test
     sess = session(model)
-    pred = sess.run(None, {t.name: split[t.name] for t in decl.inputs})[0]
-    classifier = sess.get_outputs()[0].name == "logits"
+    if not sess.get_outputs():
+        raise RunError(f"{model} has no outputs")
+    out = sess.get_outputs()[0]
+    classes = out.shape[1] if len(out.shape) == 2 and isinstance(out.shape[1], int) else None
+    if data is not None:
+        split = load_all(str(data), decl, classes)
+    else:
+        split = load_dataset(prog.train(decl.name) or m.Train(), decl, Path(prog.root).parent, classes).test
+    where = data if data is not None else "the test split"
+    feeds = check_inputs(sess, {t.name: split[t.name] for t in decl.inputs}, where)
+    pred = run_model(sess, feeds, model, where)[out.name]
     truth = split[decl.targets[0].name]
+    classifier = out.name == "logits"
+    if len(pred) != len(truth) or (not classifier and pred.size != truth.size):
+        raise RunError(f"{model}: output '{out.name}' has shape {list(pred.shape)} for target "
+                       f"'{decl.targets[0].name}' of shape {list(truth.shape)}: is it a model of this spec?")
     return {**prediction_metrics(pred, truth, classifier), "samples": float(len(truth))}
 
 

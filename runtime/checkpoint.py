@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import io
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dlspec.files import atomic_write
+from dlspec.files import Npz, atomic_write
 from dlspec.spec.errors import RunError
 
 META = ("__step__", "__epoch__", "__best__")
@@ -25,9 +24,12 @@ def save(path: Path, state: dict[str, np.ndarray], step: int, epoch: int, best: 
 
 def load(path: Path) -> tuple[dict[str, np.ndarray], int, int, float]:
     """State, the last finished step and epoch, and the best validation loss so far."""
-    try:
-        with np.load(path) as data:
-            state = {k: data[k] for k in data.files if k not in META}
-            return state, int(data["__step__"]), int(data["__epoch__"]), float(data["__best__"])
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise RunError(f"cannot read checkpoint {path}: {err}") from None
+    with Npz(path, "checkpoint") as data:
+        missing = [k for k in META if k not in data]
+        if missing:
+            raise RunError(f"cannot read checkpoint {path}: it has no {missing[0]} (not a dlspec checkpoint)")
+        state = {k: data[k] for k in data.files if k not in META}
+        step, epoch, best = (data[k] for k in META)
+        if any(v.shape != () or v.dtype.kind not in "iuf" for v in (step, epoch, best)):
+            raise RunError(f"cannot read checkpoint {path}: its step, epoch or best score is not a number")
+        return state, int(step), int(epoch), float(best)

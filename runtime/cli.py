@@ -1,9 +1,16 @@
-"""The dlspec command line: check, compile, predict (and what later releases add)."""
+"""The dlspec command line: check, compile, train, predict, eval, export, grad, gradcheck, plot.
+
+Exit codes: 0 done; 1 a check failed (gradcheck); 2 bad input (a SpecError, CompileError or
+RunError: one message, no traceback), as argparse's usage errors; 3 an internal error, a bug in
+dlspec (one line; --debug shows the traceback); 130 interrupted; 141 output to a closed pipe.
+"""
 
 from __future__ import annotations
 
 import argparse
 import io
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,14 +24,18 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from dlspec import api, eval_cli, export_cli, grad_cli, plot
-from dlspec.artifacts import check_destination, write_training
+from dlspec.artifacts import write_training
 from dlspec.compiler import Compiled, Target
 from dlspec.compiler.graph import show
-from dlspec.files import atomic_write
+from dlspec.files import OutputFolder, atomic_write
 from dlspec.inference import predict
-from dlspec.spec.errors import DlspecError
+from dlspec.session import MAX_THREADS
+from dlspec.spec.errors import DlspecError, RunError
 from dlspec.spec.loader import load
 from dlspec.spec.version import __version__
+
+CHECK_FAILED, INTERNAL_ERROR, INTERRUPTED = 1, 3, 130  # bad input: DlspecError.exit_code, 2
+BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
 
 def _compile(args: argparse.Namespace) -> Compiled:
@@ -79,11 +90,11 @@ def cmd_compile(args: argparse.Namespace, out: Console) -> int:
 def _compile_training(args: argparse.Namespace, out: Console) -> int:
     prog = load(args.spec)
     dest = Path(args.output or f"{prog.model(args.model).name}.train")
-    check_destination(dest)
-    tg = api.compile_training(prog, args.model, seed=args.seed, target=Target(threads=args.threads))
-    for proto in (tg.inference.onnx, tg.train_step, tg.gradients):
-        onnx.checker.check_model(proto, full_check=True)
-    write_training(tg, dest)
+    with OutputFolder(dest, "the training graphs") as folder:  # gone again if compiling fails
+        tg = api.compile_training(prog, args.model, seed=args.seed, target=Target(threads=args.threads))
+        for proto in (tg.inference.onnx, tg.train_step, tg.gradients):
+            onnx.checker.check_model(proto, full_check=True)
+        write_training(tg, folder)
     out.print(f"wrote {dest}/: model.onnx, train_step.onnx ({len(tg.train_step.graph.node)} nodes), "
               f"gradients.onnx, init.npz; {len(tg.trainable)} trainable and {len(tg.frozen)} frozen "
               f"parameter tensors; metrics: {', '.join(tg.metrics)}", markup=False)
@@ -110,7 +121,7 @@ def cmd_gradcheck(args: argparse.Namespace, out: Console) -> int:
         out.print(f"{len(failed)} of {len(report)} tensors exceed the tolerance {args.tol:g}: "
                   f"worst {max(r.worst for r in failed):.2e} at {max(failed, key=lambda r: r.worst).name}",
                   markup=False)
-        return 1
+        return CHECK_FAILED
     out.print(f"ok: all {len(report)} tensors within {args.tol:g} "
               f"(worst {max((r.worst for r in report), default=0.0):.2e})", markup=False)
     return 0
@@ -134,8 +145,11 @@ def cmd_predict(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_train(args: argparse.Namespace, out: Console) -> int:
+    if args.force and not args.resume:
+        raise RunError("--force goes with --resume: it continues a run whose spec changed")
     result = api.fit(args.spec, args.model, epochs=args.epochs, batch=args.batch, seed=args.seed,
-                     out=args.out, resume=args.resume, device=args.device, threads=args.threads, console=out)
+                     out=args.out, resume=args.resume, force=args.force, device=args.device,
+                     threads=args.threads, console=out)
     table = Table(title=f"trained {result.run_dir}", title_justify="left")
     table.add_column("epochs", justify="right")
     table.add_column("steps", justify="right")
@@ -172,6 +186,23 @@ def _positive(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} threads, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got '{text}'") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlspec", description="Compile .dlspec model specs to ONNX.")
     p.add_argument("--version", action="version", version=f"dlspec {__version__}")
@@ -191,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--train", action="store_true",
                    help="write the training graphs into the folder -o names (default MODEL.train): "
                         "model.onnx, train_step.onnx, gradients.onnx, init.npz")
-    c.add_argument("--threads", type=_positive,
+    c.add_argument("--threads", type=_threads,
                    help="with --train: tune train_step.onnx for onnxruntime's CPU provider at this many "
                         "intra-op threads (default: a few); the function it computes is the same")
     pr = sub.add_parser("predict", help="run an ONNX model on inputs from an .npz file")
@@ -207,13 +238,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=_positive, help="batch size (default: the train block's)")
     t.add_argument("--out", help="run folder (default runs/MODEL)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    t.add_argument("--force", action="store_true",
+                   help="with --resume: continue even though the spec changed since the run began")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    t.add_argument("--threads", type=_positive, help="onnxruntime intra-op threads (default: all cores)")
+    t.add_argument("--threads", type=_threads, help="onnxruntime intra-op threads (default: all cores)")
     gc = spec_cmd("gradcheck", "compare compiled gradients with finite differences (slow; debugging)")
-    gc.add_argument("--eps", type=float, default=1e-4, help="finite-difference step (default 1e-4)")
-    gc.add_argument("--tol", type=float, default=1e-4, help="largest relative error (default 1e-4)")
-    gc.add_argument("--batch", type=int, default=4, help="synthetic batch size (default 4)")
-    gc.add_argument("--directions", type=int, default=2,
+    gc.add_argument("--eps", type=_positive_float, default=1e-4, help="finite-difference step (default 1e-4)")
+    gc.add_argument("--tol", type=_positive_float, default=1e-4, help="largest relative error (default 1e-4)")
+    gc.add_argument("--batch", type=_positive, default=4, help="synthetic batch size (default 4)")
+    gc.add_argument("--directions", type=_positive, default=2,
                     help="random directions per large tensor (default 2)")
     return p
 
@@ -235,7 +268,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except BrokenPipeError:  # `dlspec check x | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return BROKEN_PIPE
+    except Exception as err:  # a bug in dlspec: the input deserved a DlspecError
+        if args.debug:
+            raise
+        print(f"internal error in dlspec {__version__}: {type(err).__name__}: {_first_line(err)}; "
+              "this is a bug: please report it with the command and the spec (--debug shows the "
+              "traceback)", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Every problem with a file is a RunError naming the file and the field, raised be
 from __future__ import annotations
 
 import csv
+import io
 import math
 import typing
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dlspec.files import Npz
+from dlspec.labels import Labels, check_all_labels, check_labels, label_rules
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError, did_you_mean
 
@@ -43,21 +46,24 @@ def size(split: Split) -> int:
 
 
 # ---- the entry point ----
-def load_dataset(train: m.Train, model: m.Model, spec_dir: Path) -> Dataset:
-    """The arrays of `train.data` for `model`, split by `train.seed`; file paths are relative to spec_dir."""
+def load_dataset(train: m.Train, model: m.Model, spec_dir: Path, classes: int | None = None) -> Dataset:
+    """The arrays of `train.data` for `model`, split by `train.seed`; file paths are relative to spec_dir.
+    `classes`: the width of the model's output, which cross_entropy's labels must stay below."""
     data = train.data
     if data is None:
         raise RunError(f"the train block for model {model.name} has no `data` setting")
     if data.test + data.val >= 1:
         raise RunError(f"test={data.test} and val={data.val} leave no samples for training")
+    rules = label_rules(model, classes)
     if isinstance(data, m.Bundled):
         arrays = _bundled(data.kind, model)
         if data.classes is not None:
             arrays = _only_classes(arrays, model, data.classes, data.kind)
+        check_all_labels(arrays, rules, f"bundled data set {data.kind}")
     elif isinstance(data, m.NpzData):
-        arrays = _npz(_resolve(spec_dir, data.path), data.fields, model)
+        arrays = _npz(_resolve(spec_dir, data.path), data.fields, model, rules)
     else:
-        arrays = _csv(_resolve(spec_dir, data.path), data.target, model)
+        arrays = _csv(_resolve(spec_dir, data.path), data.target, model, rules)
     labels = _class_labels(arrays, model)
     parts, stratified = split_indices(size(arrays), data.test, data.val, train.seed, labels)
     train_idx, val_idx, test_idx = parts
@@ -68,24 +74,27 @@ def load_dataset(train: m.Train, model: m.Model, spec_dir: Path) -> Dataset:
                    stratified=stratified)
 
 
-def load_all(source: str, model: m.Model) -> Split:
+def load_all(source: str, model: m.Model, classes: int | None = None) -> Split:
     """Every sample of a data source named on the command line: an .npz file (arrays named like
     the model's inputs and target), a .csv file (columns by name, the target column named like
     the model's target) or a bundled set (digits, iris, wine, breast_cancer, diabetes)."""
     path = Path(source)
+    rules = label_rules(model, classes)
     if path.suffix == ".npz":
         if not path.is_file():
             raise RunError(f"no data file {source}")
-        return _npz(path, {}, model)
+        return _npz(path, {}, model, rules)
     if path.suffix == ".csv":
         if not path.is_file():
             raise RunError(f"no data file {source}")
         if len(model.targets) != 1:
             raise RunError(f"{source}: a csv holds one target column; model {model.name} declares "
                            f"{len(model.targets)} targets")
-        return _csv(path, model.targets[0].name, model)
+        return _csv(path, model.targets[0].name, model, rules)
     if source in BUNDLED:
-        return _bundled(source, model)
+        arrays = _bundled(source, model)
+        check_all_labels(arrays, rules, f"bundled data set {source}")
+        return arrays
     raise RunError(f"data '{source}' is neither an .npz or .csv file nor a bundled set"
                    f"{did_you_mean(source, list(BUNDLED))} ({', '.join(BUNDLED)})")
 
@@ -236,55 +245,46 @@ def _bundled_inputs(x: np.ndarray, names: list[str], model: m.Model, source: str
 
 
 # ---- npz files ----
-def _npz(path: Path, fields: dict[str, str], model: m.Model) -> Split:
+def _npz(path: Path, fields: dict[str, str], model: m.Model, rules: dict[str, Labels]) -> Split:
     """Each model input and target from the array named in `fields`, by default the one of the same name."""
     known = [d.name for d in _decls(model)]
     for name in fields:
         if name not in known:
             raise RunError(f"{path}: npz field '{name}' is not an input or target of model {model.name}"
                            f"{did_you_mean(name, known)} (it has: {', '.join(known)})")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise RunError(f"{path}: cannot read it as an .npz file: {err}") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise RunError(f"{path}: holds a single array, not an .npz of named arrays "
-                       "(write one with numpy.savez(path, name=array, ...))")
     found: dict[str, tuple[str, np.ndarray]] = {}
-    with data:
+    with Npz(path, "data file") as data:
         for decl in _decls(model):
             key = fields.get(decl.name, decl.name)
             where = f"{path}: {decl.role} '{decl.name}'" + (f" (array '{key}')" if key != decl.name else "")
             if key not in data.files:
                 raise RunError(f"{where}: the file has no array '{key}'{did_you_mean(key, data.files)} "
                                f"(it has: {', '.join(data.files) or 'nothing'})")
-            try:
-                arr = data[key]
-            except ValueError:
-                raise RunError(f"{where}: values are not numeric (the array holds Python objects)") from None
-            found[decl.name] = (where, _conform(arr, decl, where))
+            found[decl.name] = (where, _conform(data[key], decl, where))
+            if decl.name in rules:
+                check_labels(found[decl.name][1], rules[decl.name], where)
     _same_count({k: (f"'{k}'", a) for k, (_, a) in found.items()}, str(path))
     return {k: a for k, (_, a) in found.items()}
 
 
 # ---- csv files ----
-def _csv(path: Path, target: str, model: m.Model) -> Split:
+def _csv(path: Path, target: str, model: m.Model, rules: dict[str, Labels]) -> Split:
     """Inputs by column name, the model's target from column `target`; the first row is the header."""
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
+    rows, row_lines = _csv_rows(path)
     if not rows:
         raise RunError(f"{path}: empty file (a header row of column names is expected)")
     header = [h.strip() for h in rows[0]]
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise RunError(f"{path}: the header names column '{dupes[0]}' more than once")
-    body = [r for r in rows[1:] if any(c.strip() for c in r)]
-    for line, r in enumerate(rows[1:], start=2):
-        if any(c.strip() for c in r) and len(r) != len(header):
+    numbered = [(line, r) for line, r in zip(row_lines[1:], rows[1:]) if any(c.strip() for c in r)]
+    for line, r in numbered:
+        if len(r) != len(header):
             raise RunError(f"{path}: line {line} has {len(r)} fields; the header has {len(header)}")
-    if not body:
+    if not numbered:
         raise RunError(f"{path}: no samples (only a header)")
-    lines = [i for i, r in enumerate(rows[1:], start=2) if any(c.strip() for c in r)]
+    lines = [line for line, _ in numbered]
+    body = [r for _, r in numbered]
     columns = {d.name: d.name for d in model.inputs}
     if len(model.targets) == 1:
         columns[model.targets[0].name] = target
@@ -316,8 +316,37 @@ def _csv(path: Path, target: str, model: m.Model) -> Split:
                 raise RunError(f"{where}: value {cell!r} at line {line} is not numeric") from None
             if math.isnan(values[i]):
                 raise RunError(f"{where}: NaN at line {line}")
+            if math.isinf(values[i]):
+                raise RunError(f"{where}: infinite value {cell!r} at line {line}")
         out[decl.name] = _conform(values, decl, where)
+        if decl.name in rules:
+            check_labels(out[decl.name], rules[decl.name], where, lambda i: f"line {lines[i]}")
     return out
+
+
+def _csv_rows(path: Path) -> tuple[list[list[str]], list[int]]:
+    """The rows of a UTF-8 csv file and the line each ends on; a file that is not UTF-8 text or not
+    csv is a RunError naming the line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise RunError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as spreadsheets write, is not a column
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        col = err.start - raw.rfind(b"\n", 0, err.start)
+        raise RunError(f"{path}: line {line} is not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                       f"{col}); save the file as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, lines = [], []
+    try:
+        for row in reader:
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as err:
+        raise RunError(f"{path}: line {reader.line_num} is not valid csv: {err}") from None
+    return rows, lines
 
 
 # ---- splits ----

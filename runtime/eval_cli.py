@@ -11,8 +11,8 @@ from typing import Any
 from rich.console import Console
 
 from dlspec.api import evaluate
+from dlspec.resume import COPY, SOURCE
 from dlspec.spec.errors import RunError
-from dlspec.training import SOURCE
 
 
 def add_parser(sub: Any) -> None:
@@ -31,12 +31,14 @@ def run_spec(run: Path) -> Path:
     try:
         source = Path(json.loads((run / SOURCE).read_text())["spec"])
     except (OSError, ValueError, KeyError, TypeError):
-        return run / "spec.dlspec"
-    return source if source.is_file() else run / "spec.dlspec"
+        return run / COPY
+    return source if source.is_file() else run / COPY
 
 
 def run(args: argparse.Namespace, out: Console) -> int:
     src = Path(args.run)
+    if not src.exists():
+        raise RunError(f"no run folder or model file {src}")
     model_file = src / "model.onnx" if src.is_dir() else src
     spec_file = Path(args.spec) if args.spec else (run_spec(src) if src.is_dir() else None)
     if spec_file is None:

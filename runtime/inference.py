@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
+from dlspec.files import Npz, load_model
 from dlspec.spec.errors import RunError
 
 _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
@@ -23,33 +23,18 @@ def _first_line(err: BaseException) -> str:
 
 
 def session(model_path: str | Path, device: str = "cpu") -> ort.InferenceSession:
-    if not Path(model_path).is_file():
-        raise RunError(f"no model file {model_path}")
-    try:
-        onnx.checker.check_model(str(model_path))
-    except (onnx.checker.ValidationError, ValueError, OSError) as err:
-        raise RunError(f"{model_path} is not a valid ONNX model: {_first_line(err)}") from None
+    model = load_model(model_path)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own (pybind) exception types
         raise RunError(f"{model_path}: onnxruntime cannot load the model: {_first_line(err)}") from None
 
 
 def load_inputs(sess: ort.InferenceSession, npz_path: str | Path) -> dict[str, np.ndarray]:
     """The model's inputs from an .npz, checked by name, dtype and shape."""
-    try:
-        data = np.load(npz_path, allow_pickle=False)
-    except OSError as err:
-        raise RunError(f"cannot read inputs {npz_path}: {err.strerror or err}") from None
-    except ValueError:
-        raise RunError(f"cannot read inputs {npz_path}: not an .npz file (write one with "
-                       "numpy.savez(path, name=array, ...))") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise RunError(f"cannot read inputs {npz_path}: it holds a single .npy array, not an .npz of "
-                       "named arrays (write one with numpy.savez(path, name=array, ...))")
-    with data:
+    with Npz(npz_path, "inputs") as data:
         return check_inputs(sess, data, npz_path)
 
 

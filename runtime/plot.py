@@ -6,14 +6,12 @@ import argparse
 import io
 import json
 import math
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from rich.console import Console
 
-from dlspec.files import atomic_write
+from dlspec.files import Npz, atomic_write
 from dlspec.spec.errors import RunError
 
 if TYPE_CHECKING:
@@ -90,11 +88,11 @@ def best_epoch(run: Path, records: list[Record]) -> int | None:
     """The epoch best.npz holds (it stores the 0-based epoch); without best.npz, fit.py's choice."""
     path = run / "best.npz"
     if path.exists():
-        try:
-            with np.load(path) as data:
-                return int(data["__epoch__"]) + 1
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
-            raise RunError(f"cannot read checkpoint {path}: {err}") from None
+        with Npz(path, "checkpoint") as data:
+            epoch = data["__epoch__"] if "__epoch__" in data else None
+        if epoch is None or epoch.shape != () or epoch.dtype.kind not in "iu":
+            raise RunError(f"cannot read checkpoint {path}: it has no epoch (not a dlspec checkpoint)")
+        return int(epoch) + 1
     # fit.py: highest val accuracy, else lowest val mae, else the last epoch; a tie goes to the later
     best, chosen = math.inf, None
     for r in records:

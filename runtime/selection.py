@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlspec.spec import model as m
+from dlspec.spec.errors import RunError
 
 
 def val_score(val: dict[str, float], epoch: int) -> float:
@@ -21,7 +22,13 @@ def read_records(path: Path) -> list[dict]:
     """The epoch records of metrics.jsonl, skipping a line that a kill cut short; where an epoch
     was trained again after an interruption, its later record."""
     by_epoch: dict[int, dict] = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
+    try:
+        text = path.read_bytes().decode(errors="replace")  # a damaged line is skipped like a torn one
+    except FileNotFoundError:
+        text = ""
+    except OSError as err:
+        raise RunError(f"cannot read {path}: {err.strerror or err}") from None
+    for line in text.splitlines():
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
@@ -57,7 +64,9 @@ class Patience:
         stop = False
         for r in read_records(records):
             if r["epoch"] <= done:
-                stop = self.update({k[4:]: v for k, v in r.items() if k.startswith("val_")}, r["epoch"])
+                val = {k[4:]: v for k, v in r.items()
+                       if k.startswith("val_") and isinstance(v, (int, float))}  # a hand-edited file too
+                stop = self.update(val, r["epoch"])
         return stop
 
     def reason(self, epoch: int) -> str:

@@ -26,6 +26,9 @@ def providers(device: str) -> list[str]:
     raise RunError(f"unknown device '{device}': use cpu or cuda")
 
 
+MAX_THREADS = 256  # as many cores as the largest machines have; onnxruntime takes seconds to start more
+
+
 def threads_in_use(threads: int | None) -> int:
     """How many threads a step gets: `threads`, else the cores this process may run on (what
     onnxruntime's default pool spreads over, up to one thread per physical core)."""
@@ -35,6 +38,8 @@ def threads_in_use(threads: int | None) -> int:
 
 
 def options(threads: int | None) -> ort.SessionOptions:
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise RunError(f"threads={threads}: give 1 to {MAX_THREADS}")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -19,7 +19,6 @@ from dlspec.compiler.lower.compile import Stats
 from dlspec.compiler.lower.feature_probe import probe_features
 from dlspec.compiler.lower.features import Moments, standardized
 from dlspec.data import Split, size
-from dlspec.files import atomic_write
 from dlspec.session import options
 from dlspec.spec.errors import RunError
 from dlspec.spec.loader import Program
@@ -94,11 +93,11 @@ def _show(a: np.ndarray) -> str:
     return f"{float(a):.6g}" if a.ndim == 0 else "[" + ", ".join(f"{v:.6g}" for v in a.tolist()) + "]"
 
 
-def save(path: Path, stats: Stats) -> None:
+def encode(stats: Stats) -> bytes:
     """JSON floats round-trip exactly: the resumed graph gets the same constants."""
     text = json.dumps({k: {"mean": v.mean.tolist(), "std": v.std.tolist()} for k, v in stats.items()},
                       indent=1)
-    atomic_write(path, (text + "\n").encode())
+    return (text + "\n").encode()
 
 
 def load(path: Path) -> dict[str, Moments]:

@@ -14,10 +14,10 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dlspec import checkpoint, standardize
-from dlspec.compiler import Target, TrainingGraphs, compile_training, with_weights
+from dlspec import checkpoint, resume, standardize
+from dlspec.compiler import Target, TrainingGraphs, compile_model, compile_training, with_weights
 from dlspec.data import Dataset, batch_count, batches, load_dataset, size
-from dlspec.files import atomic_write
+from dlspec.files import OutputFolder, atomic_write
 from dlspec.metrics import prediction_metrics
 from dlspec.schedule import base_rate, learning_rate
 from dlspec.selection import Patience, read_records, val_score
@@ -28,7 +28,6 @@ from dlspec.spec.loader import Program
 from dlspec.transfer import load_into, source_weights
 
 LAST, BEST = "last.npz", "best.npz"
-SOURCE = "run.json"  # the spec the run came from: its imports and data paths are relative to it
 
 
 @dataclass
@@ -40,6 +39,7 @@ class FitOptions:
     out: Path | None = None
     resume: bool = False
     threads: int | None = None
+    force: bool = False  # --resume even though the spec changed
 
 
 @dataclass
@@ -82,10 +82,28 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
         raise RunError(f"the train block of {spec_path} names no data set (data digits(...), "
                        "npz(...) or csv(...))")
     providers(opts.device)  # a missing CUDA provider fails here, before anything is written
+    folder = OutputFolder(run_dir, "the run")  # checked writable now, made at the first write
+    if opts.resume:
+        folder.keep()  # its checkpoints are the run's, whatever happens now
+    try:
+        return _fit(prog, spec_path, model_name, opts, console, folder)
+    except BaseException:
+        folder.discard()  # a run stopped before its first checkpoint leaves nothing behind
+        raise
+
+
+def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions, console: Console,
+         folder: OutputFolder) -> FitResult:
+    model = prog.model(model_name)
+    run_dir = folder.path
+    train = prog.train(model.name) or m.Train()
+    assert train.data is not None
     epochs = opts.epochs or train.epochs
     bs = opts.batch or train.batch
     seed = opts.seed if opts.seed is not None else train.seed
-    data = load_dataset(train, model, spec_path.parent)
+    dims = compile_model(prog, model_name, opts.seed).output.dims  # shapes only: no weights made
+    classes = dims[1] if len(dims) == 2 and isinstance(dims[1], int) else None
+    data = load_dataset(train, model, spec_path.parent, classes)
 
     def note(text: str) -> None:
         console.print(text, markup=False, highlight=False)
@@ -110,26 +128,27 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
         note(f"the step runs node by node, not as a CUDA graph: {runner.graph_blockers[0]}")
     eval_sess = ort.InferenceSession(tg.evaluate.SerializeToString(), options(opts.threads),
                                      providers=providers(opts.device))
-    run_dir.mkdir(parents=True, exist_ok=True)  # only once the run can start
-    if stats.fitted:
-        standardize.save(run_dir / standardize.FILE, stats.moments)
     optimizer = train.optimizer
     lr0 = base_rate(optimizer.lr if optimizer else 1e-3, train.schedule, bs)
     step, start, best, lr = 0, 0, math.inf, lr0
     records = run_dir / "metrics.jsonl"
+    history: list[dict] = []
     if opts.resume:
         state, step, done, best = checkpoint.load(run_dir / LAST)
-        runner.load(state)
+        expected = {n: tg.init[n] for n in (*runner.carried, *runner.fixed)}
+        runner.load(resume.resumable(run_dir, spec_path, tg.inference.spec_hash, state, expected,
+                                     opts.force, note))
         start = done + 1
-        _forget_after(records, start)
+        history = _forget_after(records, start)
         for leftover in run_dir.glob(".*.tmp"):  # a write that a kill cut short
             leftover.unlink()
         console.print(f"resuming {run_dir} after epoch {done + 1} (step {step})", markup=False)
-    else:
-        atomic_write(run_dir / "spec.dlspec", spec_path.read_bytes())  # what was trained, as a record
-        atomic_write(run_dir / SOURCE, json.dumps({"spec": str(spec_path.resolve()), "model": model.name},
-                                                  indent=1).encode())
-        records.write_text("")
+    # spec.dlspec, run.json and standardize.json are written with this run's first checkpoint: a
+    # run that stops before it leaves the folder as it found it
+    start_files = {resume.COPY: spec_path.read_bytes(),  # what was trained, as a record
+                   resume.SOURCE: resume.record(spec_path, model.name, tg.inference.spec_hash)}
+    if stats.fitted:
+        start_files[standardize.FILE] = standardize.encode(stats.moments)
     stopped = None
     if patience is not None and opts.resume and patience.replay(records, start):
         stopped = patience.reason(start)
@@ -147,8 +166,10 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
                 lr = learning_rate(train.schedule, lr0, epoch + i / n_batches, epochs)
                 out = runner.run(batch, lr, step)
                 if not math.isfinite(out["loss"]):
+                    kept = (f"the last good checkpoint is {run_dir / LAST}" if opts.resume or epoch > start
+                            else "before the first checkpoint, so nothing was written")
                     raise RunError(f"the loss became {out['loss']} at step {step} (epoch {epoch + 1}); "
-                                   f"training stopped, the last good checkpoint is {run_dir / LAST}")
+                                   f"training stopped, {kept}")
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
@@ -168,12 +189,16 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
             record["stale_epochs"] = patience.stale
             if stopped is not None:
                 record["early_stop"] = True
-        with records.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        for name, blob in start_files.items():
+            folder.write(name, blob)
+        start_files = {}
+        history.append(record)
+        folder.write(records.name, "".join(json.dumps(r) + "\n" for r in history).encode())
         if score <= best:
             best = score
-            checkpoint.save(run_dir / BEST, weights, step, epoch, best)
-        checkpoint.save(run_dir / LAST, weights, step, epoch, best)
+            checkpoint.save(folder.track(run_dir / BEST), weights, step, epoch, best)
+        checkpoint.save(folder.track(run_dir / LAST), weights, step, epoch, best)
+        folder.keep()
         console.print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in record.items()), markup=False, highlight=False)
         last = epoch + 1
@@ -186,11 +211,12 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
     return FitResult(run_dir, last if stopped else epochs, step, test, stopped)
 
 
-def _forget_after(records: Path, epochs: int) -> None:
+def _forget_after(records: Path, epochs: int) -> list[dict]:
     """Drop the records of epochs after the checkpoint's (1-based `epochs`): a kill between an
     epoch's record and its checkpoint means the resumed run trains that epoch again."""
     kept = [r for r in read_records(records) if r["epoch"] <= epochs]
     atomic_write(records, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return kept
 
 
 def _progress(console: Console) -> Progress:

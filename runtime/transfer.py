@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from dlspec.files import Npz, load_model
 from dlspec.spec.errors import RunError
 
 
@@ -23,11 +24,11 @@ def source_weights(path: Path) -> dict[str, np.ndarray]:
         raise RunError(f"from: no such file or run folder {path}")
     try:
         if path.suffix == ".npz":
-            with np.load(path) as data:
+            with Npz(path, "weights") as data:
                 return {k: data[k] for k in data.files if not k.startswith("__")}
-        model = onnx.load(str(path))
-    except Exception as err:  # unreadable: numpy and onnx raise their own errors
-        raise RunError(f"from: cannot read {path}: {err}") from None
+        model = load_model(path)
+    except RunError as err:
+        raise RunError(f"from: {err}") from None
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
             if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)}
 

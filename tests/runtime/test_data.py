@@ -145,7 +145,7 @@ NPZ_ERRORS: dict[str, tuple[dict[str, np.ndarray], dict[str, str], str]] = {
     "strings": (dict(image=GOOD_X, label=np.array(["a"] * 10)), {},
                 "target 'label': values are not numeric (dtype <U1); int64 expected"),
     "objects": (dict(image=GOOD_X, label=np.array([None] * 10, dtype=object)), {},
-                "target 'label': values are not numeric (the array holds Python objects)"),
+                "array 'label' holds Python objects, not numbers"),
     "nan": (dict(image=np.where(np.arange(640).reshape(10, 1, 8, 8) == 200, np.nan, 0.0), label=GOOD_Y), {},
             "input 'image': has NaN (a missing value) at sample 3"),
     "inf": (dict(image=np.where(np.arange(640).reshape(10, 1, 8, 8) == 70, np.inf, 0.0), label=GOOD_Y), {},
@@ -185,10 +185,10 @@ def test_npz_int_range_and_bool(tmp_path: Path) -> None:
 
 def test_npz_unreadable_and_missing(tmp_path: Path) -> None:
     (tmp_path / "junk.npz").write_text("not a zip")
-    with pytest.raises(RunError, match="junk.npz: cannot read it as an .npz file"):
+    with pytest.raises(RunError, match="cannot read data file .*junk.npz: not an .npz file"):
         d.load_dataset(npz(tmp_path / "junk.npz"), IMAGES, tmp_path)
     np.save(tmp_path / "one.npy", GOOD_X)
-    with pytest.raises(RunError, match="one.npy: holds a single array, not an .npz"):
+    with pytest.raises(RunError, match="one.npy: it holds a single array, not an .npz"):
         d.load_dataset(npz(tmp_path / "one.npy"), IMAGES, tmp_path)
     with pytest.raises(RunError, match=r"no such file .*nothere.npz$"):
         d.load_dataset(npz(tmp_path / "nothere.npz"), IMAGES, tmp_path)
