@@ -1,100 +1,19 @@
-"""onnx's reference evaluator, an implementation of ONNX that dlspec did not write, with a few of
-its ops fixed where they disagree with the ONNX spec and onnxruntime, or round to float32."""
+"""onnx's reference evaluator, an implementation of ONNX that dlspec did not write, with the few
+ops fixed where it disagrees with the ONNX spec and onnxruntime, or rounds to float32
+(dlspec.reference holds the fixes; gradcheck runs on them too)."""
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
+from grad_reference_select import FIXES as SELECT_FIXES
+from grad_reference_sequence import FIXES as SEQUENCE_FIXES
 from onnx.reference import ReferenceEvaluator
-from onnx.reference.op_run import OpRun
-from onnx.reference.ops.op_batch_normalization import BatchNormalization_14, _batchnorm_test_mode
-from onnx.reference.ops.op_conv_transpose import ConvTranspose as RefConvTranspose
-from onnx.reference.ops.op_max_pool import MaxPool as RefMaxPool
-from onnx.reference.ops.op_pad import Pad_18 as RefPad
-from scipy.special import erf
 
-
-class ConvTranspose(RefConvTranspose):
-    """onnx's reference ConvTranspose mixes up groups (group > 1): run each group on its own."""
-
-    def _run(self, x, w, b=None, group=None, **attrs):  # type: ignore[no-untyped-def]
-        if not group or group == 1:
-            return super()._run(x, w, b, group=1, **attrs)
-        bs = np.split(b, group) if b is not None else [None] * group
-        parts = [super(ConvTranspose, self)._run(xg, wg, bg, group=1, **attrs)[0]
-                 for xg, wg, bg in zip(np.split(x, group, axis=1), np.split(w, group), bs)]
-        return (np.concatenate(parts, axis=1),)
-
-
-class LRN(OpRun):
-    """onnx's reference LRN loops over the batch instead of the channels (and wants 4-D input)."""
-
-    def _run(self, x, alpha=None, beta=None, bias=None, size=None):  # type: ignore[no-untyped-def]
-        lo, hi = (size - 1) // 2, (size - 1) - (size - 1) // 2
-        sq = x * x
-        s = np.stack([sq[:, max(0, c - lo):c + hi + 1].sum(axis=1) for c in range(x.shape[1])], axis=1)
-        return (x / (bias + alpha / size * s) ** beta,)
-
-
-class Pad(RefPad):
-    """onnx's reference Pad refuses the negative pads (crops) that ONNX allows."""
-
-    def _run(self, data, pads, constant_value=None, axes=None, mode=None):  # type: ignore[no-untyped-def]
-        axes = list(range(data.ndim)) if axes is None else [int(a) % data.ndim for a in axes]
-        cut = [slice(None)] * data.ndim
-        for i, a in enumerate(axes):
-            cut[a] = slice(max(-pads[i], 0), data.shape[a] - max(-pads[len(axes) + i], 0))
-        return super()._run(data[tuple(cut)], np.maximum(pads, 0), constant_value, axes, mode)
-
-
-class MaxPool(RefMaxPool):
-    """onnx's reference MaxPool gets Indices wrong on its stride-1 path (the row offsets of 2-D
-    input): send every call down its general path, which agrees with the spec and onnxruntime."""
-
-    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None,  # type: ignore[no-untyped-def]
-             pads=None, storage_order=None, strides=None):
-        nd = len(kernel_shape)
-        strides, dilations = strides or [1] * nd, dilations or [1] * nd
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):  # that path pads SAME_LOWER wrong: spell pads out
-            total = [max((-(-x.shape[2 + i] // strides[i]) - 1) * strides[i]
-                         + (kernel_shape[i] - 1) * dilations[i] + 1 - x.shape[2 + i], 0) for i in range(nd)]
-            small = [t // 2 for t in total]
-            big = [t - h for t, h in zip(total, small)]
-            pads = small + big if auto_pad == "SAME_UPPER" else big + small
-        return self._max_pool(x, auto_pad="NOTSET", ceil_mode=ceil_mode, dilations=dilations,
-                              kernel_shape=kernel_shape, pads=pads, storage_order=storage_order,
-                              strides=strides)
-
-
-class Erf(OpRun):
-    """onnx's reference Erf rounds through float32: finite differences in float64 need better."""
-
-    def _run(self, x):  # type: ignore[no-untyped-def]
-        return (erf(x).astype(x.dtype),)
-
-
-class Gelu(OpRun):
-    """Exact in the input's precision (onnx's reference rounds the erf form through float32)."""
-
-    def _run(self, x, approximate="none"):  # type: ignore[no-untyped-def]
-        if approximate == "tanh":
-            return ((0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))).astype(x.dtype),)
-        return ((0.5 * x * (1 + erf(x / np.sqrt(2)))).astype(x.dtype),)
-
-
-class BatchNormalization(BatchNormalization_14):
-    """onnx's reference BatchNormalization of opset 9 uses batch statistics whenever momentum is
-    set, and it always is (by its default); one output means inference mode at every opset."""
-
-    def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None,  # type: ignore[no-untyped-def]
-             training_mode=None, **unused):
-        if len(self.onnx_node.output) == 1 and not training_mode:
-            return (_batchnorm_test_mode(x, scale, bias, mean, var, epsilon=epsilon or 1e-5),)
-        return super()._run(x, scale, bias, mean, var, epsilon=epsilon, momentum=momentum,
-                            training_mode=training_mode)
+from dlspec.reference import FIXES
 
 
 def reference(model: onnx.ModelProto) -> ReferenceEvaluator:
-    """onnx's reference evaluator with the fixes above."""
-    return ReferenceEvaluator(model, new_ops=[BatchNormalization, ConvTranspose, Erf, Gelu, LRN, MaxPool,
-                                              Pad])
+    """onnx's reference evaluator with the fixes of dlspec.reference (its own loop Conv), the
+    recurrent ops, GridSample and Resize of grad_reference_sequence, and the pools and Lp norm of
+    grad_reference_select."""
+    return ReferenceEvaluator(model, new_ops=[*FIXES, *SEQUENCE_FIXES, *SELECT_FIXES])

@@ -27,6 +27,9 @@ class Row:
     loss_on: list[int] | None = None  # the outputs the loss reads (default all): the others go unused
     dtype: int = TP.DOUBLE  # FLOAT for ops that ONNX defines for float32 only
     no_ort: str = ""  # why onnxruntime cannot run the row's forward op, if it cannot
+    given: dict[int, Any] = field(default_factory=dict)  # inputs given values, not random ones: ties, zeros
+    computed: list[int] = field(default_factory=list)  # consts the node reads through an Identity, so no
+    # rule sees their values (as where a graph computes them at run time)
 
 
 def const(v: Any, dtype: Any = np.int64) -> np.ndarray:

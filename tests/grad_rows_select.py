@@ -1,8 +1,183 @@
-"""Gradient-table rows of selection, indexing and elementwise math: Gather, the scatters, Tile,
-TopK, CumSum, the trigonometric family, pools, norms and ONNX's loss ops."""
+"""Gradient-table rows of selection, indexing and elementwise math: the gathers and scatters, TopK,
+Tile, CumSum, block rearrangements, Slice and Pad with positions computed at run time, ReduceProd
+and the log-sums, the trigonometric family, activations, pools, norms and ONNX's loss ops."""
 
 from __future__ import annotations
 
-from grad_row import Row
+import numpy as np
+from grad_row import BIG, Row
+from grad_row import const as _c
+from onnx import TensorProto as TP
 
-ROWS: list[Row] = []
+SCATTER = ["x0", "c0", "x1"]  # data, indices, updates
+# 2-way ties (the central differences of a tie split the gradient evenly, as the rules do)
+TIED_DATA = [[0.1, 0.2], [0.5, 0.3], [0.4, 0.4]]
+TIED_UPDATES = [[0.5, 0.1], [0.2, 0.3], [0.4, 0.6]]  # written to rows 1, 1, 2
+# updates with zeros for mul: one zero at a position, two at another, a lone zero
+ZERO_UPDATES = [[0.0, 2.0, 0.0], [0.5, 0.0, 0.0], [1.5, -1.0, 0.0]]  # written to rows 1, 1, 0
+LABELS = _c([[0, 2], [2, 4], [1, 3]])  # [N = 3, d = 2] of C = 5 classes
+
+ROWS: list[Row] = [
+    # ---- gathers ----
+    Row("Gather", [(5, 3)], consts=[_c([[0, 2], [-1, 2]])], id="repeated-negative"),
+    Row("Gather", [(2, 4, 3)], {"axis": 1}, consts=[_c([3, 0, 3], np.int32)], id="middle-axis-int32"),
+    Row("Gather", [(2, 3, 4)], {"axis": -1}, consts=[_c(2)], id="scalar-index-last-axis"),
+    Row("Gather", [(2, 3, 4)], {"axis": 2}, consts=[_c([[[0, 3]], [[3, -4]]])], id="3d-indices"),
+    Row("GatherElements", [(3, 4)], {"axis": -2}, consts=[_c([[0, 2, -1, 0], [0, 0, 1, 1]])],
+        id="negative-axis"),
+    Row("GatherND", [(3, 4, 2)], consts=[_c([[0, 1], [2, 3], [0, 1]])], id="slices-repeated"),
+    Row("GatherND", [(3, 4)], consts=[_c([[[-1, 0]], [[1, 2]]])], id="elements-negative"),
+    Row("GatherND", [(2, 3, 4)], {"batch_dims": 1}, consts=[_c([[[2], [0]], [[1], [1]]])], id="batch-dims-1"),
+    Row("GatherND", [(2, 3, 4)], {"batch_dims": 2}, consts=[_c([[[1], [3], [1]], [[0], [0], [2]]])],
+        id="batch-dims-2"),
+    # ---- scatters ----
+    Row("ScatterND", [(4, 3), (2, 3)], consts=[_c([[1], [3]])], inputs=SCATTER, id="none"),
+    Row("ScatterND", [(3, 4), (3,)], consts=[_c([[0, 1], [2, 3], [1, -1]])], inputs=SCATTER,
+        id="none-elements"),
+    Row("ScatterND", [(4, 3), (3, 3)], {"reduction": "add"}, consts=[_c([[1], [1], [-1]])], inputs=SCATTER,
+        id="add-repeated"),
+    Row("ScatterND", [(4, 3), (3, 3)], {"reduction": "mul"}, consts=[_c([[1], [1], [0]])], inputs=SCATTER,
+        id="mul-repeated"),
+    Row("ScatterND", [(4, 3), (3, 3)], {"reduction": "mul"}, consts=[_c([[1], [1], [0]])], inputs=SCATTER,
+        given={1: ZERO_UPDATES}, id="mul-zeros"),
+    Row("ScatterND", [(4, 3), (3, 3)], {"reduction": "max"}, consts=[_c([[1], [1], [2]])], inputs=SCATTER,
+        id="max-repeated"),
+    Row("ScatterND", [(3, 2), (3, 2)], {"reduction": "max"}, consts=[_c([[1], [1], [2]])], inputs=SCATTER,
+        given={0: TIED_DATA, 1: TIED_UPDATES}, id="max-ties"),
+    Row("ScatterND", [(3, 4), (3,)], {"reduction": "min"}, consts=[_c([[0, 1], [2, 3], [0, 1]])],
+        inputs=SCATTER, id="min-elements-repeated"),
+    Row("ScatterElements", [(3, 4), (3, 3)], {"axis": 1, "reduction": "mul"},
+        consts=[_c([[0, 0, 3], [1, -1, 1], [0, 2, 2]])], inputs=SCATTER, id="mul-repeated"),
+    Row("ScatterElements", [(3, 3), (3, 3)], {"axis": 1, "reduction": "mul"},
+        consts=[_c([[1, 1, 0], [2, 2, 2], [0, 1, 1]])], inputs=SCATTER, given={1: ZERO_UPDATES},
+        id="mul-zeros"),
+    Row("ScatterElements", [(3, 4), (2, 4)], {"axis": 0, "reduction": "max"},
+        consts=[_c([[2, 0, 1, 2], [2, 1, 1, 0]])], inputs=SCATTER, id="max"),
+    Row("ScatterElements", [(3, 2), (3, 2)], {"axis": -2, "reduction": "min"},
+        consts=[_c([[1, 1], [1, 1], [2, 2]])], inputs=SCATTER,
+        given={0: np.negative(TIED_DATA), 1: np.negative(TIED_UPDATES)}, id="min-ties-negative-axis"),
+    Row("ScatterElements", [(2, 5), (2, 2)], {"axis": -1, "reduction": "add"}, consts=[_c([[-1, 0], [4, 4]])],
+        inputs=SCATTER, id="add-negative-indices"),
+    # ---- TopK: the values output; the indices take no gradient ----
+    Row("TopK", [(3, 5)], consts=[_c([2])], outputs=2, loss_on=[0], id="largest"),
+    Row("TopK", [(4, 3, 2)], {"axis": 0, "largest": 0}, consts=[_c([3])], outputs=2, loss_on=[0],
+        id="smallest-axis-0"),
+    Row("TopK", [(2, 4)], {"axis": -1}, consts=[_c([4])], outputs=2, loss_on=[0], id="all"),
+    # ---- repeating, accumulating, rearranging ----
+    Row("Tile", [(2, 3)], consts=[_c([2, 3])]),
+    Row("Tile", [(2, 1, 3)], consts=[_c([1, 4, 2])], computed=[0], id="repeats-at-run-time"),
+    Row("CumSum", [(5,)], consts=[_c(0)]),
+    Row("CumSum", [(3, 4)], {"exclusive": 1}, consts=[_c(1, np.int32)], id="exclusive"),
+    Row("CumSum", [(3, 4)], {"reverse": 1}, consts=[_c(-1)], id="reverse"),
+    Row("CumSum", [(2, 3, 4)], {"exclusive": 1, "reverse": 1}, consts=[_c(1)], computed=[0],
+        id="exclusive-reverse-axis-at-run-time"),
+    Row("DepthToSpace", [(2, 8, 2, 3)], {"blocksize": 2}, id="dcr"),
+    Row("DepthToSpace", [(2, 8, 2, 3)], {"blocksize": 2, "mode": "CRD"}, id="crd"),
+    Row("DepthToSpace", [(1, 9, 2, 1)], {"blocksize": 3, "mode": "CRD"}, id="crd-block-3"),
+    Row("SpaceToDepth", [(2, 2, 4, 6)], {"blocksize": 2}),
+    # ---- slices and pads whose positions are computed at run time ----
+    Row("Slice", [(4, 6)], consts=[_c([1]), _c([3]), _c([1])], computed=[0, 1, 2], id="at-run-time"),
+    Row("Slice", [(5, 6, 3)], consts=[_c([-1, 0, 1]), _c([-BIG, 6, 3]), _c([0, 1, -1]), _c([-1, 2, 1])],
+        computed=[0, 1, 3], id="negative-steps-at-run-time"),
+    Row("Slice", [(4, 3)], consts=[_c([2]), _c([2]), _c([0])], computed=[0, 1], id="empty-at-run-time"),
+    Row("Pad", [(2, 3, 4), ()], consts=[_c([0, 1, 2, 0, 2, 1])], inputs=["x0", "c0", "x1"], computed=[0],
+        id="constant-value-at-run-time"),
+    Row("Pad", [(2, 3, 4)], consts=[_c([1, -1, -2, 2]), _c([-1, 1])], inputs=["x0", "c0", "", "c1"],
+        computed=[0], id="negative-pads-at-run-time"),
+    # ---- products and log-sums ----
+    Row("ReduceProd", [(2, 3, 4)], {"keepdims": 0}, consts=[_c([1])], low=0.5, high=1.5),
+    Row("ReduceProd", [(2, 3, 4)], {"keepdims": 1}, consts=[_c([-1])], id="zeros",
+        given={0: [[[0.0, 0.5, -1.2, 0.7], [0.0, 0.0, 0.9, 1.1], [0.3, -0.6, 1.4, 0.8]],
+                   [[1.5, 0.0, 0.0, 0.0], [0.2, 0.4, 0.0, -0.5], [0.6, 0.9, -1.1, 1.3]]]}),
+    Row("ReduceProd", [(2, 3)], {"keepdims": 0}, given={0: [[0.5, 0.0, 2.0], [-1.0, 1.5, 0.8]]},
+        id="all-axes-one-zero"),
+    Row("ReduceProd", [(2, 3)], {"keepdims": 0, "noop_with_empty_axes": 1}, consts=[_c([], np.int64)],
+        id="noop"),
+    Row("ReduceLogSum", [(2, 3, 4)], {"keepdims": 1}, low=0.5, high=2.0, id="all-axes"),
+    Row("ReduceLogSum", [(2, 3, 4)], {"keepdims": 0}, consts=[_c([0, -1])], low=0.5, high=2.0,
+        id="two-axes"),
+    Row("ReduceLogSumExp", [(2, 3, 4)], {"keepdims": 0}, consts=[_c([1])], low=20.0, high=40.0,
+        id="large"),
+    Row("ReduceLogSumExp", [(2, 3)], {"keepdims": 0, "noop_with_empty_axes": 1}, consts=[_c([], np.int64)],
+        id="noop"),
+    # ---- trigonometric and hyperbolic ----
+    Row("Tan", [(4, 5)], low=-1.2, high=1.2),
+    Row("Asin", [(4, 5)], low=-0.9, high=0.9),
+    Row("Acos", [(4, 5)], low=-0.9, high=0.9),
+    Row("Atan", [(4, 5)], low=-3.0, high=3.0),
+    Row("Sinh", [(4, 5)], low=-2.0, high=2.0),
+    Row("Cosh", [(4, 5)], low=-2.0, high=2.0),
+    Row("Asinh", [(4, 5)], low=-3.0, high=3.0),
+    Row("Acosh", [(4, 5)], low=1.1, high=4.0),
+    Row("Atanh", [(4, 5)], low=-0.9, high=0.9),
+    # ---- activations ----
+    Row("Mish", [(4, 5)], low=-3.0, high=3.0),
+    Row("Shrink", [(4, 5)], {"lambd": 0.5, "bias": 0.3}, low=-2.0, high=2.0),
+    Row("Shrink", [(4, 5)], low=-1.0, high=1.0, id="default-hard"),
+    Row("ThresholdedRelu", [(4, 5)], {"alpha": 0.2}),
+    Row("HardSigmoid", [(4, 5)], {"alpha": -0.4, "beta": 0.6}, low=-4.0, high=4.0, id="negative-slope"),
+    Row("HardSwish", [(2, 5)], given={0: [[-4.0, -2.9, 0.0, 1.5, 2.9], [3.1, 5.0, -3.5, -1.0, 0.3]]},
+        id="each-piece"),
+    # the base is 0 where the exponent is an integer: d/db = 0 there, d/da = b 0^(b-1) = 0
+    Row("Pow", [(2, 3), (3,)], given={0: [[0.0, 0.5, 1.2], [0.0, 2.0, 0.3]], 1: [2.0, 3.0, 1.5]},
+        id="zero-base"),
+    # ---- pools ----
+    Row("GlobalMaxPool", [(2, 3, 4, 4)]),
+    Row("GlobalMaxPool", [(1, 2, 2, 2)], given={0: [[[[0.5, 0.5], [0.1, 0.2]], [[0.3, 0.9], [0.9, -0.1]]]]},
+        id="ties"),
+    Row("GlobalMaxPool", [(2, 3, 5)], id="1d"),
+    Row("LpPool", [(1, 2, 5, 5)], {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}, id="p2-ceil"),
+    Row("LpPool", [(2, 3, 6)], {"kernel_shape": [3], "pads": [1, 1], "p": 1}, id="p1-pads-1d"),
+    Row("LpPool", [(1, 2, 7, 6)], {"kernel_shape": [3, 2], "dilations": [2, 1], "pads": [1, 0, 1, 1], "p": 3},
+        id="p3-dilated"),
+    Row("LpPool", [(1, 2, 5, 6)], {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+        id="same-upper"),
+    # a window of zeros: y = 0 there, an even function of x, whose central differences are 0
+    Row("LpPool", [(1, 1, 2, 4)], {"kernel_shape": [2, 2], "strides": [2, 2]}, id="zero-window",
+        given={0: [[[[0.0, 0.0, 0.3, -0.2], [0.0, 0.0, 0.5, 0.1]]]]}),
+    Row("AveragePool", [(1, 2, 6, 6)], {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+        id="ceil"),
+    Row("AveragePool", [(1, 2, 6, 6)], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                                        "ceil_mode": 1, "count_include_pad": 1}, id="ceil-include-pad"),
+    Row("AveragePool", [(1, 2, 7, 4)], {"kernel_shape": [3, 2], "strides": [3, 2], "pads": [0, 1, 0, 1],
+                                        "ceil_mode": 1}, id="ceil-stride-3"),
+    Row("AveragePool", [(2, 3, 9)], {"kernel_shape": [3], "strides": [3], "dilations": [2], "ceil_mode": 1,
+                                     "count_include_pad": 1}, id="ceil-dilated-1d"),
+    # ---- normalizations ----
+    Row("LpNormalization", [(3, 4)], {"axis": 1}),
+    Row("LpNormalization", [(2, 3, 4)], {"p": 1}, id="p1"),
+    Row("LpNormalization", [(3, 4)], {"axis": 0}, id="axis-0"),
+    # ONNX's shape inference of MeanVarianceNormalization fails without axes: they are spelled out
+    Row("MeanVarianceNormalization", [(2, 3, 4, 2)], {"axes": [0, 2, 3]}),
+    Row("MeanVarianceNormalization", [(3, 4, 5)], {"axes": [2]}, id="last-axis"),
+    Row("MeanVarianceNormalization", [(3, 4, 5)], {"axes": [-1, 0]}, dtype=TP.FLOAT, tol=2e-3,
+        id="float32-negative-axes"),
+    # ---- ONNX's losses ----
+    Row("NegativeLogLikelihoodLoss", [(3, 5)], consts=[_c([1, 4, 0])], id="mean"),
+    Row("NegativeLogLikelihoodLoss", [(3, 5, 2), (5,)], {"reduction": "none", "ignore_index": 2},
+        consts=[LABELS], inputs=["x0", "c0", "x1"], low=0.5, high=1.5, id="none-weights-ignore"),
+    Row("NegativeLogLikelihoodLoss", [(3, 5, 2), (5,)], {"reduction": "sum", "ignore_index": -1},
+        consts=[_c([[0, -1], [2, 4], [-1, 3]])], inputs=["x0", "c0", "x1"], low=0.5, high=1.5,
+        id="sum-weights-negative-ignore"),
+    Row("NegativeLogLikelihoodLoss", [(2, 4, 2, 2), (4,)], {"ignore_index": 1},
+        consts=[_c([[[0, 1], [3, 3]], [[1, 2], [0, 1]]])], inputs=["x0", "c0", "x1"], low=0.5, high=1.5,
+        id="mean-weights-ignore-4d"),
+    Row("NegativeLogLikelihoodLoss", [(3, 5, 2)], {"ignore_index": -1},
+        consts=[_c([[0, -1], [2, 4], [-1, 3]])], id="mean-ignore-no-weights"),
+    Row("NegativeLogLikelihoodLoss", [(3, 5, 2)], {"reduction": "sum"},
+        consts=[_c([[0, 2], [2, 4], [1, 3]], np.int32)], id="int32-labels"),
+    Row("SoftmaxCrossEntropyLoss", [(3, 5)], consts=[_c([1, 4, 0])], id="mean"),
+    Row("SoftmaxCrossEntropyLoss", [(3, 5, 2), (5,)], {"reduction": "none", "ignore_index": 2},
+        consts=[LABELS], inputs=["x0", "c0", "x1"], outputs=2, low=0.5, high=1.5,
+        id="none-weights-ignore-log-prob"),
+    Row("SoftmaxCrossEntropyLoss", [(2, 4, 3), (4,)], {"reduction": "sum", "ignore_index": -1},
+        consts=[_c([[0, -1, 3], [2, 2, -1]])], inputs=["x0", "c0", "x1"], low=0.5, high=1.5,
+        id="sum-weights-negative-ignore"),
+    Row("SoftmaxCrossEntropyLoss", [(2, 4, 2, 2), (4,)], {"ignore_index": 1},
+        consts=[_c([[[0, 1], [3, 3]], [[1, 2], [0, 1]]])], inputs=["x0", "c0", "x1"], outputs=2, low=0.5,
+        high=1.5, id="mean-weights-ignore-4d-log-prob"),
+    Row("SoftmaxCrossEntropyLoss", [(3, 5, 2)], {"ignore_index": 4}, consts=[LABELS], outputs=2, loss_on=[1],
+        id="only-log-prob-used"),
+    Row("SoftmaxCrossEntropyLoss", [(3, 5, 2)], {"ignore_index": 4}, consts=[LABELS], outputs=2, loss_on=[0],
+        id="log-prob-unused"),
+]

@@ -15,6 +15,7 @@ from dlspec.compiler.grad import (  # noqa: F401
     recurrent,
     resize,
     sample,
+    select,
     shape,
 )
 from dlspec.compiler.grad.table import NO_GRADIENT, RULES, Node

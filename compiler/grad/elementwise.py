@@ -24,6 +24,15 @@ unary("Abs", lambda g, x, y: g * op.Sign(x))
 unary("Softplus", lambda g, x, y: g * op.Sigmoid(x))
 unary("Sin", lambda g, x, y: g * op.Cos(x))
 unary("Cos", lambda g, x, y: -(g * op.Sin(x)))
+unary("Tan", lambda g, x, y: g * (1.0 + y * y))  # d tan = 1 + tan^2
+unary("Asin", lambda g, x, y: g / op.Sqrt((1.0 - x) * (1.0 + x)))  # d asin = 1 / sqrt(1 - x^2)
+unary("Acos", lambda g, x, y: -(g / op.Sqrt((1.0 - x) * (1.0 + x))))  # d acos = -1 / sqrt(1 - x^2)
+unary("Atan", lambda g, x, y: g / (1.0 + x * x))  # d atan = 1 / (1 + x^2)
+unary("Sinh", lambda g, x, y: g * op.Cosh(x))
+unary("Cosh", lambda g, x, y: g * op.Sinh(x))
+unary("Asinh", lambda g, x, y: g / op.Sqrt(x * x + 1.0))  # d asinh = 1 / sqrt(x^2 + 1)
+unary("Acosh", lambda g, x, y: g / op.Sqrt((x - 1.0) * (x + 1.0)))  # d acosh = 1 / sqrt(x^2 - 1)
+unary("Atanh", lambda g, x, y: g / ((1.0 - x) * (1.0 + x)))  # d atanh = 1 / (1 - x^2)
 unary("Erf", lambda g, x, y: g * (op.Exp(-(x * x)) * (2 / math.sqrt(math.pi))))  # 2/sqrt(pi) e^(-x^2)
 unary("Relu", lambda g, x, y: masked(g, x > 0.0))
 unary("Cast", lambda g, x, y: g.cast_like(x))
@@ -84,10 +93,12 @@ def _mean(n: Node, g: Value) -> Grads:
 
 @rule("Pow")
 def _pow(n: Node, g: Value) -> Grads:
+    # d a^b / da = b a^(b-1), 0 where b = 0 (not 0 * 0^-1); d a^b / db = a^b log a, 0 where a = 0
+    # and b >= 0 (the limit of a^b log a as a -> 0+, not 0 * -inf); as PyTorch's pow
     (a, b), y = n.inputs, n.outputs[0]
-    da = g * (b.cast_like(a) * a ** (b - 1.0))  # d a^b / da = b a^(b-1)
-    db = g * (y * op.Log(a))  # d a^b / db = y log a
-    return [unbroadcast(da, a), unbroadcast(db.cast_like(b), b)]
+    da = op.Where(op.Equal(b, 0.0), 0.0, b.cast_like(a) * a ** (b - 1.0))
+    db = op.Where(op.And(op.Equal(a, 0.0), b >= 0.0), 0.0, y * op.Log(a))
+    return [unbroadcast(g * da, a), unbroadcast((g * db).cast_like(b), b)]
 
 
 @rule("Clip")
@@ -137,6 +148,25 @@ def _hard_swish(n: Node, g: Value) -> Grads:
     x = n.inputs[0]
     local = op.Where(x > 3.0, 1.0, x * (1 / 3) + 0.5)
     return [g * op.Where(x < -3.0, 0.0, local)]
+
+
+@rule("ThresholdedRelu")
+def _thresholded_relu(n: Node, g: Value) -> Grads:
+    return [masked(g, n.inputs[0] > n.f("alpha"))]  # y = x where x > alpha, else 0
+
+
+@rule("Shrink")
+def _shrink(n: Node, g: Value) -> Grads:
+    # y = x - bias (x > lambd), x + bias (x < -lambd), 0 between: d = 1 outside [-lambd, lambd]
+    return [masked(g, op.Abs(n.inputs[0]) > n.f("lambd"))]
+
+
+@rule("Mish")
+def _mish(n: Node, g: Value) -> Grads:
+    # y = x t, t = tanh(softplus(x)): d = t + x (1 - t^2) sigmoid(x)
+    x = n.inputs[0]
+    t = op.Tanh(op.Softplus(x))
+    return [g * (t + x * (1.0 - t * t) * op.Sigmoid(x))]
 
 
 def _exp_branch(n: Node, g: Value, pos_slope: float, neg_local: Value) -> Value:

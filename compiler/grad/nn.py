@@ -1,9 +1,11 @@
-"""Gradient rules of the network ops other than convolution: matrix products, softmax, pooling
-and inference-mode batch norm."""
+"""Gradient rules of the network ops other than convolution: matrix products, softmax and
+pooling."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -85,33 +87,97 @@ def _maxpool(n: Node, g: Value) -> Grads:
     return [op.Reshape(dx, op.Shape(x))]
 
 
-@rule("AveragePool")
-def _avgpool(n: Node, g: Value) -> Grads:
-    # each output spreads g / count over its window: a depthwise transposed conv with a kernel of
-    # ones; count is the window's size (count_include_pad=1) or its pixels inside x (=0)
+@rule("GlobalMaxPool")
+def _global_max_pool(n: Node, g: Value) -> Grads:
+    # g goes to the positions equal to the maximum, split evenly on ties (as ReduceMax)
     x, y = n.inputs[0], n.outputs[0]
+    hit = op.Equal(x, y).cast_like(g)
+    return [hit * (g / op.ReduceSum(hit, list(range(2, rank(x, "GlobalMaxPool"))), keepdims=1))]
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A pool's windows over nd spatial axes: kernel k, strides s, dilations d, pads p (nd begins,
+    then nd ends), channels c, x's spatial size and the output's."""
+
+    k: list[int]
+    s: list[int]
+    d: list[int]
+    p: list[int]
+    c: int
+    size: list[int]
+    out: list[int]
+
+    def taps(self, i: int) -> np.ndarray:
+        """[out, k]: the positions along spatial axis i that each window reads (some outside x)."""
+        starts = np.arange(self.out[i]) * self.s[i] - self.p[i]
+        return starts[:, None] + np.arange(self.k[i])[None, :] * self.d[i]
+
+    def count(self, inside: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+        """Taps per window for which `inside(axis, taps)` holds, shaped as the output's spatial axes."""
+        count = np.ones(self.out, np.float32)
+        for i in range(len(self.k)):
+            count = count * inside(i, self.taps(i)).sum(axis=1).reshape([-1 if j == i else 1
+                                                                          for j in range(len(self.k))])
+        return count
+
+
+def pool(n: Node) -> Pool:
+    """The windows of an AveragePool or LpPool node. With ceil_mode the last window may run past
+    the end pad, but does not start in it (as onnxruntime counts, and not ONNX's shape inference)."""
+    x = n.inputs[0]
     k = n.ints("kernel_shape")
     nd = len(k)
-    xs = sizes(x, "AveragePool", list(range(1, 2 + nd)))
-    ys = sizes(y, "AveragePool", list(range(2, 2 + nd)))
+    xs = sizes(x, n.op_type, list(range(1, 2 + nd)))
     s, d = n.ints("strides") or [1] * nd, n.ints("dilations") or [1] * nd
     if any(v != 1 for v in d) and n.s("auto_pad") in ("SAME_UPPER", "SAME_LOWER"):
-        raise CompileError("the AveragePool gradient needs explicit pads with dilations (onnxruntime and "
+        raise CompileError(f"the {n.op_type} gradient needs explicit pads with dilations (onnxruntime and "
                            "the ONNX reference pad dilated SAME pooling differently)")
     p = explicit_pads(n, k, s, d)
-    reach = [(ys[2 + i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 for i in range(nd)]  # rows the windows span
-    if any(reach[i] > xs[2 + i] + p[i] + p[nd + i] for i in range(nd)):
-        raise CompileError("the AveragePool gradient does not support ceil_mode=1 where it adds a window")
-    count = np.ones(ys[2:], np.float32)
-    for i in range(nd):  # count[o] = taps of window o that land inside x (or inside the padding too)
-        taps = np.arange(ys[2 + i])[:, None] * s[i] - p[i] + np.arange(k[i])[None, :] * d[i]
-        inside = (taps >= 0) & (taps < xs[2 + i]) if not n.i("count_include_pad") else taps == taps
-        count = count * inside.sum(axis=1).reshape([-1 if j == i else 1 for j in range(nd)])
-    size = int(np.prod(k))
-    if np.all(count == size):
-        kernel = np.full([xs[1], 1] + k, 1.0 / size, np.float32)
+    out, ceil = [], n.i("ceil_mode")
+    for i in range(nd):
+        span = xs[2 + i] + p[i] + p[nd + i] - (k[i] - 1) * d[i] - 1
+        o = (-(-span // s[i]) if ceil else span // s[i]) + 1
+        out.append(o - 1 if ceil and (o - 1) * s[i] >= xs[2 + i] + p[i] else o)
+    return Pool(k, s, d, p, xs[1], list(xs[2:]), out)
+
+
+def window_sums_back(g: Value, w: Pool, scale: float = 1.0) -> Value:
+    """The transpose of summing each window (times `scale`): every x position gets the sum of g over
+    the windows that read it. A depthwise transposed conv with a kernel of ones; taps past the end
+    (ceil_mode) are cut off with the end pads."""
+    nd = len(w.k)
+    kernel = g.graph.const(np.full([w.c, 1] + w.k, scale, np.float32)).cast_like(g)
+    reach = [(w.out[i] - 1) * w.s[i] + (w.k[i] - 1) * w.d[i] + 1 for i in range(nd)]  # rows the windows span
+    end = [max(w.p[nd + i], reach[i] - w.p[i] - w.size[i]) for i in range(nd)]
+    out_pad = [w.size[i] - (reach[i] - w.p[i] - end[i]) for i in range(nd)]
+    return conv_transpose(g, kernel, w.s, w.p[:nd] + end, w.d, w.c, out_pad)
+
+
+@rule("AveragePool")
+def _avgpool(n: Node, g: Value) -> Grads:
+    # each output spreads g / count over its window; count is the window's taps inside x and the
+    # pads (count_include_pad=1) or inside x only (=0)
+    w = pool(n)
+    nd = len(w.k)
+    if n.i("count_include_pad"):
+        count = w.count(lambda i, t: (t >= -w.p[i]) & (t < w.size[i] + w.p[nd + i]))
     else:
-        g = g / g.graph.const(count).cast_like(g)
-        kernel = np.ones([xs[1], 1] + k, np.float32)
-    out_pad = [xs[2 + i] - (reach[i] - p[i] - p[nd + i]) for i in range(nd)]
-    return [conv_transpose(g, g.graph.const(kernel).cast_like(g), s, p, d, xs[1], out_pad)]
+        count = w.count(lambda i, t: (t >= 0) & (t < w.size[i]))
+    size = math.prod(w.k)
+    if np.all(count == size):
+        return [window_sums_back(g, w, 1.0 / size)]
+    return [window_sums_back(g / g.graph.const(count).cast_like(g), w)]
+
+
+@rule("LpPool")
+def _lppool(n: Node, g: Value) -> Grads:
+    # y = (sum over the window of |x|^p)^(1/p): dx = sign(x) |x|^(p-1) times the sum of g y^(1-p) over
+    # the windows that read x (0 where y = 0)
+    x, y, p = n.inputs[0], n.outputs[0], n.i("p")
+    w = pool(n)
+    if p == 1:
+        return [op.Sign(x) * window_sums_back(g, w)]
+    per = op.Where(y > 0.0, g / (y if p == 2 else op.Pow(y, float(p - 1))), 0.0)  # not g / 0
+    local = x if p == 2 else op.Sign(x) * op.Pow(op.Abs(x), float(p - 1))
+    return [local * window_sums_back(per, w)]

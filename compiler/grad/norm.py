@@ -1,4 +1,5 @@
-"""Gradient rules of normalization ops: instance, group and layer norm, LRN.
+"""Gradient rules of normalization ops: instance, group and layer norm, LRN, Lp and mean-variance
+normalization.
 
 The statistics are recomputed from the input (the forward op does not expose them in the form
 the gradient needs); each rule reduces to one formula over the normalized axes.
@@ -106,3 +107,31 @@ def _lrn(n: Node, g: Value) -> Grads:
     direct = g * op.Pow(s, -beta)
     cross = (x * window((g * y) / s, hi, lo)) * (2 * alpha * beta / size)
     return [direct - cross]
+
+
+@rule("LpNormalization")
+def _lp_norm(n: Node, g: Value) -> Grads:
+    # y = x / |x|_p along axis (p = 1 or 2): dx = (g - dnorm * sum(g y)) / |x|_p, with
+    # dnorm = d |x|_p / dx = x / |x|_2 = y (p = 2), sign(x) (p = 1); 0 where |x|_p = 0, as y is
+    x, y, p = n.inputs[0], n.outputs[0], n.i("p")
+    axes = [n.i("axis")]
+    if p not in (1, 2):
+        raise CompileError(f"LpNormalization has p = 1 or 2, not {p}")
+    norm = op.ReduceL2(x, axes, keepdims=1) if p == 2 else op.ReduceL1(x, axes, keepdims=1)
+    dnorm = y if p == 2 else op.Sign(x)
+    dx = (g - dnorm * op.ReduceSum(g * y, axes, keepdims=1)) / norm
+    return [op.Where(norm > 0.0, dx, 0.0)]
+
+
+@rule("MeanVarianceNormalization")
+def _mvn(n: Node, g: Value) -> Grads:
+    # y = c u, c = x - mean(x), u = 1 / (s + 1e-9), s = sqrt(mean(c^2)), means over axes:
+    # dx = u (g - mean(g)) - (u^2 / s) mean(g c) c
+    x = n.inputs[0]
+    axes = n.ints("axes")
+    c = x - op.ReduceMean(x, axes, keepdims=1)
+    s = op.Sqrt(op.ReduceMean(c * c, axes, keepdims=1))
+    u = op.Reciprocal(s + 1e-9)
+    spread = op.Where(s > 0.0, (u * u) / s, 0.0)  # c = 0 where s = 0: no NaN from 0 / 0
+    mean_g, mean_gc = op.ReduceMean(g, axes, keepdims=1), op.ReduceMean(g * c, axes, keepdims=1)
+    return [u * (g - mean_g) - spread * mean_gc * c]

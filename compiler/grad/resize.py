@@ -1,9 +1,11 @@
-"""The gradient of nearest Resize: every output copies one input pixel, so its gradient is added
-back there, per whole-number block where the resize is an upsampling, by a scatter otherwise."""
+"""The gradient of Resize. Nearest: every output copies one input pixel, so its gradient is added
+back there, per whole-number block where the resize is an upsampling, by a scatter otherwise.
+Linear and cubic: dlspec.compiler.grad.resize_filter."""
 
 from __future__ import annotations
 
 from dlspec.compiler.grad.common import sizes
+from dlspec.compiler.grad.resize_filter import interpolation_grad
 from dlspec.compiler.grad.table import Grads, Node, rule
 from dlspec.compiler.graph import Value
 from dlspec.compiler.graph import ops as op
@@ -26,11 +28,11 @@ def block_sum(g: Value, x: Value, factors: list[int]) -> Value:
 
 @rule("Resize")
 def _resize(n: Node, g: Value) -> Grads:
-    if n.s("mode") != "nearest":
-        raise CompileError(f"only nearest Resize has a gradient rule (this one is {n.s('mode')})")
+    if n.s("mode") in ("linear", "cubic"):
+        return [interpolation_grad(n, g)] + [None] * (len(n.inputs) - 1)
     if n.s("coordinate_transformation_mode") == "tf_crop_and_resize":
-        raise CompileError("the Resize gradient does not support coordinate_transformation_mode="
-                           "tf_crop_and_resize")
+        raise CompileError("the gradient of nearest Resize does not support coordinate_transformation_mode="
+                           "tf_crop_and_resize (linear and cubic do)")
     x = n.inputs[0]
     factors = _block_factors(n)
     dx = block_sum(g, x, factors) if factors is not None else _scatter_back(n, g, x)
@@ -80,3 +82,4 @@ def _block_factors(n: Node) -> list[int] | None:
         if (xa * f != ya) if isinstance(xa, int) and isinstance(ya, int) else f != 1:
             return None
     return factors
+

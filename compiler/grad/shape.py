@@ -1,11 +1,12 @@
-"""Gradient rules of ops that move, select or reduce elements: reshapes, slices, pads, scatters,
-reductions. A selection is undone by padding or scattering the gradient back into zeros."""
+"""Gradient rules of ops that move, repeat or reduce elements: reshapes, slices, pads, tiles,
+cumulative sums, block rearrangements, reductions. A selection is undone by padding or scattering
+the gradient back into zeros. (Ops that pick elements by index are in select.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from dlspec.compiler.grad.common import INT64_MAX, INT64_MIN, rank, sizes, unbroadcast
+from dlspec.compiler.grad.common import INT64_MAX, INT64_MIN, masked, rank, sizes, unbroadcast
 from dlspec.compiler.grad.table import Grads, Node, rule, rule_multi
 from dlspec.compiler.graph import Value
 from dlspec.compiler.graph import ops as op
@@ -58,6 +59,8 @@ def _slice(n: Node, g: Value) -> Grads:
     # dx = zeros with g written back at the selected positions: a Pad for an ascending run,
     # else a Gather from g with one zero row appended (positions not selected read the zero)
     x = n.inputs[0]
+    if any(n.input(i) is not None and n.const(i) is None for i in range(1, 5)):
+        return _none(n, _slice_back(n, g))
     starts, ends = n.const_ints(1), n.const_ints(2)
     assert starts is not None and ends is not None, "Slice has starts and ends"
     r = rank(x, "Slice")
@@ -81,6 +84,18 @@ def _slice(n: Node, g: Value) -> Grads:
     return _none(n, g)
 
 
+def _slice_back(n: Node, g: Value) -> Value:
+    """Slice's dx where starts, ends, axes or steps are computed at run time: the same Slice of x's
+    flat positions says where each element of g goes."""
+    x = n.inputs[0]
+    one = g.graph.const(1, "int64")
+    positions = op.Reshape(op.Range(g.graph.const(0, "int64"), op.numel(x), one), op.Shape(x))
+    picked = n.again([positions] + n.inputs[1:])[0]
+    flat = op.ScatterElements(op.Reshape(op.zeros_like(x), [-1]), op.Reshape(picked, [-1]),
+                              op.Reshape(g, [-1]))
+    return reshape_like(flat, x)
+
+
 @rule("Pad")
 def _pad(n: Node, g: Value) -> Grads:
     mode = n.s("mode")
@@ -97,8 +112,8 @@ def _pad(n: Node, g: Value) -> Grads:
 def _unpad(n: Node, g: Value) -> Value:
     """The inverse of a constant Pad: crop what it added, zero-fill what a negative pad cropped."""
     axes_in = n.input(3)
-    if n.const(1) is None:  # pads computed at run time: a Pad by -pads does both
-        return op.Pad(g, -n.inputs[1], axes=axes_in)
+    if n.const(1) is None or (axes_in is not None and n.const(3) is None):
+        return op.Pad(g, -n.inputs[1], axes=axes_in)  # computed at run time: a Pad by -pads does both
     pads = n.const_ints(1) or []
     k = len(pads) // 2
     axes = n.const_ints(3) or list(range(k))
@@ -154,25 +169,40 @@ def _pad_fold(n: Node, g: Value, mode: str) -> Value:
     return g
 
 
-@rule("ScatterElements")
-def _scatter_elements(n: Node, g: Value) -> Grads:
-    # y = data with updates written (none) or added (add) at indices along axis
-    _, idx, upd = n.inputs
-    axis, reduction = n.i("axis"), n.s("reduction")
-    if reduction not in ("none", "add"):
-        raise CompileError(f"ScatterElements(reduction='{reduction}') has no gradient rule (none and add do)")
-    dupd = op.GatherElements(g, idx, axis=axis)  # d updates = g at the indices
-    if reduction == "add":
-        return [g, None, dupd]
-    # overwritten elements of data do not reach y
-    return [op.ScatterElements(g, idx, op.zeros_like(upd), axis=axis), None, dupd]
+@rule("Tile")
+def _tile(n: Node, g: Value) -> Grads:
+    # y = x repeated r_i times along axis i: dx = g viewed as [r_0, d_0, r_1, d_1, ...], summed over the r_i
+    x, repeats = n.inputs
+    r = rank(x, "Tile")
+    pairs = op.Concat([op.Unsqueeze(repeats, [1]), op.Unsqueeze(op.Shape(x), [1])], axis=1)
+    split = op.Reshape(g, op.Reshape(pairs, [-1]))
+    return [op.ReduceSum(split, list(range(0, 2 * r, 2)), keepdims=0).with_shape(x.shape), None]
 
 
-@rule("GatherElements")
-def _gather_elements(n: Node, g: Value) -> Grads:
-    # y[i] = x[idx[i]] along axis: scatter-add g back (repeated indices accumulate)
-    x, idx = n.inputs
-    return [op.ScatterElements(op.zeros_like(x), idx, g, axis=n.i("axis"), reduction="add"), None]
+@rule("CumSum")
+def _cumsum(n: Node, g: Value) -> Grads:
+    # y_i = the sum of x_j over j <= i (j < i exclusive; j >= i, j > i reversed): dx_j = the sum of g_i
+    # over the i that x_j reaches, the cumulative sum of g in the other direction
+    return [op.CumSum(g, n.inputs[1], exclusive=n.i("exclusive"), reverse=1 - n.i("reverse")), None]
+
+
+# ---- rearranging blocks ----
+@rule("DepthToSpace")
+def _depth_to_space(n: Node, g: Value) -> Grads:
+    # a permutation of x: SpaceToDepth undoes DCR's; for CRD the channels it gives, ordered
+    # [b, b, C], are transposed to [C, b, b]
+    x, b = n.inputs[0], n.i("blocksize")
+    dx = op.SpaceToDepth(g, b)
+    if n.s("mode") == "CRD":
+        c = sizes(x, "DepthToSpace", [1])[1]
+        dx = op.Transpose(op.Reshape(dx, [0, b * b, c // (b * b), -1]), [0, 2, 1, 3])
+        dx = reshape_like(dx, x)
+    return [dx]
+
+
+@rule("SpaceToDepth")
+def _space_to_depth(n: Node, g: Value) -> Grads:
+    return [op.DepthToSpace(g, n.i("blocksize"))]  # SpaceToDepth is the inverse of DCR DepthToSpace
 
 
 # ---- reductions ----
@@ -218,6 +248,21 @@ def _reduce_max(n: Node, g: Value) -> Grads:
     hit = op.Equal(x, _keep(n, n.outputs[0])).cast_like(g)
     count = op.ReduceSum(hit, n.input(1), keepdims=1, noop_with_empty_axes=n.i("noop_with_empty_axes"))
     return _none(n, hit * (g / count))
+
+
+@rule("ReduceProd")
+def _reduce_prod(n: Node, g: Value) -> Grads:
+    # dx_i = g times the product of the other elements: P / x_i from the product P of the nonzero
+    # elements and the count Z of zeros (P where x_i is the only zero, 0 where another one is)
+    x = n.inputs[0]
+    axes, noop = n.input(1), n.i("noop_with_empty_axes")
+    zero = op.Equal(x, 0.0)
+    nonzero = op.Where(zero, 1.0, x)
+    product = op.ReduceProd(nonzero, axes, keepdims=1, noop_with_empty_axes=noop)
+    zeros = op.ReduceSum(zero.cast_like(x), axes, keepdims=1, noop_with_empty_axes=noop)
+    others = op.Where(zero, masked(product, op.Equal(zeros, 1.0)),
+                      masked(product / nonzero, op.Equal(zeros, 0.0)))
+    return _none(n, _keep(n, g) * others)
 
 
 @rule("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")

@@ -35,12 +35,12 @@ def backward(graph: Graph, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Sequ
     start = len(graph.nodes)
     reach = set(wrt)  # only nodes on a path from some wrt value to the loss get a gradient
     for node in nodes:
-        if node.op_type not in NO_GRADIENT and any(i in reach for i in node.input):
+        if node.op_type not in NO_GRADIENT and any(i in reach for i in _reads(node)):
             reach.update(node.output)
     needed = {loss}
     live: list[onnx.NodeProto] = []
     for node in reversed(nodes):
-        if any(o in needed for o in node.output) and any(i in reach for i in node.input):
+        if any(o in needed for o in node.output) and any(i in reach for i in _reads(node)):
             live.append(node)
             needed.update(i for i in node.input if i in reach)
     grads: dict[str, list[Value]] = {loss: [seed]}
@@ -78,9 +78,37 @@ def backward(graph: Graph, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Sequ
     return out
 
 
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """The values a node reads: its inputs, and for control flow the outer values its subgraphs
+    use (so that the walk meets an If whose branches read a weight, and refuses it)."""
+    if node.op_type not in CONTROL_FLOW:
+        return list(node.input)
+    return list(node.input) + sorted(_outer(node))
+
+
+def _outer(node: onnx.NodeProto) -> set[str]:
+    """Names that node's subgraphs read but do not define."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            defined = {v.name for v in list(sub.input) + list(sub.initializer)}
+            for inner in sub.node:
+                names.update(i for i in list(inner.input) + sorted(_outer(inner)) if i and i not in defined)
+                defined.update(inner.output)
+    return names
+
+
 def _no_rule(node: onnx.NodeProto) -> CompileError:
     path, span = _span_of(node)
     op_name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+    if node.op_type in CONTROL_FLOW and node.domain in ("", "ai.onnx"):
+        where = f"node {node.name or node.output[0]}" + (f", from {path}" if path != node.name else "")
+        return CompileError(f"ONNX op {op_name} ({where}) is control flow, which cannot be differentiated: "
+                            "dlspec has no gradient for If, Loop or Scan; export the model with its loops "
+                            "unrolled and its branches decided", span)
     return CompileError(f"no gradient rule for ONNX op {op_name} (node {node.name}, from {path}); it "
                         "cannot be trained through", span)
 

@@ -144,12 +144,25 @@ def Cos(x: Value) -> Value:
     return _same("Cos", x)
 
 
+def Sinh(x: Value) -> Value:
+    return _same("Sinh", x)
+
+
+def Cosh(x: Value) -> Value:
+    return _same("Cosh", x)
+
+
 def Sign(x: Value) -> Value:
     return _same("Sign", x)
 
 
 def Floor(x: Value) -> Value:
     return _same("Floor", x)
+
+
+def Round(x: Value) -> Value:
+    """Half-way cases to the even neighbour, as numpy's rint."""
+    return _same("Round", x)
 
 
 def Softplus(x: Value) -> Value:
@@ -426,6 +439,43 @@ def ScatterElements(data: Value, indices: Value, updates: Value, axis: int = 0,
                 reduction=None if reduction == "none" else reduction)
 
 
+def GatherND(x: Value, indices: Value, batch_dims: int = 0) -> Value:
+    shape = None
+    if x.shape is not None and indices.shape is not None and isinstance(indices.shape[-1], int):
+        shape = indices.shape[:-1] + x.shape[batch_dims + indices.shape[-1]:]
+    return _one("GatherND", [x, indices], x.dtype, shape, batch_dims=batch_dims or None)
+
+
+def ScatterND(data: Value, indices: Value, updates: Value, reduction: str = "none") -> Value:
+    return _one("ScatterND", [data, indices, updates], data.dtype, data.shape,
+                reduction=None if reduction == "none" else reduction)
+
+
+def CumSum(x: Value, axis: Value, exclusive: int = 0, reverse: int = 0) -> Value:
+    return _one("CumSum", [x, axis], x.dtype, x.shape, exclusive=exclusive or None, reverse=reverse or None)
+
+
+def DepthToSpace(x: Value, blocksize: int, mode: str = "DCR") -> Value:
+    shape = None
+    if x.shape is not None:
+        n, c, h, w = x.shape
+        b = blocksize
+        shape = (n, c // (b * b) if isinstance(c, int) else None, h * b if isinstance(h, int) else None,
+                 w * b if isinstance(w, int) else None)
+    return _one("DepthToSpace", [x], x.dtype, shape, blocksize=blocksize,
+                mode=None if mode == "DCR" else mode)
+
+
+def SpaceToDepth(x: Value, blocksize: int) -> Value:
+    shape = None
+    if x.shape is not None:
+        n, c, h, w = x.shape
+        b = blocksize
+        shape = (n, c * b * b if isinstance(c, int) else None, h // b if isinstance(h, int) else None,
+                 w // b if isinstance(w, int) else None)
+    return _one("SpaceToDepth", [x], x.dtype, shape, blocksize=blocksize)
+
+
 def Range(start: Value, limit: Value, delta: Value) -> Value:
     return _one("Range", [start, limit, delta], start.dtype, (None,))
 
@@ -485,6 +535,14 @@ def ReduceProd(x: Value, axes: Ints | None = None, keepdims: int = 1, noop_with_
 def ReduceSumSquare(x: Value, axes: Ints | None = None, keepdims: int = 1,
                     noop_with_empty_axes: int = 0) -> Value:
     return _reduce("ReduceSumSquare", x, axes, keepdims, noop_with_empty_axes)
+
+
+def ReduceL1(x: Value, axes: Ints | None = None, keepdims: int = 1, noop_with_empty_axes: int = 0) -> Value:
+    return _reduce("ReduceL1", x, axes, keepdims, noop_with_empty_axes)
+
+
+def ReduceL2(x: Value, axes: Ints | None = None, keepdims: int = 1, noop_with_empty_axes: int = 0) -> Value:
+    return _reduce("ReduceL2", x, axes, keepdims, noop_with_empty_axes)
 
 
 # ---- networks ----

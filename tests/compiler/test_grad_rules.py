@@ -231,6 +231,9 @@ def _model(row: Row, x_names: list[str], const_names: list[str], rs: list[np.nda
     dtype = helper.tensor_dtype_to_np_dtype(dtype_code)
     inits = [onnx.numpy_helper.from_array(c.astype(dtype) if c.dtype == np.float64 else c, n)
              for c, n in zip(row.consts, const_names)]  # float64 constants take the row's type
+    for i in row.computed:
+        inits[i].name = f"{const_names[i]}.value"
+        nodes.insert(0, helper.make_node("Identity", [inits[i].name], [const_names[i]]))
     if row.op == "Where":
         cond = np.random.default_rng(5).random(row.shapes[0]) > 0.5
         inits.append(onnx.numpy_helper.from_array(cond, "cond"))
@@ -261,6 +264,9 @@ def _setup(row: Row, dtype_code: int | None = None
     dtype_code = dtype_code or row.dtype
     dtype = helper.tensor_dtype_to_np_dtype(dtype_code)
     xs = [np.asarray(rng.uniform(row.low, row.high, s)).astype(dtype) for s in row.shapes]
+    for i, v in row.given.items():
+        assert np.shape(v) == row.shapes[i], (i, np.shape(v), row.shapes[i])
+        xs[i] = np.asarray(v, dtype)
     names = [f"x{i}" for i in range(len(xs))]
     consts = [f"c{i}" for i in range(len(row.consts))]
     ys = _ref(_model(row, names, consts, None, dtype_code)).run(None, dict(zip(names, xs)))
