@@ -5,7 +5,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+
+from dlspec.spec.limits import MAX_SOURCE_BYTES
+from dlspec.spec.source import NotReadable, read_regular
 
 
 @dataclass(frozen=True)
@@ -28,20 +30,34 @@ class DlspecError(Exception):
     exit_code = 2
 
 
+SPEC_SUFFIX = ".dlspec"
+_WIDE = 160  # characters of a line an excerpt shows
+
+
 def _excerpt(span: Span, source: str | None) -> str:
+    """The line of a span with a caret under it. Only from files named *.dlspec: a file of another
+    name (a root spec named on the command line) may be no spec at all, and its text not ours to show."""
+    if not span.file.endswith(SPEC_SUFFIX):
+        return ""
     if source is None:
         try:
-            source = Path(span.file).read_text()
-        except OSError:
+            source = read_regular(span.file, MAX_SOURCE_BYTES).decode(errors="replace").removeprefix("\ufeff")
+        except NotReadable:
             return ""
-    lines = source.splitlines()
+    lines = source.split("\n")  # as the parser counts lines
     if not 1 <= span.line <= len(lines):
         return ""
-    text = lines[span.line - 1].expandtabs(1)
-    width = span.end_col - span.col if span.end_line == span.line else len(text) - span.col + 1
-    width = max(1, min(width, len(text) - span.col + 1))
+    text = lines[span.line - 1].rstrip("\r").expandtabs(1)
+    col = span.col
+    width = span.end_col - col if span.end_line == span.line else len(text) - col + 1
+    if len(text) > _WIDE:  # a long line (generated, or no spec at all): the part around the span
+        start = max(0, col - 1 - _WIDE // 2)
+        more = "..." if start + _WIDE < len(text) else ""
+        text = ("..." if start else "") + text[start:start + _WIDE] + more
+        col -= start - (3 if start else 0)
+    width = max(1, min(width, len(text) - col + 1))
     gutter = f"{span.line:>4} | "
-    return f"{gutter}{text}\n{' ' * (len(gutter) + span.col - 1)}{'^' * width}"
+    return f"{gutter}{text}\n{' ' * (len(gutter) + col - 1)}{'^' * width}"
 
 
 class SpecError(DlspecError):

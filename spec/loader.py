@@ -12,8 +12,10 @@ from pydantic import BaseModel, ValidationError
 
 from dlspec.spec import model as m
 from dlspec.spec.constexpr import evaluate
-from dlspec.spec.errors import Span, SpecError, did_you_mean
+from dlspec.spec.errors import SPEC_SUFFIX, Span, SpecError, did_you_mean
+from dlspec.spec.limits import MAX_IMPORTED_FILES, MAX_NESTING, MAX_SOURCE_BYTES
 from dlspec.spec.parser import Node, parse_text
+from dlspec.spec.source import NotReadable, read_regular
 
 STDLIB = Path(__file__).with_name("stdlib.dlspec")
 
@@ -54,11 +56,8 @@ class Program:
 def load(path: str | Path) -> Program:
     """Parse, import, merge and validate a spec file into a Program."""
     root = Path(path)
-    try:
-        text = root.read_text()
-    except OSError as err:
-        raise SpecError(f"cannot read spec file {path}: {err.strerror}") from None
     raw: _Raw = _Raw()
+    text = _read(root, raw, None, f"read spec file {path}")
     _collect(STDLIB, STDLIB.read_text(), raw, stack=(), is_root=False)
     _collect(root, text, raw, stack=(), is_root=True)
     prog = Program(root=str(path), text=text, root_models=raw.root_models, root_trains=raw.root_trains)
@@ -79,27 +78,30 @@ class _Raw:
     root_models: list[str] = field(default_factory=list)
     root_trains: list[str] = field(default_factory=list)
     seen: set[Path] = field(default_factory=set)
+    size: int = 0  # bytes of spec text read: the root and its imports
+    imported: int = 0  # files imported
 
 
 def _collect(path: Path, text: str, raw: _Raw, stack: tuple[Path, ...], is_root: bool) -> None:
-    real = path.resolve()
+    real = _resolved(path, None)
     raw.seen.add(real)
     for item in parse_text(text, str(path)):
         kind = item["item"]
         if kind == "import":
-            target = (path.parent / item["path"])
+            target = _import_path(path, item)
+            real_target = _resolved(target, item["path_span"])
             chain = stack + (real,)
-            if target.resolve() in chain:
-                loop = chain[chain.index(target.resolve()):] + (target.resolve(),)
+            if real_target in chain:
+                loop = chain[chain.index(real_target):] + (real_target,)
                 raise SpecError(f"import cycle: {' -> '.join(p.name for p in loop)}; a file cannot "
                                 "import itself, directly or through other files", item["path_span"])
-            if target.resolve() in raw.seen:
+            if real_target in raw.seen:
                 continue
-            try:
-                sub = target.read_text()
-            except OSError as err:
-                raise SpecError(f"cannot import '{item['path']}': {err.strerror} ({target})",
-                                item["path_span"]) from None
+            raw.imported += 1
+            if raw.imported > MAX_IMPORTED_FILES:
+                raise SpecError(f"a spec imports at most {MAX_IMPORTED_FILES} files, directly or through "
+                                "others; this is one more", item["path_span"])
+            sub = _read(target, raw, item["path_span"], f"import '{_shown(item['path'])}'")
             _collect(target, sub, raw, stack + (real,), is_root=False)
         elif kind == "train":
             key = item["name"] or f"{path}#train{len(raw.trains)}"
@@ -111,6 +113,50 @@ def _collect(path: Path, text: str, raw: _Raw, stack: tuple[Path, ...], is_root:
             _add(table, item["name"], item, kind)
             if kind == "model" and is_root:
                 raw.root_models.append(item["name"])
+
+
+def _import_path(importer: Path, item: Node) -> Path:
+    """The file an import names, relative to the importing file; only *.dlspec files, by name."""
+    name: str = item["path"]
+    if "\0" in name:
+        raise SpecError("an import path cannot contain a NUL character", item["path_span"])
+    if not name.endswith(SPEC_SUFFIX):
+        raise SpecError(f"cannot import '{_shown(name)}': imports name {SPEC_SUFFIX} files (only the "
+                        "spec named on the command line may be called otherwise)", item["path_span"])
+    return importer.parent / name
+
+
+def _resolved(path: Path, span: Span | None) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop is a RuntimeError before Python 3.13
+        raise SpecError(f"cannot resolve {path}: {err}", span) from None
+
+
+def _read(path: Path, raw: _Raw, span: Span | None, what: str) -> str:
+    """A spec file's text: a regular UTF-8 file, within the size limit of all spec text read."""
+    try:
+        data = read_regular(str(path), MAX_SOURCE_BYTES)
+    except NotReadable as err:
+        raise SpecError(f"cannot {what}: {err} ({path})" if span else f"cannot {what}: {err}",
+                        span) from None
+    raw.size += len(data)
+    if raw.size > MAX_SOURCE_BYTES:
+        raise SpecError(f"cannot {what}: a spec and its imports hold at most {MAX_SOURCE_BYTES // 1024} "
+                        "KiB of text, and this file passes that", span)
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not text
+    except UnicodeDecodeError as err:
+        start = data.rfind(b"\n", 0, err.start) + 1
+        line = data.count(b"\n", 0, err.start) + 1
+        col = len(data[start:err.start].decode("utf-8", errors="replace")) + 1
+        raise SpecError(f"{path.name} is not UTF-8 text: byte 0x{data[err.start]:02x} cannot be read "
+                        "(save the file as UTF-8)", Span(str(path), line, col, line, col + 1),
+                        data.decode("utf-8", errors="replace")) from None
+
+
+def _shown(name: str) -> str:
+    return name if len(name) <= 60 else name[:56] + "..."
 
 
 def _add(table: dict[str, Node], name: str, item: Node, what: str) -> None:
@@ -135,6 +181,7 @@ def _resolve_model(name: str, raw: _Raw, stack: tuple[str, ...]) -> Node:
         if parent_name not in raw.models:
             raise SpecError(f"model '{name}' extends unknown model '{parent_name}'"
                             f"{did_you_mean(parent_name, raw.models)}", item["extends_span"])
+        _check_extends_depth(stack, item["extends_span"])
         out.update({k: v for k, v in _resolve_model(parent_name, raw, stack + (name,)).items()
                     if k not in ("name", "span", "name_span", "extends")})
         out["extends"] = parent_name
@@ -143,7 +190,18 @@ def _resolve_model(name: str, raw: _Raw, stack: tuple[str, ...]) -> Node:
             out[role] = item[role]
     for role, part in item["parts"].items():
         out[role] = _part(part)
+    _check_names(name, out.get("inputs", []) + out.get("targets", []))
     return out
+
+
+def _check_names(model: str, decls: list[Node]) -> None:
+    """Each input and target of a model has a name of its own: each is one input of the graph."""
+    first: dict[str, Node] = {}
+    for d in decls:
+        seen = first.setdefault(d["name"], d)
+        if seen is not d:
+            raise SpecError(f"'{d['name']}' is declared twice in model '{model}' (first as the "
+                            f"{seen['role']} at {seen['span']})", d["span"])
 
 
 def _part(part: Node) -> Node:
@@ -174,12 +232,19 @@ def _resolve_train(key: str, raw: _Raw, stack: tuple[str, ...]) -> Node:
             raise SpecError(f"train block extends unknown train block '{parent}'"
                             f"{did_you_mean(parent, named)}; named train blocks: "
                             f"{', '.join(named) or 'none'}", item["extends_span"])
+        _check_extends_depth(stack, item["extends_span"])
         base = _resolve_train(parent, raw, stack + (key,))
         settings.update(base["settings"])
         spans.update(base["setting_spans"])
     settings.update(item["settings"])
     spans.update(item["setting_spans"])
     return {**item, "settings": settings, "setting_spans": spans}
+
+
+def _check_extends_depth(stack: tuple[str, ...], span: Span) -> None:
+    if len(stack) >= MAX_NESTING:  # a chain of thousands would exhaust the stack resolving it
+        raise SpecError(f"'{stack[0]}' extends through more than {MAX_NESTING} others; extends "
+                        f"chains are at most {MAX_NESTING} deep", span)
 
 
 _POSITIONAL: dict[str, tuple[str, ...]] = {
@@ -262,6 +327,9 @@ def _train_dict(item: Node, prog: Program) -> Node:
 
 def _check_train(t: m.Train) -> m.Train:
     """Settings that are valid alone but not together."""
+    if t.data is not None and t.data.test + t.data.val >= 1:
+        raise SpecError(f"test={t.data.test} and val={t.data.val} leave no samples for training: their "
+                        "sum must be below 1", t.data.span)
     if t.early_stop is not None and t.data is not None and t.data.val == 0:
         raise SpecError(f"early_stop watches the validation split, but data {t.data.kind}(...) has none: "
                         "give it a share of the samples, e.g. val=0.1", t.early_stop.span)
@@ -295,9 +363,15 @@ def _spec_error(err: ValidationError, data: Node) -> SpecError:
     if first["type"] == "missing" and isinstance(rest[0], int):
         return SpecError(f"invalid value for '{key}'{where}: it has too few items "
                          f"(item {rest[0] + 1} is missing)", span)
-    msg = first["msg"]
+    msg = str(first["msg"]).removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:]
+    if rest and isinstance(rest[0], int):  # one item of a list: `shape`'s third dimension
+        return SpecError(f"invalid value {first['input']!r} for item {rest[0] + 1} of '{key}'{where}: {msg}",
+                         span)
     return SpecError(f"invalid value for '{key}'{where}: {msg}", span)
+
+
+_ITEM_SPANS = {"shape": "dim_spans"}  # list fields whose items are plain values with spans kept apart
 
 
 def _locate(data: Any, loc: Sequence[Any]) -> tuple[Span | None, Any, Any, list[Any]]:
@@ -327,6 +401,9 @@ def _locate(data: Any, loc: Sequence[Any]) -> tuple[Span | None, Any, Any, list[
                 span = own_span
             node = node.get(part)
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            item_spans = owner.get(_ITEM_SPANS.get(str(key), ""))
+            if isinstance(item_spans, list) and part < len(item_spans):
+                span = item_spans[part]
             node = node[part]
         else:
             break

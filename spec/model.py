@@ -4,9 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    ValidationInfo,
+    field_validator,
+)
 
 from dlspec.spec.errors import Span
+from dlspec.spec.limits import MAX_EPOCHS, MAX_INT, MAX_SAMPLE_VALUES, MAX_SIZE
+
+Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]  # a dimension, a batch size
+Count = Annotated[int, Field(gt=0, le=MAX_INT)]
+
+
+def _no_nul(path: str) -> str:
+    if "\0" in path:
+        raise ValueError("a path cannot contain a NUL character")
+    return path
+
+
+FilePath = Annotated[str, AfterValidator(_no_nul)]  # a data file or a run folder
 
 
 class Node(BaseModel):
@@ -137,9 +159,19 @@ class TensorDecl(Node):
     role: Literal["input", "target"]
     name: str
     dtype: DType
-    shape: list[int | str]
+    shape: list[Size | str]
     dtype_span: Span | None = Field(default=None, repr=False, exclude=True)
     dim_spans: list[Span] = Field(default_factory=list, repr=False, exclude=True)
+
+    @field_validator("shape")
+    @classmethod
+    def _values_per_sample(cls, shape: list[int | str]) -> list[int | str]:
+        n = 1
+        for d in shape[1:]:
+            n *= d if isinstance(d, int) else 1
+            if n > MAX_SAMPLE_VALUES:
+                raise ValueError(f"it holds more than {MAX_SAMPLE_VALUES:,} values per sample, the limit")
+        return shape
 
 
 class FeatureDef(Node):
@@ -222,20 +254,39 @@ class Model(Node):
 
 
 # ---- training ----
+BUNDLED_CLASSES = {"digits": 10, "iris": 3, "wine": 3, "breast_cancer": 2}  # diabetes: a regression
+
+
 class Bundled(Node):
     """`digits(test=0.2, val=0.1)`: a data set shipped with scikit-learn."""
 
     kind: Literal["digits", "iris", "wine", "breast_cancer", "diabetes"]
-    classes: list[int] | None = None  # keep only these labels (`digits(classes=[0, 1, 2])`)
+    classes: list[NonNegativeInt] | None = Field(None, min_length=1)  # keep only these labels
     test: float = Field(0.2, ge=0.0, lt=1.0)
     val: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, classes: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        kind = info.data.get("kind")
+        if classes is None or kind is None:
+            return classes
+        if kind not in BUNDLED_CLASSES:
+            raise ValueError(f"{kind} is a regression data set; it has no classes to keep")
+        n = BUNDLED_CLASSES[kind]
+        for c in classes:
+            if c >= n:
+                raise ValueError(f"{kind} has classes 0 to {n - 1}, not {c}")
+        if len(set(classes)) != len(classes):
+            raise ValueError("a class is listed twice")
+        return classes
 
 
 class NpzData(Node):
     """`npz("data.npz", image=x, label=y, test=0.2)`"""
 
     kind: Literal["npz"]
-    path: str
+    path: FilePath
     fields: dict[str, str] = {}
     test: float = Field(0.2, ge=0.0, lt=1.0)
     val: float = Field(0.0, ge=0.0, lt=1.0)
@@ -245,7 +296,7 @@ class CsvData(Node):
     """`csv("data.csv", target=price, test=0.2)`"""
 
     kind: Literal["csv"]
-    path: str
+    path: FilePath
     target: str
     test: float = Field(0.2, ge=0.0, lt=1.0)
     val: float = Field(0.0, ge=0.0, lt=1.0)
@@ -283,10 +334,10 @@ class Schedule(Node):
 
     kind: Literal["constant", "step", "cosine", "linear"]
     warmup: float = Field(0.0, ge=0.0)
-    every: PositiveInt | None = None
+    every: Count | None = None
     gamma: float = Field(0.1, gt=0.0)
     min_lr: float = Field(0.0, ge=0.0)
-    scale_with_batch: int | None = None
+    scale_with_batch: Size | None = None
 
 
 class Initializer(Node):
@@ -327,7 +378,7 @@ class Augment(Node):
     `contrast(0.2)`, `cutout(4)`."""
 
     kind: Literal["hflip", "vflip", "translate", "crop", "noise", "brightness", "contrast", "cutout"]
-    amount: float = Field(1.0, ge=0.0)
+    amount: float = Field(1.0, ge=0.0, le=MAX_SIZE)
     p: float = Field(0.5, ge=0.0, le=1.0)
 
 
@@ -336,7 +387,7 @@ class EarlyStop(Node):
     (accuracy, else MAE) has not improved by more than min_delta for `patience` epochs in a row."""
 
     kind: Literal["early_stop"]
-    patience: Annotated[int, Field(gt=0, strict=True)] = 5
+    patience: Annotated[int, Field(gt=0, le=MAX_EPOCHS, strict=True)] = 5
     min_delta: float = Field(0.0, ge=0.0)
 
 
@@ -350,15 +401,15 @@ class Train(Node):
     extends: str | None = None
     model: str | None = None
     data: Data | None = None
-    batch: PositiveInt = 32
-    epochs: PositiveInt = 10
+    batch: Size = 32
+    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 10
     optimizer: Optimizer | None = None
     schedule: Schedule | None = None
     init: list[InitRule] = []
     clip: Clip | None = None
     augment: list[Augment] = []
-    seed: int = 0
-    from_: str | None = Field(default=None, alias="from")
+    seed: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
+    from_: FilePath | None = Field(default=None, alias="from")
     from_except: list[str] = []  # `from "run" except head`: parameters under these stay fresh
     freeze: list[str] = []
     lr_mult: list[LrRule] = []

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
-from lark import Lark, Token, Transformer, Tree, v_args
+from lark import Lark, Token, Tree, v_args
 from lark.exceptions import (
     LarkError,
     UnexpectedCharacters,
@@ -15,7 +16,9 @@ from lark.exceptions import (
     VisitError,
 )
 from lark.tree import Meta
+from lark.visitors import Transformer_NonRecursive
 
+from dlspec.spec.bounds import check_tree
 from dlspec.spec.errors import Span, SpecError
 
 Node = dict[str, Any]
@@ -39,8 +42,8 @@ _LIST_SETTINGS = {"init", "augment", "freeze", "lr_mult"}
 
 
 @v_args(meta=True)
-class _ToDicts(Transformer[Token, list[Node]]):
-    """Reshapes the parse tree into dicts; one method per grammar rule alias."""
+class _ToDicts(Transformer_NonRecursive[Token, list[Node]]):
+    """Reshapes the parse tree into dicts; one method per grammar rule alias (without recursion)."""
 
     def __init__(self, file: str):
         super().__init__()
@@ -54,7 +57,7 @@ class _ToDicts(Transformer[Token, list[Node]]):
         return {"kind": "num", "value": _number(c[0]), "span": self.sp(c[0])}
 
     def string(self, meta: Meta, c: list[Token]) -> Node:
-        return {"kind": "str", "value": _unquote(c[0]), "span": self.sp(c[0])}
+        return {"kind": "str", "value": _unquote(c[0], self.file), "span": self.sp(c[0])}
 
     def true(self, meta: Meta, c: list[Any]) -> Node:
         return {"kind": "bool", "value": True, "span": self.sp(meta)}
@@ -166,7 +169,8 @@ class _ToDicts(Transformer[Token, list[Node]]):
 
     # ---- top level ----
     def import_stmt(self, meta: Meta, c: list[Token]) -> Node:
-        return {"item": "import", "path": _unquote(c[0]), "span": self.sp(meta), "path_span": self.sp(c[0])}
+        return {"item": "import", "path": _unquote(c[0], self.file), "span": self.sp(meta),
+                "path_span": self.sp(c[0])}
 
     def param(self, meta: Meta, c: list[Any]) -> Node:
         return {"name": str(c[0]), "default": c[1], "span": self.sp(meta)}
@@ -252,7 +256,7 @@ class _ToDicts(Transformer[Token, list[Node]]):
         if key == "model":
             value = str(value)
         elif key == "from":  # `from "run" except head, neck`: skip those parameters
-            value = _unquote(children[0])
+            value = _unquote(children[0], self.file)
             skipped = [c for c in children[1:] if c is not None]
             if skipped:
                 return ("from_except", skipped, self.sp(meta)), (key, value, self.sp(meta))
@@ -283,8 +287,27 @@ def _opt_str(tok: Token | None) -> str | None:
     return None if tok is None else str(tok)
 
 
-def _unquote(tok: Token) -> str:
-    return str(tok)[1:-1].encode().decode("unicode_escape")
+_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "r": "\r"}
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)")
+
+
+def _unquote(tok: Token, file: str) -> str:
+    r"""A string literal's text: \\ \" \' \n \t \r \xHH and \uHHHH escapes, nothing else."""
+
+    def one(m: re.Match[str]) -> str:
+        code = m.group(1)
+        if code[0] in "ux" and len(code) > 1:
+            char = chr(int(code[1:], 16))
+            if not 0xD800 <= ord(char) <= 0xDFFF:  # a lone surrogate is not a character
+                return char
+        elif code in _ESCAPES:
+            return _ESCAPES[code]
+        col = (tok.column or 0) + 1 + m.start()  # after the opening quote
+        what = f"'\\{code}' is not a character" if len(code) > 1 else f"unknown escape '\\{code}'"
+        raise SpecError(f"{what} in a string; strings know \\\\ \\\" \\' \\n \\t \\r \\xHH and \\uHHHH",
+                        Span(file, tok.line or 0, col, tok.line or 0, col + len(code) + 1))
+
+    return _ESCAPE.sub(one, str(tok)[1:-1])
 
 
 def parse_text(text: str, file: str) -> list[Node]:
@@ -293,6 +316,7 @@ def parse_text(text: str, file: str) -> list[Node]:
         tree: Tree[Token] = _parser().parse(text)
     except UnexpectedInput as err:
         raise _syntax_error(err, text, file) from None
+    check_tree(tree, file)
     try:
         return _ToDicts(file).transform(tree)
     except VisitError as err:  # a SpecError raised inside a rule arrives wrapped by Lark
@@ -348,6 +372,7 @@ def _syntax_error(err: UnexpectedInput, text: str, file: str) -> SpecError:
     if isinstance(err, UnexpectedCharacters):
         pos = err.pos_in_stream or 0
         char = text[pos] if pos < len(text) else "?"
+        char = char if char.isprintable() else f"U+{ord(char):04X}"
         span = Span(file, line, col, line, col + 1)
         if char == ">" and text[pos - 1:pos] == "-":
             # `conv(8 -> bn`: the lexer read '-' as a minus sign; the real problem is before the arrow
@@ -380,20 +405,25 @@ def _syntax_error(err: UnexpectedInput, text: str, file: str) -> SpecError:
         before = _tokens_before(text, tok.start_pos or 0)
         chain_end = ("RPAR", "NAME", "NUMBER", "RBRACE")  # what a chain can end with, before a new stage
         if len(before) >= 2 and before[-1].type == "NAME" and before[-2].type in chain_end:
-            name = before[-1]
+            name = _short(str(before[-1]))
             return SpecError(f"missing '->' before '{name}': layers in a chain are joined with '->' "
                              f"(or, if '{name}' starts a new stage, write '{name}: ...')",
-                             _tok_span(file, name), text)
+                             _tok_span(file, before[-1]), text)
     hint = ""
     if tok.type == "NAME" and "'->'" in expected:
         hint = "; layers in a chain are joined with '->'"
     elif tok.type == "NAME" and set(expected) <= {"'}'", "')'"}:
         before = _tokens_before(text, tok.start_pos or 0)
         if before and before[-1].type in ("NAME", "RPAR"):
-            hint = f"; layers in a chain are joined with '->' (missing '->' before '{tok}'?)"
+            hint = f"; layers in a chain are joined with '->' (missing '->' before '{_short(str(tok))}'?)"
     word = _TOKEN_WORDS.get(tok.type, "").removeprefix("a ").split(" in ")[0]
-    shown = f"{word} '{tok}'" if word else f"'{tok}'"
+    shown = f"{word} '{_short(str(tok))}'" if word else f"'{_short(str(tok))}'"
     return SpecError(f"unexpected {shown}, expected {_one_of(expected)}{hint}", span, text)
+
+
+def _short(token: str) -> str:
+    """A token as quoted in a message: not all of a long string, which may be another file's text."""
+    return token if len(token) <= 24 else token[:20] + "..."
 
 
 def _one_of(words: list[str]) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 WriteSpec = Callable[..., Path]
 
@@ -26,3 +29,15 @@ def write_spec(tmp_path: Path) -> WriteSpec:
         return path
 
     return write
+
+
+# Hypothesis profiles for the fuzz test (tests/spec/test_fuzz.py): a few hundred examples, the
+# same ones on every run, by default; `--hypothesis-profile=long` draws 10,000 fresh ones. The
+# tests bound each example's time themselves, so there is no deadline (a loaded machine would trip it).
+settings.register_profile("dlspec", max_examples=300, deadline=None, database=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("long", parent=settings.get_profile("dlspec"), max_examples=10_000,
+                          derandomize=False)
+settings.load_profile("dlspec")
+# where Hypothesis writes the patches of failing examples: a temporary folder, not the work tree
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "dlspec-hypothesis"))

@@ -8,6 +8,7 @@ compiled with no data) it is the identity, and `Lowered.unfitted` says so.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -130,7 +131,7 @@ def _as_value(g: Graph, v: Value | float) -> Value:
 
 def _expr(g: Graph, e: m.Expr, vals: dict[str, Value], st: _Standardize) -> Value | float:
     if isinstance(e, m.Num):
-        return float(e.value)
+        return _constant(float(e.value), e)
     if isinstance(e, m.Name):
         if e.id not in vals:
             raise SpecError(f"unknown input or feature '{e.id}'{did_you_mean(e.id, vals)}; "
@@ -151,24 +152,51 @@ def _expr(g: Graph, e: m.Expr, vals: dict[str, Value], st: _Standardize) -> Valu
 
 def _binary(g: Graph, fn: Callable[[Value, Value], Value], args: list[Value | float],
             span: object) -> Value:
+    if fn is op.Div and args[1] == 0.0:
+        raise SpecError("division by zero", span)  # type: ignore[arg-type]
     a, b = (_as_value(g, x) for x in args)
     shape = _broadcast(a.dims, b.dims, span)
     return fn(a, b).with_shape(shape)
 
 
-def _fold(op: str, args: list[float], e: m.Op) -> float:
+_FOLD: dict[str, Callable[..., float]] = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b, "pow": lambda a, b: a**b, "neg": lambda a: -a,
+    "log": math.log, "exp": math.exp, "sqrt": math.sqrt, "abs": abs, "min": min, "max": max}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _fold(op: str, args: list[float], e: m.Op | m.Func) -> float:
+    """A constant sub-expression, computed now and judged: the graph holds it as one float32."""
+    shown = f"{op}({', '.join(f'{a:g}' for a in args)})"
     try:
-        if op == "neg":
-            return -args[0]
-        return float({"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-                      "pow": np.power}[op](args[0], args[1]))
+        out = _FOLD[op](*args)
     except ZeroDivisionError:
         raise SpecError("division by zero", e.span) from None
+    except OverflowError:  # exp(1e9), 10.0 ** 400
+        raise SpecError(f"{shown} is too large for a float", e.span) from None
+    except ValueError:  # log(-1), sqrt(-1)
+        raise SpecError(f"{shown} is not a real number", e.span) from None
+    if isinstance(out, complex):  # (-8) ** 0.5
+        raise SpecError(f"{shown} is not a real number", e.span)
+    return _constant(float(out), e)
 
 
-def _func(g: Graph, e: m.Func, vals: dict[str, Value], st: _Standardize) -> Value:
+def _constant(v: float, e: m.Expr) -> float:
+    """A constant the graph can hold: finite in float32 (NaN and infinity poison every value they touch)."""
+    if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
+        raise SpecError(f"this constant is {v:g}; a feature's constants must be finite float32 numbers "
+                        f"(at most {_FLOAT32_MAX:.4g} in size)", e.span)
+    return v
+
+
+def _func(g: Graph, e: m.Func, vals: dict[str, Value], st: _Standardize) -> Value | float:
     args = [_expr(g, a, vals, st) for a in e.args]
     name = e.name
+    if name in _FOLD and args and all(isinstance(a, float) for a in args):
+        n_args = 1 if name in _UNARY else 2 if name == "pow" else len(args)
+        if len(args) == n_args and (len(args) >= 2 or name not in _VARIADIC):
+            return _fold(name, args, e)  # type: ignore[arg-type]
 
     def arity(n: int, form: str) -> None:
         if len(args) != n:

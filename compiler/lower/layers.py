@@ -7,21 +7,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from dlspec.compiler.graph import Value, show
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.graph.composite import channel_sum, per_channel
 from dlspec.compiler.lower.random import stream_seed, uniform_like
 from dlspec.compiler.target import lowering
+from dlspec.spec.limits import MAX_SIZE
+from dlspec.spec.model import Size
 
 if TYPE_CHECKING:
     from dlspec.compiler.lower.context import LayerCtx
 
 LAYERS: dict[str, type[Layer]] = {}
+Window = Annotated[int, Field(le=MAX_SIZE)]  # a kernel, stride, dilation or padding; _pair checks the least
 
 
 def layer(name: str) -> Any:
@@ -99,12 +102,12 @@ class Conv(Layer):
 
     positional: ClassVar[tuple[str, ...]] = ("out",)
     maps: ClassVar[bool] = False
-    out: PositiveInt
-    k: int | list[int] = 3
-    stride: int | list[int] = 1
-    padding: Literal["same", "valid"] | int | list[int] = "same"
-    dilation: int | list[int] = 1
-    groups: PositiveInt = 1
+    out: Size
+    k: Window | list[Window] = 3
+    stride: Window | list[Window] = 1
+    padding: Literal["same", "valid"] | Window | list[Window] = "same"
+    dilation: Window | list[Window] = 1
+    groups: Size = 1
     bias: bool | None = None
 
     def build(self, ctx: LayerCtx, x: Value) -> Value:
@@ -261,9 +264,9 @@ class Softmax(Layer):
 
 class _Pool(Layer):
     positional: ClassVar[tuple[str, ...]] = ("k",)
-    k: int | list[int] = 2
-    stride: int | list[int] | None = None
-    padding: int | list[int] = 0
+    k: Window | list[Window] = 2
+    stride: Window | list[Window] | None = None
+    padding: Window | list[Window] = 0
 
     def build(self, ctx: LayerCtx, x: Value) -> Value:
         h, w = _spatial(ctx, x, self.kind)
@@ -325,7 +328,7 @@ class Linear(Layer):
 
     positional: ClassVar[tuple[str, ...]] = ("out",)
     maps: ClassVar[bool] = False
-    out: PositiveInt
+    out: Size
     bias: bool = True
 
     def build(self, ctx: LayerCtx, x: Value) -> Value:
@@ -361,7 +364,7 @@ class Upsample(Layer):
     """`upsample(2)`: nearest-neighbour upsampling by an integer factor"""
 
     positional: ClassVar[tuple[str, ...]] = ("scale",)
-    scale: PositiveInt = 2
+    scale: Size = 2
 
     def build(self, ctx: LayerCtx, x: Value) -> Value:
         _spatial(ctx, x, "upsample")

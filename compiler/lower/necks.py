@@ -9,6 +9,7 @@ from dlspec.compiler.lower.walk import Scope, Walker
 from dlspec.spec import model as m
 from dlspec.spec.constexpr import evaluate
 from dlspec.spec.errors import CompileError, SpecError, did_you_mean
+from dlspec.spec.limits import MAX_SIZE
 
 NECKS = ("fpn",)
 
@@ -28,8 +29,8 @@ def fpn(w: Walker, call: m.Call) -> list[Value]:
     if call.args or "from" not in call.kwargs or "channels" not in call.kwargs:
         raise SpecError("fpn takes from=[stage, ...] and channels=C", call.span)
     channels = evaluate(call.kwargs["channels"], {})
-    if not isinstance(channels, int) or channels < 1:
-        raise SpecError(f"fpn channels must be a whole number >= 1, got {channels!r}",
+    if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= MAX_SIZE:
+        raise SpecError(f"fpn channels must be a whole number from 1 to {MAX_SIZE:,}, got {channels!r}",
                         call.arg_spans["channels"])
     levels = w._from(call, {})
     for t in levels:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from dlspec.compiler.lower.layers import LAYERS, Layer, _same_shapes
 from dlspec.spec import model as m
 from dlspec.spec.constexpr import Symbol, evaluate
 from dlspec.spec.errors import CompileError, Span, SpecError, did_you_mean
+from dlspec.spec.limits import MAX_EXPANDED, MAX_INT, MAX_NESTING, MAX_REPEAT, MAX_SAMPLE_VALUES
 from dlspec.spec.loader import STDLIB
 
 Env = dict[str, Any]
@@ -47,6 +49,9 @@ class Walker:
         self.comp = comp
         self.visible: dict[str, list[Value]] = {}  # named stages that `from=` can refer to
         self.visible_in: dict[str, str] = {}
+        self.expanded = 0  # elements expanded so far: layers, block calls, loop passes, repeat copies
+        self.depth = 0  # elements inside one another, through block calls
+        self.calling: list[str] = []  # the blocks being expanded, outermost first
 
     # ---- sections ----
     def section(self, sec: m.Section, xs: list[Value]) -> list[Value]:
@@ -89,6 +94,26 @@ class Walker:
 
     def element(self, el: m.Element, xs: list[Value], scope: Scope, env: Env, sole: bool,
                 next_kind: str | None, stages: str | None) -> list[Value]:
+        """Expand one element, within the limits on how much and how deep a model expands."""
+        self._expand(1, el)
+        if self.depth >= MAX_NESTING:
+            raise SpecError(f"this nests more than {MAX_NESTING} levels deep, counting through the blocks "
+                            "that call it", el.span)
+        self.depth += 1
+        try:
+            return self._element(el, xs, scope, env, sole, next_kind, stages)
+        finally:
+            self.depth -= 1
+
+    def _expand(self, n: int, el: m.Element) -> None:
+        """Count `n` more expanded elements; past MAX_EXPANDED, stop at `el`."""
+        if self.expanded + n > MAX_EXPANDED:
+            raise SpecError(f"the model expands to more than {MAX_EXPANDED:,} layers, block calls, loop "
+                            "passes and repeat copies, the limit; this is where it passes it", el.span)
+        self.expanded += n
+
+    def _element(self, el: m.Element, xs: list[Value], scope: Scope, env: Env, sole: bool,
+                 next_kind: str | None, stages: str | None) -> list[Value]:
         if isinstance(el, m.Call):
             return self.call(el, xs, scope, env, sole, next_kind, stages)
         if isinstance(el, m.Group):
@@ -97,19 +122,29 @@ class Walker:
             items = evaluate(el.iter, env)
             if not isinstance(items, list):
                 raise SpecError(f"for expects a list, got {items!r}", el.iter.span)
+            self._check_budget(len(items) * _at_least(el.body.items), el)
             for item in items:
                 xs = self.chain(el.body, xs, scope, {**env, el.var: item})
             return xs
         if isinstance(el, m.Residual):
             return self.residual(el, xs, scope, env)
         times = evaluate(el.times, env)
-        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
-            raise SpecError(f"a repeat count must be a whole number >= 1, got {times!r}", el.times.span)
+        if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= MAX_REPEAT:
+            raise SpecError(f"a repeat count must be a whole number from 1 to {MAX_REPEAT:,}, got {times!r}",
+                            el.times.span)
+        self._check_budget(times * _at_least([el.body]), el)
         first = self._kind_of(el.body, env)
         for i in range(times):  # each copy but the last is followed by the next copy
             xs = self.element(el.body, xs, scope.index(), env, sole=True,
                               next_kind=next_kind if i == times - 1 else first, stages=None)
         return xs
+
+    def _check_budget(self, least: int, el: m.Element) -> None:
+        """Refuse a repeat or loop before its work when what it expands cannot fit the limit."""
+        if self.expanded + least > MAX_EXPANDED:
+            raise SpecError(f"the model expands to more than {MAX_EXPANDED:,} layers, block calls, loop "
+                            f"passes and repeat copies, the limit: this alone expands to {least:,} or more",
+                            el.span)
 
     # ---- calls: layers and blocks ----
     def call(self, call: m.Call, xs: list[Value], scope: Scope, env: Env, sole: bool,
@@ -127,12 +162,19 @@ class Walker:
             if "init" in call.kwargs:
                 raise SpecError("init= applies to single layers; set it on the layers inside "
                                 f"block '{name}' or in the train block", call.arg_spans["init"])
+            if name in self.calling:  # the language has no conditions: a block that calls itself never ends
+                cycle = self.calling[self.calling.index(name):] + [name]
+                raise SpecError(f"block {name} calls itself: {' -> '.join(cycle)}",
+                                call.name_span or call.span)
             inner = scope if sole else scope.index()
+            self.calling.append(name)
             try:
                 return self.body(blk.body, xs, inner, self._bind(blk, call, env),
                                  stages if sole else None)
             except SpecError as err:
                 raise _at_call_site(err, name, call) from None
+            finally:
+                self.calling.pop()
         known = list(LAYERS) + list(self.blocks)
         raise SpecError(f"unknown layer or block '{name}'{did_you_mean(name, known)}",
                         call.name_span or call.span)
@@ -185,7 +227,7 @@ class Walker:
         override = self._init_override(call, env) if "init" in call.kwargs else None
         path = scope.child(cls.kind)
         ctx = LayerCtx(self.comp, path, cls.kind, call.span, next_kind, override)
-        out = args.build_many(ctx, xs)
+        out = _within_limits(ctx, args.build_many(ctx, xs))
         self.comp.records.append(LayerRecord(path, cls.kind, [t.dims for t in out], ctx.n_params,
                                              ctx.flops, call.span))
         return out
@@ -211,7 +253,7 @@ class Walker:
             # strict: a string or a boolean is not a number here (conv("8"), conv(true))
             return cls.model_validate(data, strict=True)
         except ValidationError as err:
-            e = err.errors()[0]
+            e = _most_telling(err.errors())
             key = str(e["loc"][0]) if e["loc"] else ""
             fields = [f for f in cls.model_fields] + list(COMMON_ARGS)
             if e["type"] == "extra_forbidden":
@@ -295,10 +337,40 @@ class Walker:
                next_kind: str | None) -> list[Value]:
         path = f"{scope.path}.{kind}"
         ctx = LayerCtx(self.comp, path, args.kind, span, next_kind, None)
-        out = args.build_many(ctx, xs)
+        out = _within_limits(ctx, args.build_many(ctx, xs))
         self.comp.records.append(LayerRecord(path, args.kind, [t.dims for t in out], ctx.n_params,
                                              ctx.flops, span))
         return out
+
+
+def _at_least(items: list[m.Element]) -> int:
+    """The fewest elements the walk expands for these, read from the text alone (a block call or a
+    repeat by a parameter counts once), capped just past MAX_EXPANDED."""
+    n = 0
+    for el in items:
+        n += 1
+        if isinstance(el, m.Repeat):
+            times = el.times.value if isinstance(el.times, m.Num) and isinstance(el.times.value, int) else 1
+            n += max(times, 1) * _at_least([el.body])
+        elif isinstance(el, m.ForEach):
+            passes = len(el.iter.items) if isinstance(el.iter, m.ListExpr) else 0
+            n += passes * _at_least(el.body.items)
+        elif isinstance(el, (m.Group, m.Residual)):
+            n += _at_least(el.body.items)
+        if n > MAX_EXPANDED:
+            return MAX_EXPANDED + 1
+    return n
+
+
+def _within_limits(ctx: LayerCtx, out: list[Value]) -> list[Value]:
+    """A layer's outputs, refused past MAX_SAMPLE_VALUES per sample (upsample(2) * 40 would grow
+    an image to 2^40 times its area)."""
+    for t in out:
+        n = math.prod(d for d in t.dims[1:] if isinstance(d, int))
+        if n > MAX_SAMPLE_VALUES:
+            raise ctx.error(f"its output {show(t.dims)} holds {n:,} values per sample; the limit is "
+                            f"{MAX_SAMPLE_VALUES:,}")
+    return out
 
 
 def _at_call_site(err: SpecError, block: str, call: m.Call) -> SpecError:
@@ -317,6 +389,14 @@ def _shortcut_name(scope: Scope) -> str:
     return "shortcut" if n == 1 else f"shortcut{n}"
 
 
+def _most_telling(errors: list[Any]) -> Any:
+    """The first field's error that says most: of `k=[3, 2000000]` against `int | list[int]`, the
+    item past its bound rather than "not an int"."""
+    field = [e for e in errors if e["loc"][:1] == errors[0]["loc"][:1]]
+    return next((e for e in field if e["type"] in _BOUNDS), field[0])
+
+
+_BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 _EXPECTED = {"int_type": "expected a whole number", "float_type": "expected a number",
              "bool_type": "expected true or false", "string_type": "expected a name or a string"}
 
@@ -344,6 +424,6 @@ def _plain(v: Any) -> Any:
     """Symbols become plain strings and whole floats (width * 0.5) ints, for strict validation."""
     if isinstance(v, list):
         return [_plain(i) for i in v]
-    if isinstance(v, float) and v.is_integer():
+    if isinstance(v, float) and v.is_integer() and abs(v) <= MAX_INT:
         return int(v)
     return str(v) if isinstance(v, Symbol) else v

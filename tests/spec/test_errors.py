@@ -102,7 +102,7 @@ CASES = {
         "invalid value 1.5 for 'p' of dropout: input should be less than 1"),
     "repeat-count-zero": Case(
         model("  backbone { s: conv(8) * 0 }"), "main.dlspec:4:27",
-        "a repeat count must be a whole number >= 1, got 0"),
+        "a repeat count must be a whole number from 1 to 1,000, got 0"),
     "error-inside-a-stdlib-block-points-at-the-call": Case(
         model("  backbone {", "    s: bottleneck(6)", "  }"), "main.dlspec:5:8",
         "invalid value 1.5 for 'out' of conv: expected a whole number (inside block 'bottleneck' of "
@@ -117,6 +117,9 @@ CASES = {
         lines("model m {", "  input image: float32[4, 3, 16, 16]", "  backbone { s: conv(8) }", "}"),
         "main.dlspec:2:24",
         "the first dimension of 'image' is 4; it must be the symbolic batch size, e.g. float32[N, ...]"),
+    "input-declared-twice": Case(
+        lines("model m {", "  input x: float32[N, 4]", "  target x: float32[N]", "  head regress", "}"),
+        "main.dlspec:3:3", "'x' is declared twice in model 'm' (first as the input at"),
     "symbolic-non-batch-dim": Case(
         lines("model m {", "  input image: float32[N, C, 16, 16]", "  backbone { s: conv(8) }", "}"),
         "main.dlspec:2:27",
