@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from dlspec.files import Npz, atomic_write
+from dlspec.health import PREFIX, is_health
 from dlspec.spec.errors import RunError
 
 if TYPE_CHECKING:
@@ -79,9 +80,15 @@ def _record(line: str, where: str) -> Record:
 
 
 def curves(records: list[Record]) -> list[str]:
-    """Keys such as train_loss, val_accuracy or val_rmse, in order of first appearance."""
+    """Keys such as train_loss, val_accuracy or val_rmse, in order of first appearance (the
+    gradient norms are drawn apart)."""
     keys = dict.fromkeys(k for r in records for k in r)
-    return [k for k in keys if k.partition("_")[0] in SPLITS and k.partition("_")[2]]
+    return [k for k in keys if k.partition("_")[0] in SPLITS and k.partition("_")[2] and not is_health(k)]
+
+
+def norms(records: list[Record]) -> list[str]:
+    """The gradient-norm keys: train_grad_norm, then one per stage."""
+    return [k for k in dict.fromkeys(k for r in records for k in r) if is_health(k)]
 
 
 def best_epoch(run: Path, records: list[Record]) -> int | None:
@@ -110,11 +117,14 @@ def figure(records: list[Record], best: int | None, title: str) -> Figure:
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise RunError("dlspec plot needs matplotlib: pip install 'matplotlib>=3.7'") from None
-    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    health = norms(records)
+    fig = Figure(figsize=(15 if health else 10, 4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)  # render with Agg: no display, no GUI toolkit
     fig.suptitle(title)
     keys = curves(records)
-    left, right = fig.subplots(1, 2)
+    left, right, *rest = fig.subplots(1, 3 if health else 2)
+    if rest:
+        _norms(rest[0], records, health, MaxNLocator)
     for ax, panel, default in ((left, [k for k in keys if k.endswith("_loss")], "loss"),
                             (right, [k for k in keys if not k.endswith("_loss")], "metric")):
         name = " / ".join(dict.fromkeys(k.partition("_")[2] for k in panel)) or default  # "mae / rmse"
@@ -135,3 +145,20 @@ def figure(records: list[Record], best: int | None, title: str) -> Figure:
         ax.set_ylabel(name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
+
+
+def _norms(ax: Any, records: list[Record], keys: list[str], locator: Any) -> None:
+    """Each stage's gradient norm per epoch on a log scale (the global norm in black): a stage
+    far below the others, or climbing away from its start, is where training goes wrong."""
+    for key in keys:
+        epochs = [int(r["epoch"]) for r in records if key in r]
+        values = [max(float(r[key]), 1e-30) for r in records if key in r]
+        overall = key == "train_grad_norm"
+        ax.plot(epochs, values, marker=".", color="black" if overall else None, lw=2 if overall else 1,
+                label="all" if overall else key.removeprefix(PREFIX))
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("gradient norm")
+    if len(keys) <= 12:
+        ax.legend(fontsize="small")
+    ax.xaxis.set_major_locator(locator(integer=True))

@@ -14,7 +14,7 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dlspec import checkpoint, resume, standardize
+from dlspec import checkpoint, health, resume, standardize
 from dlspec.compiler import Target, TrainingGraphs, compile_model, compile_training, with_weights
 from dlspec.data import Dataset, batch_count, batches, load_dataset, size
 from dlspec.files import OutputFolder, atomic_write
@@ -154,6 +154,7 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
         stopped = patience.reason(start)
         note(f"{stopped} (before this resume: nothing more to train)")
     last, end = start, epochs if stopped is None else start
+    watch = health.Watch(note, history)
     for epoch in range(start, end):
         t0 = time.perf_counter()
         n_batches = batch_count(data.train, bs)
@@ -174,8 +175,8 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
                 rate = count * bs / (time.perf_counter() - t0)
-                bar.update(task, advance=1, info=" ".join(f"{k} {v / count:.4f}" for k, v in sums.items())
-                           + f" lr {lr:.2e} {rate:,.0f} samples/s")
+                shown = " ".join(f"{k} {v / count:.4f}" for k, v in sums.items() if not health.is_health(k))
+                bar.update(task, advance=1, info=f"{shown} lr {lr:.2e} {rate:,.0f} samples/s")
         weights = runner.weights()
         val = evaluate(tg, weights, data.val, eval_sess) if has_val else {}
         record = {"epoch": epoch + 1, "step": step, "lr": lr,
@@ -200,7 +201,9 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
         checkpoint.save(folder.track(run_dir / LAST), weights, step, epoch, best)
         folder.keep()
         console.print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                               for k, v in record.items()), markup=False, highlight=False)
+                               for k, v in record.items() if not k.startswith(health.PREFIX)),
+                      markup=False, highlight=False)
+        watch.epoch(record)
         last = epoch + 1
         if stopped is not None:
             note(stopped)

@@ -30,6 +30,7 @@ from dlspec.compiler.lower.compile import (
 from dlspec.compiler.lower.freeze import frozen, lr_mult
 from dlspec.compiler.lower.losses import metrics, total_loss
 from dlspec.compiler.target import Target, lowering
+from dlspec.compiler.train.health import gradient_norms
 from dlspec.compiler.train.optim import Slot, state_names, step_graph
 from dlspec.spec import model as m
 from dlspec.spec.errors import CompileError, SpecError
@@ -51,6 +52,7 @@ class TrainingGraphs:
     metrics: list[str]
     evaluate: onnx.ModelProto  # inference graph + loss, parameters as inputs: eval mode, any weights
     apply: onnx.ModelProto  # the optimizer step alone: parameters, state, gradients -> next values
+    health: list[str]  # train_step's gradient norms: grad_norm and grad_norm:<stage>
 
 
 @lowering
@@ -96,17 +98,19 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
                **{f"{s}.next": v for s, v in bn_next.items()}}
     gradients = _model(f, [i for i in inputs if i.name != "lr"], outputs, values)
 
-    # train_step.onnx: + lr, step, optimizer state -> loss, metrics, next params and state
+    # train_step.onnx: + lr, step, optimizer state -> loss, metrics, gradient norms, next params and state
+    with g.at("health"):
+        health = gradient_norms({p: grads[p] for p in trainable})
     slots = [Slot(p, grads[p], tuple(values[p].shape), mults[p]) for p in trainable]
     nexts = step_graph(g, optimizer, train.clip, slots, g.value("lr", "float32", ()), f.comp.step)
     opt_state = [s for p in trainable for s in state_names(optimizer, p)]
-    outputs = {"loss": loss, **mets, **{f"{k}.next": v for k, v in {**nexts, **bn_next}.items()}}
+    outputs = {"loss": loss, **mets, **health, **{f"{k}.next": v for k, v in {**nexts, **bn_next}.items()}}
     train_step = _model(f, inputs + [array_info(s, values[s]) for s in opt_state], outputs, values)
     init = {n: values[n] for n in weights + stats + opt_state}
     apply = _apply_model(model.name, f.spec_hash, optimizer, train.clip, slots, values, target)
     return TrainingGraphs(inference, finish(target, train_step), finish(target, gradients), init, trainable,
                           [p for p in weights if p not in trainable], list(mets),
-                          _evaluate_model(prog, name, seed, moments), apply)
+                          _evaluate_model(prog, name, seed, moments), apply, list(health))
 
 
 def _apply_model(name: str, spec_hash: str, optimizer: m.Optimizer, clip: m.Clip | None,

@@ -38,6 +38,7 @@ from train_helpers import (  # noqa: E402
 
 from dlspec.cli import main  # noqa: E402
 from dlspec.compiler import Target, TrainingGraphs, compile_training  # noqa: E402
+from dlspec.compiler.train.health import stage_of  # noqa: E402
 from dlspec.spec import load  # noqa: E402
 
 EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.dlspec"))
@@ -178,9 +179,12 @@ def test_train_step_and_gradients_inputs_and_outputs(name: str) -> None:
     assert set(input_names(tg.train_step)[len(batch) + 2:]) == set(tg.init)
     assert param_inputs(tg) == input_names(tg.train_step)[len(batch) + 2:]
     metric = ["accuracy"] if model.loss and model.loss.terms[0].loss.kind == "cross_entropy" else ["mae"]
+    health = ["grad_norm", *sorted({f"grad_norm:{stage_of(p)}" for p in tg.trainable})]
     assert output_names(tg.train_step)[:2] == ["loss", *metric] and tg.metrics == metric
+    assert sorted(tg.health) == sorted(health) and output_names(tg.train_step)[2:2 + len(health)] == tg.health
     live_stats = [n for n in stats if f"{n.rsplit('.', 1)[0]}.weight" not in tg.frozen]  # frozen bn: fixed
-    assert set(output_names(tg.train_step)[2:]) == {f"{n}.next" for n in tg.trainable + state + live_stats}
+    assert set(output_names(tg.train_step)[2 + len(health):]) == {
+        f"{n}.next" for n in tg.trainable + state + live_stats}
     assert all(s.rsplit(".", 1)[0] in tg.trainable for s in state)
     assert input_names(tg.gradients) == [*batch, "step", *[n for n in param_inputs(tg) if n not in state]]
     assert output_names(tg.gradients) == ["loss", *metric, *(f"grad.{p}" for p in tg.trainable),
