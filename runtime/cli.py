@@ -92,11 +92,12 @@ def _compile_training(args: argparse.Namespace, out: Console) -> int:
     dest = Path(args.output or f"{prog.model(args.model).name}.train")
     with OutputFolder(dest, "the training graphs") as folder:  # gone again if compiling fails
         tg = api.compile_training(prog, args.model, seed=args.seed, target=Target(threads=args.threads))
-        for proto in (tg.inference.onnx, tg.train_step, tg.gradients):
+        for proto in (tg.inference.onnx, tg.train_step, tg.gradients, tg.apply):
             onnx.checker.check_model(proto, full_check=True)
         write_training(tg, folder)
     out.print(f"wrote {dest}/: model.onnx, train_step.onnx ({len(tg.train_step.graph.node)} nodes), "
-              f"gradients.onnx, init.npz; {len(tg.trainable)} trainable and {len(tg.frozen)} frozen "
+              f"gradients.onnx, apply.onnx, init.npz; {len(tg.trainable)} trainable and "
+              f"{len(tg.frozen)} frozen "
               f"parameter tensors; metrics: {', '.join(tg.metrics)}", markup=False)
     _notes(tg.inference.notes, out)
     return 0
@@ -221,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="where to write the .onnx file")
     c.add_argument("--train", action="store_true",
                    help="write the training graphs into the folder -o names (default MODEL.train): "
-                        "model.onnx, train_step.onnx, gradients.onnx, init.npz")
+                        "model.onnx, train_step.onnx, gradients.onnx, apply.onnx, init.npz")
     c.add_argument("--threads", type=_threads,
                    help="with --train: tune train_step.onnx for onnxruntime's CPU provider at this many "
                         "intra-op threads (default: a few); the function it computes is the same")

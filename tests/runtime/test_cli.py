@@ -193,7 +193,7 @@ def test_compile_train_writes_the_four_artifacts(tmp_path: Path, capsys: Capture
     code, out, _ = run(["compile", "--train", LAND, "-o", tmp_path / "run"], capsys)
     assert code == 0, out
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert names == ["gradients.onnx", "init.npz", "model.onnx", "train_step.onnx"]
+    assert names == ["apply.onnx", "gradients.onnx", "init.npz", "model.onnx", "train_step.onnx"]
     assert "trainable" in out
 
 
