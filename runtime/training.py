@@ -25,7 +25,7 @@ from dlspec.session import StepRunner, options, providers, threads_in_use
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError
 from dlspec.spec.loader import Program
-from dlspec.transfer import load_into, source_weights
+from dlspec.transfer import load_into, renamed, source_weights
 
 LAST, BEST = "last.npz", "best.npz"
 
@@ -120,7 +120,8 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
         # a run folder is usually relative to where training runs; a shipped file, to the spec
         origin = Path(train.from_) if Path(train.from_).exists() else spec_path.parent / train.from_
         params = [p.name for p in tg.inference.params]
-        loaded = load_into(tg.init, params, source_weights(origin), origin, train.from_except)
+        source = renamed(source_weights(origin), train.from_map, origin)
+        loaded = load_into(tg.init, params, source, origin, train.from_except)
         console.print(f"initialised {len(loaded)} of {len(params)} parameter tensors from {origin}",
                       markup=False)
     runner = StepRunner(tg.train_step, tg.init, opts.device, opts.threads, bs)

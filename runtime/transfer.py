@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import onnx
 from onnx import numpy_helper
 
 from dlspec.files import Npz, load_model
-from dlspec.spec.errors import RunError
+from dlspec.spec.errors import RunError, SpecError, did_you_mean
+from dlspec.spec.model import MapRule
 
 
 def source_weights(path: Path) -> dict[str, np.ndarray]:
@@ -25,12 +27,39 @@ def source_weights(path: Path) -> dict[str, np.ndarray]:
     try:
         if path.suffix == ".npz":
             with Npz(path, "weights") as data:
-                return {k: data[k] for k in data.files if not k.startswith("__")}
+                weights = {k: data[k] for k in data.files if not k.startswith("__")}
+            return {k: v for k, v in weights.items() if not _opt_state(k, weights)}
         model = load_model(path)
     except RunError as err:
         raise RunError(f"from: {err}") from None
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
             if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)}
+
+
+def renamed(source: dict[str, np.ndarray], rules: Sequence[MapRule], origin: Path) -> dict[str, np.ndarray]:
+    """`source` with its names mapped: a name's own rule first, else the longest prefix rule that
+    matches it; names no rule matches keep theirs. A rule that matches nothing, or two names
+    that land on one, is an error at the rule."""
+    exact = {r.source: r for r in rules if r.source and not r.source.endswith(".")}
+    prefixes = sorted((r for r in rules if r.source not in exact), key=lambda r: -len(r.source))
+    used: set[int] = set()
+    out: dict[str, np.ndarray] = {}
+    came_from: dict[str, str] = {}
+    for name, value in source.items():
+        rule = exact.get(name) or next((r for r in prefixes if name.startswith(r.source)), None)
+        new = name if rule is None else rule.target + name[len(rule.source):]  # exact: rest is ""
+        if rule is not None:
+            used.add(id(rule))
+        if new in out:
+            raise SpecError(f"from {origin}: '{came_from[new]}' and '{name}' both map to '{new}'",
+                            rule.span if rule is not None else None)
+        out[new], came_from[new] = value, name
+    for rule in rules:
+        if id(rule) not in used:
+            what = "is called" if rule.source in exact else "starts with"
+            raise SpecError(f"from {origin}: no weight {what} '{rule.source}'"
+                            f"{did_you_mean(rule.source, source)}", rule.span)
+    return out
 
 
 def _under(name: str, prefixes: list[str]) -> bool:
@@ -51,7 +80,7 @@ def load_into(init: dict[str, np.ndarray], params: list[str], source: dict[str, 
     missing = [p for p in wanted if p not in source]
     shapes = [f"{p} {list(source[p].shape)} (want {list(init[p].shape)})" for p in wanted
               if p in source and source[p].shape != init[p].shape]
-    unexpected = [k for k in source if k not in params and not _under(k, skip) and not _opt_state(k, source)]
+    unexpected = [k for k in source if k not in params and not _under(k, skip)]
     problems = []
     for what, names in (("missing", missing), ("wrong shape", shapes), ("unexpected", unexpected)):
         if names:

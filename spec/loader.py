@@ -236,6 +236,9 @@ def _resolve_train(key: str, raw: _Raw, stack: tuple[str, ...]) -> Node:
         base = _resolve_train(parent, raw, stack + (key,))
         settings.update(base["settings"])
         spans.update(base["setting_spans"])
+    if "from" in item["settings"]:  # a child's `from` comes with its own map and except, or none
+        for key in ("from_map", "from_except"):
+            settings.pop(key, None)
     settings.update(item["settings"])
     spans.update(item["setting_spans"])
     return {**item, "settings": settings, "setting_spans": spans}
@@ -289,6 +292,20 @@ def _static_call(call: Node, union: Any, what: str, extra_to: str | None = None)
     return out
 
 
+def _map_rule(rule: Node) -> Node:
+    """`"layer1." -> "backbone.layer1."` renames a prefix (both end in a dot, or the source is
+    empty: every name); `"fc.weight" -> "head.0.weight"` one name."""
+    source, target = rule["source"], rule["target"]
+    if source == "" or source.endswith("."):
+        if target and not target.endswith("."):
+            raise SpecError(f'a prefix rule maps to a prefix: write "{target}." (ending in a dot)',
+                            rule["span"])
+    elif not target or target.endswith("."):
+        raise SpecError(f"'{source}' names one weight, so it maps to one parameter name, not "
+                        f"'{target}' (end the source in a dot to rename a prefix)", rule["span"])
+    return rule
+
+
 def _train_dict(item: Node, prog: Program) -> Node:
     s = item["settings"]
     spans = item["setting_spans"]
@@ -296,6 +313,8 @@ def _train_dict(item: Node, prog: Program) -> Node:
     for key in ("model", "from", "from_except", "freeze"):
         if key in s:
             out[key] = s[key]
+    if "from_map" in s:
+        out["from_map"] = [_map_rule(r) for r in s["from_map"]]
     for key in ("batch", "epochs", "seed"):
         if key in s:
             out[key] = evaluate(s[key], {})

@@ -396,6 +396,11 @@ class LrRule(Node):
     value: float = Field(ge=0.0)
 
 
+class MapRule(Node):
+    source: str  # a weight's name in the `from` file, or a prefix ending in "." ("" for every name)
+    target: str  # the parameter name (or prefix) it initialises
+
+
 class Train(Node):
     name: str | None = None
     extends: str | None = None
@@ -410,6 +415,7 @@ class Train(Node):
     augment: list[Augment] = []
     seed: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
     from_: FilePath | None = Field(default=None, alias="from")
+    from_map: list[MapRule] = []  # `from "x.onnx" map { "fc." -> "head.0." }`: renames, first
     from_except: list[str] = []  # `from "run" except head`: parameters under these stay fresh
     freeze: list[str] = []
     lr_mult: list[LrRule] = []

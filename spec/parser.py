@@ -255,12 +255,21 @@ class _ToDicts(Transformer_NonRecursive[Token, list[Node]]):
         value = children if key in _LIST_SETTINGS else children[0]
         if key == "model":
             value = str(value)
-        elif key == "from":  # `from "run" except head, neck`: skip those parameters
+        elif key == "from":  # `from "run" map {...} except head, neck`
             value = _unquote(children[0], self.file)
-            skipped = [c for c in children[1:] if c is not None]
+            extra = [("from_map", children[1], self.sp(meta))] if children[1] is not None else []
+            skipped = [c for c in children[2:] if c is not None]
             if skipped:
-                return ("from_except", skipped, self.sp(meta)), (key, value, self.sp(meta))
+                extra.append(("from_except", skipped, self.sp(meta)))
+            return (*extra, (key, value, self.sp(meta))) if extra else (key, value, self.sp(meta))
         return (key, value, self.sp(meta))
+
+    def from_map(self, meta: Meta, c: list[Any]) -> list[Node]:
+        return [rule for rule in c if rule is not None]
+
+    def map_rule(self, meta: Meta, c: list[Token]) -> Node:
+        return {"source": _unquote(c[0], self.file), "target": _unquote(c[1], self.file),
+                "span": self.sp(meta)}
 
     def train_def(self, meta: Meta, c: list[Any]) -> Node:
         settings: dict[str, Any] = {}

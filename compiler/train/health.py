@@ -21,7 +21,10 @@ def stage_of(param: str) -> str:
 
 
 def gradient_norms(grads: dict[str, Value]) -> dict[str, Value]:
-    """`grad_norm` and `grad_norm:<stage>`: the L2 norms of the gradients, all and per stage."""
+    """`grad_norm` and `grad_norm:<stage>`: the L2 norms of the gradients, all and per stage
+    (none when every parameter is frozen)."""
+    if not grads:
+        return {}
     squares: dict[str, list[Value]] = {}
     for name, g in grads.items():
         squares.setdefault(stage_of(name), []).append(op.ReduceSumSquare(g, keepdims=0))

@@ -311,8 +311,8 @@ def test_lr_mult_scales_the_sgd_step(tmp_path: Path) -> None:
 def test_cli_compile_train_writes_the_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dest = tmp_path / "out"
     assert main(["compile", str(EXAMPLES / "land_price.dlspec"), "--train", "-o", str(dest)]) == 0
-    assert sorted(p.name for p in dest.iterdir()) == ["gradients.onnx", "init.npz", "model.onnx",
-                                                      "train_step.onnx"]
+    assert sorted(p.name for p in dest.iterdir()) == ["apply.onnx", "gradients.onnx", "init.npz",
+                                                      "model.onnx", "train_step.onnx"]
     step = onnx.load(dest / "train_step.onnx")
     with np.load(dest / "init.npz") as npz:
         init = {k: npz[k] for k in npz.files}

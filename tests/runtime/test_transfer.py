@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from dlspec.spec import load
-from dlspec.spec.errors import RunError
+from dlspec.spec.errors import RunError, SpecError
 from dlspec.training import FitOptions, fit
 
 NET = """
@@ -80,3 +80,58 @@ def test_a_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     spec = _write(tmp_path, "t", 10, 'train {\n  data digits\n  epochs 1\n  from "no/such/run"\n}\n')
     with pytest.raises(RunError, match="no such file or run folder"):
         _fit(spec, tmp_path / "run")
+
+
+def _foreign(source: Path, tmp_path: Path) -> Path:
+    """The source run's weights under another tool's names: `features.*` and `fc.*`."""
+    weights = dict(np.load(source / "last.npz"))
+    out = {name.replace("backbone.stem.", "features.").replace("head.linear1.", "fc."): value
+           for name, value in weights.items() if not name.startswith("__")}
+    np.savez(tmp_path / "foreign.npz", **out)  # type: ignore[arg-type]
+    return tmp_path / "foreign.npz"
+
+
+def test_a_name_map_renames_prefixes_and_single_names(source: Path, tmp_path: Path) -> None:
+    foreign = _foreign(source, tmp_path)
+    spec = _write(tmp_path, "mapped", 10, f'train {{\n  data digits(classes=[5, 6])\n  epochs 1\n'
+                  f'  from "{foreign}" map {{\n    "features." -> "backbone.stem."\n'
+                  f'    "fc.weight" -> "head.linear1.weight", "fc.bias" -> "head.linear1.bias"\n  }}\n'
+                  f'  freeze backbone, head\n}}\n')
+    _fit(spec, tmp_path / "run")
+    before, after = np.load(source / "last.npz"), np.load(tmp_path / "run" / "last.npz")
+    for name in ("backbone.stem.conv1.weight", "backbone.stem.bn1.running_var", "head.linear1.weight"):
+        assert np.array_equal(before[name], after[name]), name
+
+
+def test_without_the_map_the_foreign_names_are_listed(source: Path, tmp_path: Path) -> None:
+    foreign = _foreign(source, tmp_path)
+    spec = _write(tmp_path, "unmapped", 10, f'train {{\n  data digits\n  epochs 1\n  from "{foreign}"\n}}\n')
+    with pytest.raises(RunError, match=r"missing: backbone\.stem\.conv1\.weight.*unexpected: features\."):
+        _fit(spec, tmp_path / "run")
+
+
+@pytest.mark.parametrize(("rules", "message"), [
+    ('"feature." -> "backbone.stem."', r"no weight starts with 'feature\.'"),
+    ('"fc.weigth" -> "head.linear1.weight"', r"no weight is called 'fc\.weigth' \(did you mean 'fc\.weight'"),
+    ('"fc.weight" -> "x.w", "fc.bias" -> "x.w"', r"'fc.weight' and 'fc.bias' both map to 'x.w'"),
+])
+def test_a_map_rule_that_matches_nothing_or_collides_is_an_error_at_the_rule(
+        source: Path, tmp_path: Path, rules: str, message: str) -> None:
+    foreign = _foreign(source, tmp_path)
+    spec = _write(tmp_path, "bad", 10, f'train {{\n  data digits\n  epochs 1\n'
+                  f'  from "{foreign}" map {{ {rules} }}\n}}\n')
+    with pytest.raises(SpecError, match=message) as err:
+        _fit(spec, tmp_path / "run")
+    assert f"bad.dlspec:{NET.count(chr(10)) + 4}:" in str(err.value)
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ('"fc." -> "head.linear1"', "a prefix rule maps to a prefix"),
+    ('"fc.weight" -> "head."', "names one weight"),
+])
+def test_a_map_rule_of_mixed_kinds_is_refused_when_the_spec_loads(tmp_path: Path, rule: str,
+                                                                  message: str) -> None:
+    spec = _write(tmp_path, "mixed", 10, f'train {{\n  data digits\n  from "w.npz" map {{ {rule} }}\n}}\n')
+    with pytest.raises(SpecError, match=message) as err:
+        load(spec)
+    assert f"mixed.dlspec:{NET.count(chr(10)) + 3}:" in str(err.value)
