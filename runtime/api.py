@@ -21,6 +21,7 @@ from rich.console import Console
 
 from dlspec.compiler import Compiled, Target, TrainingGraphs, compile_model, gradient_model
 from dlspec.compiler import compile_training as _compile_training
+from dlspec.compiler.grad.coverage import untrainable_notes
 from dlspec.compiler.lower.export import export as _export
 from dlspec.data import load_all, load_dataset
 from dlspec.files import load_model
@@ -45,7 +46,10 @@ def _program(spec: Spec) -> Program:
 
 def compile(spec: Spec, model: str | None = None, *, seed: int | None = None) -> Compiled:  # noqa: A001
     """The inference graph (`.onnx`), with one record per layer (shapes, parameters, FLOPs)."""
-    return compile_model(_program(spec), model, seed)
+    c = compile_model(_program(spec), model, seed)
+    trainable = [p.name for p in c.params if not p.state and p.name not in c.frozen]
+    c.notes.extend(untrainable_notes(c.nodes, trainable, c.output.name))
+    return c
 
 
 def compile_training(spec: Spec, model: str | None = None, *, seed: int | None = None,

@@ -31,3 +31,16 @@ def describe(node: onnx.NodeProto) -> str:
     op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
     where = node.doc_string.partition(" ")[2] if node.doc_string else ""
     return f"{op} (node {node.name}{', from ' + where if where else ''})"
+
+
+def untrainable_notes(nodes: Sequence[onnx.NodeProto], trainable: Sequence[str], output: str) -> list[str]:
+    """Ops that training would need a gradient for and that have no rule (from an imported
+    graph): said when the spec is checked, not first when it trains."""
+    missing = without_rules(nodes, trainable, output)
+    if not missing:
+        return []
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    shown = ", ".join(describe(n) for n in missing[:5]) + more
+    return [f"training cannot pass gradients through {shown}: dlspec has no gradient rule for "
+            f"{'these ops' if len(missing) > 1 else 'this op'}; freeze the parameters that lead to "
+            f"{'them' if len(missing) > 1 else 'it'} (`freeze backbone`) to train what follows"]

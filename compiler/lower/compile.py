@@ -44,6 +44,7 @@ class Compiled:
     spec_hash: str
     notes: list[str] = field(default_factory=list)  # e.g. a standardize compiled without statistics
     frozen: list[str] = field(default_factory=list)  # weights the train block freezes (or lr_mult 0)
+    nodes: list[onnx.NodeProto] = field(default_factory=list, repr=False)
     build: Callable[[], onnx.ModelProto] | None = field(default=None, repr=False)
     _onnx: onnx.ModelProto | None = field(default=None, repr=False)
 
@@ -96,7 +97,8 @@ def compile_model(prog: Program, name: str | None = None, seed: int | None = Non
                            weights, f.spec_hash, _stats_props(stats, f.model))
 
     return Compiled(f.model, f.comp.records, f.comp.params, f.output, f.spec_hash, unfitted_notes(f.unfitted),
-                    frozen, build)
+                    frozen, g.nodes, build)
+
 
 
 def unfitted_notes(features: Sequence[str]) -> list[str]:

@@ -19,6 +19,7 @@ import onnx
 from onnx import helper
 
 from dlspec.compiler.graph import Value, show
+from dlspec.compiler.graph.fold import fold_constants
 from dlspec.compiler.graph.infer import Type, constants, value_types
 from dlspec.compiler.graph.opsets import to_opset
 from dlspec.compiler.lower.imported_groups import group_records
@@ -47,11 +48,12 @@ class OnnxGraph(Layer):
 
     positional: ClassVar[tuple[str, ...]] = ("path",)
     maps: ClassVar[bool] = False
+    names_scope: ClassVar[bool] = True
     path: str
     output: str | None = None
 
     def build_many(self, ctx: LayerCtx, xs: list[Value]) -> list[Value]:
-        model = to_opset_at(read_model(self._file(ctx), ctx), ctx)
+        model = fold_constants(to_opset_at(read_model(self._file(ctx), ctx), ctx))
         out = self._output(ctx, model)
         nodes = needed(model.graph.node, [out])
         data = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]

@@ -41,6 +41,9 @@ class Layer(BaseModel):
     kind: ClassVar[str] = ""
     positional: ClassVar[tuple[str, ...]] = ()
     maps: ClassVar[bool] = True  # applied to each tensor of a list (param-free, one input)
+    # alone in a section or stage, it takes that scope's name (`backbone.<param>`, not
+    # `backbone.onnx1.<param>`)
+    names_scope: ClassVar[bool] = False
 
     def build(self, ctx: LayerCtx, x: Value) -> Value:
         raise NotImplementedError

@@ -156,7 +156,7 @@ class Walker:
         if "from" in call.kwargs:
             xs = self._from(call, env)
         if name in LAYERS:
-            return self.layer(LAYERS[name], call, xs, scope, env, next_kind)
+            return self.layer(LAYERS[name], call, xs, scope, env, next_kind, sole)
         if name in self.blocks:
             blk = self.blocks[name]
             if "init" in call.kwargs:
@@ -222,10 +222,10 @@ class Walker:
         return bound
 
     def layer(self, cls: type[Layer], call: m.Call, xs: list[Value], scope: Scope, env: Env,
-              next_kind: str | None) -> list[Value]:
+              next_kind: str | None, sole: bool = False) -> list[Value]:
         args = self._layer_args(cls, call, env)
         override = self._init_override(call, env) if "init" in call.kwargs else None
-        path = scope.child(cls.kind)
+        path = scope.path if sole and cls.names_scope else scope.child(cls.kind)
         ctx = LayerCtx(self.comp, path, cls.kind, call.span, next_kind, override)
         out = _within_limits(ctx, args.build_many(ctx, xs))
         self.comp.records.append(LayerRecord(path, cls.kind, [t.dims for t in out], ctx.n_params,

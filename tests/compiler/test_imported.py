@@ -69,7 +69,8 @@ def _batch(n: int = 5) -> dict[str, np.ndarray]:
 
 
 def test_the_imported_graph_infers_as_the_spec_it_came_from(tmp_path: Path) -> None:
-    native, imported, _ = _pair(tmp_path)
+    native, imported, prefix = _pair(tmp_path)
+    assert prefix == "backbone."  # a whole section: backbone.<onnx name>, no layer name between
     x = {"x": _batch()["x"]}
     want = run(session(dlspec.compile(native).onnx), x)["logits"]
     got = run(session(dlspec.compile(imported).onnx), x)["logits"]
@@ -200,3 +201,30 @@ def test_an_input_of_another_shape_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CompileError, match=r"input 'in' of the ONNX graph is \[batch, 3, 5, 5\]; the chain "
                                            r"gives \[N, 2, 5, 5\]"):
         dlspec.compile(prog)
+
+
+def test_inside_a_chain_the_layer_has_its_own_name(tmp_path: Path) -> None:
+    model = _model([helper.make_node("Conv", ["in", "w"], ["out"], name="c")],
+                   [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")], "out",
+                   ["batch", 2, 5, 5])
+    names = [p.name for p in dlspec.compile(_spec(tmp_path, model, '{ relu -> onnx("m.onnx") }')).params]
+    assert names[0] == "backbone.onnx1.w"
+    names = [p.name for p in dlspec.compile(_spec(tmp_path, model, '{ stem: onnx("m.onnx") }')).params]
+    assert names[0] == "backbone.stem.w"
+
+
+def test_ops_without_a_gradient_rule_are_listed_when_the_spec_is_checked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlspec.compiler.grad import RULES
+
+    monkeypatch.delitem(RULES, "Sigmoid")  # as if Sigmoid were an op without a rule
+    nodes = [helper.make_node("Conv", ["in", "w"], ["h"], name="conv"),
+             helper.make_node("Sigmoid", ["h"], ["out"], name="squash")]
+    model = _model(nodes, [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")], "out",
+                   ["batch", 2, 5, 5])
+    notes = dlspec.compile(_spec(tmp_path, model, 'onnx("m.onnx")')).notes
+    said = "training cannot pass gradients through Sigmoid (node backbone/squash"
+    assert any(said in n for n in notes), notes
+    text = (tmp_path / "s.dlspec").read_text()  # frozen weights need no gradient through it
+    (tmp_path / "s.dlspec").write_text(text + "train { freeze backbone }\n")
+    assert not dlspec.compile(dlspec.load(tmp_path / "s.dlspec")).notes

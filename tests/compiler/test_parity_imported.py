@@ -97,3 +97,56 @@ def test_an_imported_torch_resnet18_fine_tunes_as_in_torch(tmp_path: Path, train
             _close(step[f"{name}.next"], buffers[torch_name].numpy(), f"{torch_name} after a step")
     _close(grads["grad.head.linear1.weight"], head.weight.grad.numpy(), "grad of the head")
 
+
+
+ENCODER_SPEC = """
+model tokens {
+  input  x: float32[N, 5, 16]
+  target y: int64[N]
+  backbone onnx("encoder.onnx")
+  head { flatten -> linear(3) }
+  loss cross_entropy
+}
+train { optimizer sgd(lr=0.05)  seed 2 }
+"""
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["exported-training", "exported-eval"])
+def test_an_imported_torch_transformer_encoder_fine_tunes_as_in_torch(tmp_path: Path, training: bool) -> None:
+    """Two post-norm encoder layers (attention, layer norm, feed-forward), dropout 0 so that
+    both sides compute the same function."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, dropout=0.0,
+                                             batch_first=True)
+    net = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    buf = io.BytesIO()
+    mode = torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
+    torch.onnx.export(net, (torch.zeros(2, 5, 16),), buf, dynamo=False, opset_version=17, training=mode,
+                      do_constant_folding=False, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    (tmp_path / "encoder.onnx").write_bytes(buf.getvalue())
+    spec = tmp_path / "tokens.dlspec"
+    spec.write_text(textwrap.dedent(ENCODER_SPEC))
+    tg = dlspec.compile_training(spec)
+    params = dict(net.named_parameters())
+    names = {n: next(t for t in params if n.endswith("." + t))
+             for n in tg.trainable if n.startswith("backbone.")}
+    assert sorted(names.values()) == sorted(params)
+
+    rng = np.random.default_rng(1)
+    batch = {"x": rng.standard_normal((4, 5, 16)).astype(np.float32),
+             "y": rng.integers(0, 3, 4).astype(np.int64)}
+    grads = run(session(tg.gradients), feeds_for(tg.gradients, tg.init, batch, scalars()))
+    step = run(session(tg.train_step), feeds_for(tg.train_step, tg.init, batch, scalars(0.05)))
+    net.train()
+    head = torch.nn.Linear(80, 3)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(tg.init["head.linear1.weight"]))
+        head.bias.copy_(torch.from_numpy(tg.init["head.linear1.bias"]))
+    logits = head(torch.flatten(net(torch.from_numpy(batch["x"])), 1))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(batch["y"]))
+    loss.backward()
+    _close(grads["loss"], loss.detach().numpy(), "loss")
+    for name, torch_name in names.items():
+        p = params[torch_name]
+        _close(grads[f"grad.{name}"], p.grad.numpy(), f"grad of {torch_name}")
+        _close(step[f"{name}.next"], (p - 0.05 * p.grad).detach().numpy(), f"{torch_name} after a step")
