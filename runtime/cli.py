@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from dlspec import api, eval_cli, export_cli, grad_cli, plot
+from dlspec import api, distributed, eval_cli, export_cli, grad_cli, plot
 from dlspec.artifacts import write_training
 from dlspec.compiler import Compiled, Target
 from dlspec.compiler.graph import show
@@ -148,9 +148,13 @@ def cmd_predict(args: argparse.Namespace, out: Console) -> int:
 def cmd_train(args: argparse.Namespace, out: Console) -> int:
     if args.force and not args.resume:
         raise RunError("--force goes with --resume: it continues a run whose spec changed")
+    if args.workers > 1 and not distributed.under_mpiexec():  # start the ranks; each runs the rest
+        return distributed.launch(args.workers, _without_workers(args.argv))
     result = api.fit(args.spec, args.model, epochs=args.epochs, batch=args.batch, seed=args.seed,
                      out=args.out, resume=args.resume, force=args.force, device=args.device,
                      threads=args.threads, console=out)
+    if distributed.env_rank():  # rank 0 reports for the job
+        return 0
     table = Table(title=f"trained {result.run_dir}", title_justify="left")
     table.add_column("epochs", justify="right")
     table.add_column("steps", justify="right")
@@ -161,6 +165,18 @@ def cmd_train(args: argparse.Namespace, out: Console) -> int:
     out.print(f"wrote {result.run_dir / 'model.onnx'} (best checkpoint), metrics.jsonl, last.npz, best.npz",
               markup=False)
     return 0
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out
 
 
 def _si(n: int) -> str:
@@ -242,7 +258,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true",
                    help="with --resume: continue even though the spec changed since the run began")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    t.add_argument("--threads", type=_threads, help="onnxruntime intra-op threads (default: all cores)")
+    t.add_argument("--threads", type=_threads,
+                   help="onnxruntime intra-op threads (default: all cores, shared among local ranks)")
+    t.add_argument("--workers", type=_positive, default=1,
+                   help="data-parallel ranks to start on this machine through mpiexec (the mpi extra); "
+                        "under mpiexec, the ranks it started")
     gc = spec_cmd("gradcheck", "compare compiled gradients with finite differences (slow; debugging)")
     gc.add_argument("--eps", type=_positive_float, default=1e-4, help="finite-difference step (default 1e-4)")
     gc.add_argument("--tol", type=_positive_float, default=1e-4, help="largest relative error (default 1e-4)")
@@ -259,16 +279,19 @@ COMMANDS = {"check": cmd_check, "compile": cmd_compile, "predict": cmd_predict,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     out = Console(highlight=False, soft_wrap=True)  # messages stay whole lines; tables fit the width
     try:
         return COMMANDS[args.command](args, out)
     except DlspecError as err:
         if args.debug:
             raise
-        print(str(err), file=sys.stderr)
+        print(f"{_rank_prefix()}{err}", file=sys.stderr)
+        distributed.abort_job(err.exit_code)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        distributed.abort_job(INTERRUPTED)
         return INTERRUPTED
     except BrokenPipeError:  # `dlspec check x | head`: the reader has gone, nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -279,7 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"internal error in dlspec {__version__}: {type(err).__name__}: {_first_line(err)}; "
               "this is a bug: please report it with the command and the spec (--debug shows the "
               "traceback)", file=sys.stderr)
+        distributed.abort_job(INTERNAL_ERROR)
         return INTERNAL_ERROR
+
+
+def _rank_prefix() -> str:
+    """`rank 1: ` before a message of a rank other than 0 in a data-parallel job."""
+    rank = distributed.env_rank()
+    return f"rank {rank}: " if rank else ""
 
 
 def _first_line(err: BaseException) -> str:

@@ -70,11 +70,16 @@ class OutputFolder:
     `keep()`, a failure (the `with` block raising, or `discard()`) removes the files written
     through it and the folders it made: a command that fails to start leaves nothing behind."""
 
-    def __init__(self, path: Path, what: str):
+    def __init__(self, path: Path, what: str, probe: bool = True):
+        """`probe=False`: a process that reads the folder and never writes it (the ranks of a
+        data-parallel job but rank 0): nothing is checked or made."""
         self.path, self.what = path, what
         self.made: list[Path] = []
         self.written: list[Path] = []
         self.kept = False
+        self.missing: list[Path] = []
+        if not probe:
+            return
         try:
             missing = [p for p in reversed((path, *path.parents)) if not p.exists()]
         except OSError as err:

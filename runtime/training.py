@@ -14,9 +14,10 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dlspec import checkpoint, health, resume, standardize
+from dlspec import checkpoint, distributed, health, resume, standardize
 from dlspec.compiler import Target, TrainingGraphs, compile_model, compile_training, with_weights
 from dlspec.data import Dataset, batch_count, batches, load_dataset, size
+from dlspec.data_parallel import DataParallelRunner
 from dlspec.files import OutputFolder, atomic_write
 from dlspec.metrics import prediction_metrics
 from dlspec.schedule import base_rate, learning_rate
@@ -82,18 +83,22 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
         raise RunError(f"the train block of {spec_path} names no data set (data digits(...), "
                        "npz(...) or csv(...))")
     providers(opts.device)  # a missing CUDA provider fails here, before anything is written
-    folder = OutputFolder(run_dir, "the run")  # checked writable now, made at the first write
+    world = distributed.world()
+    if not world.writes:
+        console = Console(quiet=True)  # rank 0 speaks and writes for the job
+    # checked writable now, made at the first write; rank 0 alone writes
+    folder = OutputFolder(run_dir, "the run", probe=world.writes)
     if opts.resume:
         folder.keep()  # its checkpoints are the run's, whatever happens now
     try:
-        return _fit(prog, spec_path, model_name, opts, console, folder)
+        return _fit(prog, spec_path, model_name, opts, console, folder, world)
     except BaseException:
         folder.discard()  # a run stopped before its first checkpoint leaves nothing behind
         raise
 
 
 def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions, console: Console,
-         folder: OutputFolder) -> FitResult:
+         folder: OutputFolder, world: distributed.World) -> FitResult:
     model = prog.model(model_name)
     run_dir = folder.path
     train = prog.train(model.name) or m.Train()
@@ -114,7 +119,8 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
         raise RunError(f"early_stop watches the validation split, and val={train.data.val} leaves it "
                        "no samples: give the data a larger val share")
     stats = standardize.for_run(prog, model_name, data.train, run_dir, opts.resume, opts.threads, note)
-    target = Target("cuda" if opts.device == "cuda" else "cpu", threads_in_use(opts.threads))
+    threads = opts.threads or (distributed.threads_per_rank() if world.size > 1 else None)
+    target = Target("cuda" if opts.device == "cuda" else "cpu", threads_in_use(threads))
     tg = compile_training(prog, model_name, opts.seed, stats.moments, target)
     if train.from_ and not opts.resume:
         # a run folder is usually relative to where training runs; a shipped file, to the spec
@@ -124,10 +130,16 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
         loaded = load_into(tg.init, params, source, origin, train.from_except)
         console.print(f"initialised {len(loaded)} of {len(params)} parameter tensors from {origin}",
                       markup=False)
-    runner = StepRunner(tg.train_step, tg.init, opts.device, opts.threads, bs)
+    runner: StepRunner | DataParallelRunner
+    if world.size > 1:
+        runner = DataParallelRunner(tg, world, opts.device, threads)
+        note(f"data-parallel on {world.size} ranks: each runs about {bs // world.size} samples of every "
+             f"global batch of {bs}, and one all-reduce per step averages their gradients")
+    else:
+        runner = StepRunner(tg.train_step, tg.init, opts.device, threads, bs)
     if runner.graph_blockers:
         note(f"the step runs node by node, not as a CUDA graph: {runner.graph_blockers[0]}")
-    eval_sess = ort.InferenceSession(tg.evaluate.SerializeToString(), options(opts.threads),
+    eval_sess = ort.InferenceSession(tg.evaluate.SerializeToString(), options(threads),
                                      providers=providers(opts.device))
     optimizer = train.optimizer
     lr0 = base_rate(optimizer.lr if optimizer else 1e-3, train.schedule, bs)
@@ -140,8 +152,12 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
         runner.load(resume.resumable(run_dir, spec_path, tg.inference.spec_hash, state, expected,
                                      opts.force, note))
         start = done + 1
-        history = _forget_after(records, start)
-        for leftover in run_dir.glob(".*.tmp"):  # a write that a kill cut short
+        history = _forget_after(records, start) if world.writes else read_records(records)[:start]
+        ranks = history[-1].get("ranks", 1) if history else world.size
+        if ranks != world.size:
+            note(f"resuming with {world.size} rank(s) a run trained on {ranks}: the same parameters, "
+                 "the global batches sliced anew among the ranks")
+        for leftover in run_dir.glob(".*.tmp") if world.writes else ():  # a write that a kill cut short
             leftover.unlink()
         console.print(f"resuming {run_dir} after epoch {done + 1} (step {step})", markup=False)
     # spec.dlspec, run.json and standardize.json are written with this run's first checkpoint: a
@@ -179,11 +195,16 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
                 shown = " ".join(f"{k} {v / count:.4f}" for k, v in sums.items() if not health.is_health(k))
                 bar.update(task, advance=1, info=f"{shown} lr {lr:.2e} {rate:,.0f} samples/s")
         weights = runner.weights()
+        if not world.same(weights):
+            raise RunError(f"the ranks' parameters differ after epoch {epoch + 1}: data-parallel training "
+                           "keeps them bit-identical, so a rank computed something else (a different "
+                           "onnxruntime, device or thread count?)")
         val = evaluate(tg, weights, data.val, eval_sess) if has_val else {}
         record = {"epoch": epoch + 1, "step": step, "lr": lr,
                   **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
                   **{f"val_{k}": v for k, v in val.items()},
-                  "seconds": round(time.perf_counter() - t0, 3)}
+                  "seconds": round(time.perf_counter() - t0, 3),
+                  **({"ranks": world.size} if world.size > 1 else {})}
         score = val_score(val, epoch)
         if patience is not None:
             if patience.update(val, epoch + 1) and epoch + 1 < epochs:
@@ -191,16 +212,18 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
             record["stale_epochs"] = patience.stale
             if stopped is not None:
                 record["early_stop"] = True
-        for name, blob in start_files.items():
-            folder.write(name, blob)
-        start_files = {}
         history.append(record)
-        folder.write(records.name, "".join(json.dumps(r) + "\n" for r in history).encode())
-        if score <= best:
-            best = score
-            checkpoint.save(folder.track(run_dir / BEST), weights, step, epoch, best)
-        checkpoint.save(folder.track(run_dir / LAST), weights, step, epoch, best)
-        folder.keep()
+        improved = score <= best
+        best = min(best, score)
+        if world.writes:
+            for name, blob in start_files.items():
+                folder.write(name, blob)
+            folder.write(records.name, "".join(json.dumps(r) + "\n" for r in history).encode())
+            if improved:
+                checkpoint.save(folder.track(run_dir / BEST), weights, step, epoch, best)
+            checkpoint.save(folder.track(run_dir / LAST), weights, step, epoch, best)
+            folder.keep()
+        start_files = {}
         console.print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in record.items() if not k.startswith(health.PREFIX)),
                       markup=False, highlight=False)
@@ -209,10 +232,13 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
         if stopped is not None:
             note(stopped)
             break
+    done = last if stopped else epochs
+    if not world.writes:  # rank 0 writes the model and measures it on the test split
+        return FitResult(run_dir, done, step, {}, stopped)
     final, _, _, _ = checkpoint.load(run_dir / (BEST if (run_dir / BEST).exists() else LAST))
     atomic_write(run_dir / "model.onnx", with_weights(tg.inference.onnx, final).SerializeToString())
     test = evaluate(tg, final, data.test, eval_sess)
-    return FitResult(run_dir, last if stopped else epochs, step, test, stopped)
+    return FitResult(run_dir, done, step, test, stopped)
 
 
 def _forget_after(records: Path, epochs: int) -> list[dict]:
