@@ -136,6 +136,12 @@ def world() -> World:
 
 def launch(workers: int, argv: Sequence[str]) -> int:
     """Run `dlspec ARGV` as `workers` ranks on this machine through mpiexec; its exit code."""
+    command, env = launch_command(workers, argv)
+    return subprocess.call(command, env=env)
+
+
+def launch_command(workers: int, argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The mpiexec command line and environment that run `dlspec ARGV` as `workers` local ranks."""
     try:
         import mpi4py  # noqa: F401
     except ImportError:
@@ -147,10 +153,9 @@ def launch(workers: int, argv: Sequence[str]) -> int:
         # Open MPI refuses root without these; --oversubscribe lets ranks outnumber the cores it counts
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
         command += ["--oversubscribe", "--bind-to", "none"]
-    command += [sys.executable, "-m", "dlspec", *argv]
     if not sys.stdout.isatty():  # mpiexec gives the ranks a terminal of their own: say what this is
         env.update(TTY_COMPATIBLE="0", TTY_INTERACTIVE="0")
-    return subprocess.call(command, env=env)
+    return [*command, sys.executable, "-m", "dlspec", *argv], env
 
 
 def _mpiexec() -> str:
