@@ -9,6 +9,7 @@ from dlspec.compiler.grad import (  # noqa: F401
     conv,
     einsum,
     elementwise,
+    linalg,
     losses,
     nn,
     norm,
@@ -17,6 +18,7 @@ from dlspec.compiler.grad import (  # noqa: F401
     sample,
     select,
     shape,
+    spectral,
 )
 from dlspec.compiler.grad.table import NO_GRADIENT, RULES, Node
 from dlspec.compiler.grad.walk import backward

@@ -1,11 +1,14 @@
 """Gradient rules of Conv and ConvTranspose, and their three lowering steps in plain form: dX as a
 transposed convolution, dW as a convolution with the batch as channels, the bias's gradient as a
-sum per channel. (dlspec.compiler.tune.conv has the faster forms.)"""
+sum per channel (dlspec.compiler.tune.conv has the faster forms); and of Col2Im, whose adjoint is
+im2col."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from dlspec.compiler.grad.common import INT64_MAX, sizes
 from dlspec.compiler.grad.table import Grads, Node, rule
@@ -181,3 +184,25 @@ def flip_kernel(w: Value, win: Window) -> Value:
 
 def positions(win: Window) -> int:
     return math.prod(win.out)
+
+
+@rule("Col2Im")
+def _col2im(n: Node, g: Value) -> Grads:
+    # y = each column of x (one block position, C x prod(block) values) added back into the image at
+    # its block's pixels: dx = im2col of g, g (padded) read at the pixel of every block position and
+    # block offset: pixel = position * stride + offset * dilation, per axis
+    x, image, block = n.inputs[0], n.const_ints(1), n.const_ints(2)
+    assert image is not None and block is not None, "Col2Im has image_shape and block_shape"
+    nd = len(image)
+    s, d = n.ints("strides") or [1] * nd, n.ints("dilations") or [1] * nd
+    p = n.ints("pads") or [0] * (2 * nd)
+    padded = [image[a] + p[a] + p[nd + a] for a in range(nd)]
+    counts = out_size(image, block, s, d, p)
+    offsets = np.indices(block).reshape(nd, -1, 1)  # [nd, K, 1]
+    positions = np.indices(counts).reshape(nd, 1, -1)  # [nd, 1, L]
+    pixels = positions * np.reshape(s, (nd, 1, 1)) + offsets * np.reshape(d, (nd, 1, 1))
+    where = np.ravel_multi_index(tuple(pixels), padded)  # [K, L], into the padded image flattened
+    if any(p):
+        g = op.Pad(g, p, axes=list(range(2, 2 + nd)))
+    cols = op.Gather(op.Reshape(g, [0, 0, -1]), g.graph.const(where, "int64"), axis=2)  # [N, C, K, L]
+    return [op.Reshape(cols, op.Shape(x)).with_shape(x.shape), None, None]

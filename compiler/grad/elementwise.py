@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 
-from dlspec.compiler.grad.common import masked, unbroadcast
+from dlspec.compiler.grad.common import masked, rank, sizes, unbroadcast
+from dlspec.compiler.grad.shape import reshape_like
 from dlspec.compiler.grad.table import Grads, Node, rule, unary
 from dlspec.compiler.graph import Value
 from dlspec.compiler.graph import ops as op
+from dlspec.compiler.graph.value import FLOATS
 from dlspec.spec.errors import CompileError
 
 # ---- one input, one output: dx from (g, x, y) ----
@@ -36,6 +38,7 @@ unary("Atanh", lambda g, x, y: g / ((1.0 - x) * (1.0 + x)))  # d atanh = 1 / (1 
 unary("Erf", lambda g, x, y: g * (op.Exp(-(x * x)) * (2 / math.sqrt(math.pi))))  # 2/sqrt(pi) e^(-x^2)
 unary("Relu", lambda g, x, y: masked(g, x > 0.0))
 unary("Cast", lambda g, x, y: g.cast_like(x))
+unary("CastLike", lambda g, x, y: g.cast_like(x))  # the type-giving input takes no gradient
 
 
 @rule("Softsign")
@@ -83,6 +86,37 @@ def _div(n: Node, g: Value) -> Grads:
     (a, b), y = n.inputs, n.outputs[0]
     gb = g / b  # d(a/b) = g/b, -g a/b^2 = -(g/b) y
     return [unbroadcast(gb, a), unbroadcast(-(gb * y), b)]
+
+
+@rule("Mod")
+def _mod(n: Node, g: Value) -> Grads:
+    # y = a - q b with q the integer quotient of a / b (truncated for fmod=1, floored for fmod=0):
+    # da = g, db = -q g; q read back from y as round((a - y) / b), exactly the one the op took.
+    # Integer Mod takes no gradient.
+    (a, b), y = n.inputs, n.outputs[0]
+    if a.dtype not in (None, *FLOATS):
+        return [None, None]
+    q = op.Round((a - y) / b)
+    return [unbroadcast(g, a), unbroadcast(-(g * q), b)]
+
+
+@rule("DequantizeLinear")
+def _dequantize(n: Node, g: Value) -> Grads:
+    # y = (x - zero_point) scale, with scale (and zero_point) one number or one per slice along axis:
+    # d scale = the sum of g (x - zero_point) over the rest; x and zero_point are integers
+    x, scale, zero = n.inputs[0], n.inputs[1], n.input(2)
+    r = rank(x, "DequantizeLinear")
+    per_axis = sizes(scale, "DequantizeLinear") not in ((), (1,))
+    axis = n.i("axis") % r
+    centred = x.cast_like(g)
+    if zero is not None:
+        centred = centred - (op.Reshape(zero, [1] * axis + [-1] + [1] * (r - axis - 1)) if per_axis
+                             else zero).cast_like(g)
+    if per_axis:
+        dscale = op.ReduceSum(g * centred, [a for a in range(r) if a != axis], keepdims=0)
+    else:
+        dscale = reshape_like(op.ReduceSum(g * centred, keepdims=0), scale)
+    return [None, dscale, None][:len(n.inputs)]
 
 
 @rule("Mean")

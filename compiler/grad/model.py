@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from dlspec.compiler.grad.walk import backward
-from dlspec.compiler.graph import DTYPES, IR_VERSION, Graph, Value
+from dlspec.compiler.graph import DTYPES, IR_VERSION, OPSET, Graph, Value
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.graph.infer import Type, constants, value_types
 from dlspec.compiler.graph.opsets import to_opset
@@ -27,6 +27,7 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
     A model of an older opset is converted to OPSET first; the result has opset OPSET and IR
     version IR_VERSION. `target` picks the lowerings, as for compile_training."""
     model = to_opset(model)
+    _check_ops(model)
     src = model.graph
     chosen = wrt is None
     wrt = list(wrt) if wrt is not None else _parameters(model)
@@ -48,6 +49,19 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
         helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
                                      "not_differentiated": ", ".join(missing)})
     return out
+
+
+def _check_ops(model: onnx.ModelProto) -> None:
+    """Every node of the standard domain is an ONNX op at OPSET: a model that imports opset OPSET
+    but uses a newer op (Swish, RMSNormalization) would otherwise fail later, and less clearly."""
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or onnx.defs.has(node.op_type, OPSET, ""):
+            continue
+        added = [s.since_version for s in onnx.defs.get_all_schemas_with_history()
+                 if s.name == node.op_type and s.domain == ""]
+        what = (f"which ONNX added at opset {min(added)}, newer than opset {OPSET} that dlspec writes and "
+                f"differentiates" if added else "which is not an ONNX op")
+        raise CompileError(f"node {node.name or node.output[0]} uses {node.op_type}, {what}")
 
 
 def _parameters(model: onnx.ModelProto) -> list[str]:

@@ -1,4 +1,5 @@
-"""The gradient of GridSample (linear and nearest, any number of spatial axes, every padding mode).
+"""The gradients of GridSample (linear and nearest, any number of spatial axes, every padding mode)
+and of AffineGrid, which makes its grids.
 
 Each output reads the input at a point that the grid gives in [-1, 1] per axis: in pixels
 x = (g + 1) (d - 1) / 2 with align_corners, else ((g + 1) d - 1) / 2, moved inside the input by
@@ -13,7 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dlspec.compiler.grad.common import sizes
+import numpy as np
+
+from dlspec.compiler.grad.common import INT64_MAX, sizes
 from dlspec.compiler.grad.table import Grads, Node, rule
 from dlspec.compiler.graph import Value
 from dlspec.compiler.graph import ops as op
@@ -158,3 +161,16 @@ def _gradients(n: Node, g: Value, x: Value, grid: Value, axes: list[_Axis], span
         parts.append(op.Unsqueeze(d, [2]))
     d_grid = op.Concat(parts[::-1], axis=2) if r > 1 else parts[0]  # component r - 1 - i is axis i
     return [dx, op.Reshape(d_grid, op.Shape(grid))]
+
+
+@rule("AffineGrid")
+def _affine_grid(n: Node, g: Value) -> Grads:
+    # grid[n, pixel] = theta[n] (pixel's coordinates, 1): linear in theta, so grid = sum_k theta_k A_k,
+    # A_k = the grid of the k-th unit matrix, made by the same op; d theta_k = <g, A_k>
+    theta, size = n.inputs
+    r, c = sizes(theta, "AffineGrid", [1, 2])[1:]
+    units = g.graph.const(np.eye(r * c).reshape(r * c, r, c)).cast_like(theta)
+    unit_size = op.Concat([g.graph.ints([r * c]), op.Slice(size, [1], [INT64_MAX])], axis=0)
+    grids = op.Reshape(n.again([units, unit_size])[0], [r * c, -1])  # [k, pixels x r]
+    dtheta = op.Gemm(op.Reshape(g, [0, -1]), grids, transB=1)  # [N, k]
+    return [op.Reshape(dtheta, [-1, r, c]).with_shape(theta.shape), None]

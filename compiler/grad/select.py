@@ -1,12 +1,12 @@
-"""Gradient rules of ops that pick elements by index: the gathers, the scatters (every reduction)
-and TopK. A gather's gradient is a scatter-add of g back to where each element came from; a
-scatter's is a gather of g."""
+"""Gradient rules of ops that pick elements by index: the gathers, the scatters (every reduction),
+TopK and MaxUnpool. A gather's gradient is a scatter-add of g back to where each element came
+from; a scatter's is a gather of g."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from dlspec.compiler.grad.common import INT64_MAX, masked, rank
+from dlspec.compiler.grad.common import INT64_MAX, masked, rank, sizes
 from dlspec.compiler.grad.table import Grads, Node, rule, rule_multi
 from dlspec.compiler.graph import Value
 from dlspec.compiler.graph import ops as op
@@ -118,3 +118,19 @@ def _top_k(n: Node, gy: list[Value | None]) -> Grads:
         return [None, None]
     x, idx = n.inputs[0], n.outputs[1]
     return [op.ScatterElements(op.zeros_like(x), idx, g, axis=n.i("axis")), None]
+
+
+@rule("MaxUnpool")
+def _max_unpool(n: Node, g: Value) -> Grads:
+    # y = zeros of the pool's input shape with y.flat[idx] = x; an output_shape larger than that
+    # shape extends it with zeros at the end of each spatial axis (as onnx's reference and tests):
+    # dx = g, cut back to the pool's input shape, read at idx
+    x, idx = n.inputs[0], n.inputs[1]
+    if n.input(2) is not None:
+        nd = rank(x, "MaxUnpool") - 2
+        size = sizes(x, "MaxUnpool", list(range(2, nd + 2)))[2:]
+        k, s = n.ints("kernel_shape"), n.ints("strides") or [1] * nd
+        p = n.ints("pads") or [0] * (2 * nd)
+        unpooled = [(size[i] - 1) * s[i] - p[i] - p[nd + i] + k[i] for i in range(nd)]
+        g = op.Slice(g, [0] * nd, unpooled, list(range(2, nd + 2)))
+    return [op.Gather(op.Reshape(g, [-1]), idx)] + [None] * (len(n.inputs) - 1)

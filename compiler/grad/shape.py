@@ -40,6 +40,12 @@ def _transpose(n: Node, g: Value) -> Grads:
     return [op.Transpose(g, [perm.index(i) for i in range(len(perm))])]
 
 
+@rule("ReverseSequence")
+def _reverse_sequence(n: Node, g: Value) -> Grads:
+    # y = each batch entry's first len steps reversed: a permutation that is its own inverse
+    return _none(n, n.again([g, n.inputs[1]])[0])
+
+
 # ---- joining and selecting ----
 @rule("Concat")
 def _concat(n: Node, g: Value) -> Grads:
@@ -60,7 +66,7 @@ def _slice(n: Node, g: Value) -> Grads:
     # else a Gather from g with one zero row appended (positions not selected read the zero)
     x = n.inputs[0]
     if any(n.input(i) is not None and n.const(i) is None for i in range(1, 5)):
-        return _none(n, _slice_back(n, g))
+        return _none(n, picked_back(n, g))
     starts, ends = n.const_ints(1), n.const_ints(2)
     assert starts is not None and ends is not None, "Slice has starts and ends"
     r = rank(x, "Slice")
@@ -84,9 +90,10 @@ def _slice(n: Node, g: Value) -> Grads:
     return _none(n, g)
 
 
-def _slice_back(n: Node, g: Value) -> Value:
-    """Slice's dx where starts, ends, axes or steps are computed at run time: the same Slice of x's
-    flat positions says where each element of g goes."""
+def picked_back(n: Node, g: Value) -> Value:
+    """dx of an op that picks elements of x, each at most once (Slice with starts, ends, axes or steps
+    computed at run time, Compress): the same op on x's flat positions says where each element of g
+    goes."""
     x = n.inputs[0]
     one = g.graph.const(1, "int64")
     positions = op.Reshape(op.Range(g.graph.const(0, "int64"), op.numel(x), one), op.Shape(x))
@@ -94,6 +101,25 @@ def _slice_back(n: Node, g: Value) -> Value:
     flat = op.ScatterElements(op.Reshape(op.zeros_like(x), [-1]), op.Reshape(picked, [-1]),
                               op.Reshape(g, [-1]))
     return reshape_like(flat, x)
+
+
+@rule("Compress")
+def _compress(n: Node, g: Value) -> Grads:
+    return _none(n, picked_back(n, g))  # y = the slices of x (along axis, or of x flattened) where cond
+
+
+@rule("Trilu")
+def _trilu(n: Node, g: Value) -> Grads:
+    return _none(n, n.again([g, *n.inputs[1:]])[0])  # y = x masked: dx = g masked the same way
+
+
+@rule("CenterCropPad")
+def _center_crop_pad(n: Node, g: Value) -> Grads:
+    # y = x cropped or zero-padded to `shape` on axes, the kept part centred: both start at
+    # floor(|size - target| / 2), so the same op from y's sizes back to x's undoes it (self-adjoint)
+    x, axes = n.inputs[0], n.ints("axes")
+    back = op.Shape(x) if not axes else op.Gather(op.Shape(x), g.graph.ints(axes))
+    return _none(n, n.again([g, back])[0].with_shape(x.shape))
 
 
 @rule("Pad")

@@ -2,7 +2,8 @@
 
 A rule takes the forward node and the gradient of its output and returns one gradient per input
 (None where an input takes none: shapes, indices, running statistics). Ops whose outputs are
-piecewise constant, integer or shape-valued are in NO_GRADIENT instead.
+piecewise constant, integer or shape-valued are in NO_GRADIENT instead; differentiable ops that
+dlspec has no rule for say why in REFUSED.
 """
 
 from __future__ import annotations
@@ -25,10 +26,25 @@ RULES: dict[str, Rule] = {}
 
 NO_GRADIENT = frozenset({
     "Shape", "Size", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or",
-    "Xor", "ArgMax", "ArgMin", "OneHot", "Range", "ConstantOfShape", "Sign", "Floor", "Ceil", "Round",
-    "IsNaN", "IsInf", "NonZero", "RandomUniformLike", "RandomNormalLike", "Bernoulli", "TopK_indices",
-    "Mod", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
+    "Xor", "ArgMax", "ArgMin", "OneHot", "Range", "ConstantOfShape", "EyeLike", "Sign", "Floor", "Ceil",
+    "Round", "Hardmax", "IsNaN", "IsInf", "NonZero", "NonMaxSuppression", "RandomUniformLike",
+    "RandomNormalLike", "Bernoulli", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
+    "HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix",
 })
+
+# ops that dlspec refuses to differentiate, and why (the refusal names the node and gives the reason)
+REFUSED = {
+    "RoiAlign": "its gradient scatters each region's bilinear sampling weights back into X and "
+                "differentiates the sampling points by the region boxes; dlspec has not written it",
+    "DeformConv": "its gradient differentiates bilinear sampling at learned offsets inside a "
+                  "convolution; dlspec has not written it",
+    # the weights of a quantized (QDQ) model pass through these: refused, rather than silently
+    # given the zero gradient of a rounding
+    "QuantizeLinear": "it rounds x to integers, whose gradient is zero; train the float model and "
+                      "quantize it afterwards",
+    "DynamicQuantizeLinear": "it rounds x to integers, whose gradient is zero; train the float model "
+                             "and quantize it afterwards",
+}
 
 
 class Node:

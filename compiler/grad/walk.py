@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from dlspec.compiler.grad.table import NO_GRADIENT, RULES, Node
+from dlspec.compiler.grad.table import NO_GRADIENT, REFUSED, RULES, Node
 from dlspec.compiler.graph import Graph, Value
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.graph.infer import Type
@@ -109,8 +109,9 @@ def _no_rule(node: onnx.NodeProto) -> CompileError:
         return CompileError(f"ONNX op {op_name} ({where}) is control flow, which cannot be differentiated: "
                             "dlspec has no gradient for If, Loop or Scan; export the model with its loops "
                             "unrolled and its branches decided", span)
+    why = REFUSED.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     return CompileError(f"no gradient rule for ONNX op {op_name} (node {node.name}, from {path}); it "
-                        "cannot be trained through", span)
+                        f"cannot be trained through{': ' + why if why else ''}", span)
 
 
 def _span_of(node: onnx.NodeProto) -> tuple[str, Span | None]:

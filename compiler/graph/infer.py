@@ -22,9 +22,15 @@ class Type:
 
 FLOAT_CODES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
-# Ops that onnx's shape inference leaves untyped (opset 18's GroupNormalization has no inference
-# function); their output has the type and shape of their first input.
-SHAPE_OF_INPUT = frozenset({"GroupNormalization"})
+# Ops whose output has the type and shape of their first input, which onnx's strict shape inference
+# cannot tell: opset 18's GroupNormalization has no inference function, and MeanVarianceNormalization's
+# function body fails it (without `axes` it leaves the attribute's default unset; for float64 input
+# it adds float32 constants). Inference sees each as an Identity of its first input.
+SHAPE_OF_INPUT = frozenset({"GroupNormalization", "MeanVarianceNormalization"})
+
+# Attributes whose schema default onnx's shape inference does not take: STFT's inference reads an
+# unset `onesided` as 0, its schema (and every runtime) as 1. Inference sees them spelled out.
+UNREAD_DEFAULTS = {"STFT": {"onesided": 1}}
 
 
 def value_types(model: onnx.ModelProto, data_prop: bool = False) -> dict[str, Type]:
@@ -48,23 +54,18 @@ def value_types(model: onnx.ModelProto, data_prop: bool = False) -> dict[str, Ty
 
 
 def _typed(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with value_info for the outputs of SHAPE_OF_INPUT ops, so inference carries on past them."""
-    pending = [n for n in model.graph.node if n.op_type in SHAPE_OF_INPUT]
-    if not pending:
+    """`model` as shape inference is to see it: SHAPE_OF_INPUT ops as Identities, UNREAD_DEFAULTS
+    spelled out."""
+    if not any(n.op_type in SHAPE_OF_INPUT or n.op_type in UNREAD_DEFAULTS for n in model.graph.node):
         return model
     typed = onnx.ModelProto()
     typed.CopyFrom(model)
-    for _ in pending:  # each round types at least one more, or stops
-        g = shape_inference.infer_shapes(typed).graph
-        known = {vi.name: vi for vi in list(g.input) + list(g.value_info) + list(g.output)
-                 if vi.type.tensor_type.elem_type}
-        added = [n for n in pending if n.output[0] not in known and n.input[0] in known]
-        for n in added:
-            vi = typed.graph.value_info.add()
-            vi.CopyFrom(known[n.input[0]])
-            vi.name = n.output[0]
-        if not added:
-            break
+    for node in typed.graph.node:
+        if node.op_type in SHAPE_OF_INPUT and node.domain in ("", "ai.onnx"):
+            node.CopyFrom(helper.make_node("Identity", node.input[:1], node.output[:1], name=node.name))
+        for name, value in UNREAD_DEFAULTS.get(node.op_type, {}).items():
+            if node.domain in ("", "ai.onnx") and all(a.name != name for a in node.attribute):
+                node.attribute.append(helper.make_attribute(name, value))
     return typed
 
 

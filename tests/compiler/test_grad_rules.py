@@ -3,7 +3,7 @@
 Each row builds a one-node model in float64, takes loss = sum(y * R) for a random R, and
 compares <grad, v> with (L(x + eps v) - L(x - eps v)) / 2 eps along a random direction v,
 evaluated by onnx's reference evaluator (an implementation of ONNX that dlspec did not write;
-tests/grad_reference.py fixes the few ops where it disagrees with the spec). That checks the
+dlspec.reference fixes the ops where it disagrees with the spec). That checks the
 plain lowering of each rule; every tuned lowering (dlspec.compiler.tune) must give the plain
 one's gradients on every row and Target. Every row also runs its gradient graph in float32 in
 plain onnxruntime, which must agree with the reference.
@@ -215,6 +215,43 @@ ROWS = [
     Row("LRN", [(3, 4, 5)], {"size": 2, "alpha": 0.9, "beta": 0.6}, id="rank-3",
         no_ort="onnxruntime's LRN takes 4-D input with an odd size only"),
     Row("Where", [(3, 4), (3, 4)], id="where"),
+    # ---- ops whose onnx node cases have no float input, or that need more configurations ----
+    Row("Mod", [(3, 4), (4,)], {"fmod": 1}, low=-3, high=3, given={1: [0.7, -1.3, 2.1, -0.9]}),
+    Row("CastLike", [(3, 4)], consts=[_c([], np.float64)]),
+    Row("DequantizeLinear", [()], consts=[_c([[-3, 5], [7, 0]], np.int8), _c(2, np.int8)],
+        inputs=["c0", "x0", "c1"]),
+    Row("DequantizeLinear", [(3,)], {"axis": -2}, consts=[_c(np.arange(18).reshape(2, 3, 3), np.uint8),
+                                                         _c([1, 0, 4], np.uint8)],
+        inputs=["c0", "x0", "c1"], id="per-axis"),
+    Row("Trilu", [(3, 4, 5)], consts=[_c(1)]),
+    Row("Trilu", [(5, 3)], {"upper": 0}, consts=[_c(-1)], id="lower"),
+    Row("ReverseSequence", [(5, 3, 2)], {"time_axis": 0, "batch_axis": 1}, consts=[_c([5, 2, 1])]),
+    Row("ReverseSequence", [(3, 4)], {"time_axis": 1, "batch_axis": 0}, consts=[_c([4, 1, 3])],
+        id="batch-first"),
+    # odd differences: crop 5 -> 4 and pad 6 -> 9 (the kept part starts at floor(difference / 2))
+    Row("CenterCropPad", [(5, 6, 3)], consts=[_c([4, 9, 3])]),
+    Row("CenterCropPad", [(2, 7, 4)], {"axes": [-2, -1]}, consts=[_c([4, 7])], id="axes"),
+    Row("MaxUnpool", [(1, 2, 2, 2)], {"kernel_shape": [2, 2], "strides": [2, 2]},
+        consts=[_c([[[[0, 3], [9, 14]], [[17, 22], [24, 31]]]])]),
+    Row("Compress", [(4, 3)], {"axis": 0}, consts=[_c([True, False, True], np.bool_)]),
+    Row("Compress", [(2, 3)], consts=[_c([False, True, True, False, True], np.bool_)], id="flattened"),
+    Row("AffineGrid", [(2, 2, 3)], consts=[_c([2, 3, 4, 5])]),
+    Row("AffineGrid", [(1, 3, 4)], {"align_corners": 1}, consts=[_c([1, 1, 2, 3, 4])], id="3d-align-corners"),
+    Row("Det", [(3, 3)]),
+    Row("Det", [(2, 4, 4)], id="batch"),
+    Row("Det", [(2, 1, 1)], id="1x1"),
+    Row("Det", [(3, 3)], given={0: [[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 0.0, 1.0]]}, id="singular"),
+    Row("Col2Im", [(1, 12, 4)], consts=[_c([3, 4]), _c([2, 3])]),
+    Row("Col2Im", [(2, 4, 12)], {"strides": [2, 1], "pads": [1, 0, 0, 1], "dilations": [1, 2]},
+        consts=[_c([5, 5]), _c([2, 2])], id="strides-pads-dilations"),
+    Row("DFT", [(2, 6, 1)], consts=[_c(1)], inputs=["x0", "", "c0"], id="real"),
+    Row("DFT", [(2, 5, 3, 2)], {"inverse": 1}, consts=[_c(7), _c(1)], id="inverse-longer"),
+    Row("DFT", [(3, 8, 1)], {"onesided": 1}, consts=[_c(6), _c(-2)], id="onesided-shorter"),
+    Row("DFT", [(2, 4, 2)], {"inverse": 1, "onesided": 1}, consts=[_c(1)], inputs=["x0", "", "c0"],
+        id="irfft"),
+    Row("STFT", [(2, 20, 1), (6,)], consts=[_c(3)], inputs=["x0", "c0", "x1"], id="window"),
+    Row("STFT", [(1, 16, 2)], {"onesided": 0}, consts=[_c(4), _c(5)], inputs=["x0", "c0", "", "c1"],
+        id="complex-frame-length"),
 ]
 # rows of further op families, a module each
 ROWS += grad_rows_select.ROWS + grad_rows_sequence.ROWS
@@ -414,11 +451,30 @@ def test_every_rule_has_a_row() -> None:
     assert set(RULES) <= {r.op for r in ROWS}, sorted(set(RULES) - {r.op for r in ROWS})
 
 
-def test_missing_rule_names_the_op() -> None:
-    node = helper.make_node("Det", ["x"], ["loss"])
-    graph = helper.make_graph([node], "m", [helper.make_tensor_value_info("x", TP.FLOAT, [3, 3])],
-                              [helper.make_tensor_value_info("loss", TP.FLOAT, [])])
+def test_missing_rule_names_the_op_and_why() -> None:
+    nodes = [helper.make_node("RoiAlign", ["x", "rois", "batch"], ["y"], name="roi", output_height=2,
+                              output_width=2),
+             helper.make_node("ReduceSum", ["y"], ["loss"], keepdims=0)]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 2, 5, 5])],
+                              [helper.make_tensor_value_info("loss", TP.FLOAT, [])], initializer=[
+                                  onnx.numpy_helper.from_array(np.array([[0, 0, 3, 3]], np.float32), "rois"),
+                                  onnx.numpy_helper.from_array(np.array([0], np.int64), "batch")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     from dlspec.spec.errors import CompileError
-    with pytest.raises(CompileError, match="no gradient rule for ONNX op Det"):
+    with pytest.raises(CompileError, match="no gradient rule for ONNX op RoiAlign .node roi.*bilinear"):
+        gradient_model(model, "loss", ["x"])
+
+
+@pytest.mark.parametrize("opset, message", [
+    (24, "the model uses ONNX opset 24, newer than opset 20"),  # Swish came in at opset 24
+    (OPSET, "node swish uses Swish, which ONNX added at opset 24, newer than opset 20"),
+])
+def test_newer_ops_are_refused_naming_the_opset(opset: int, message: str) -> None:
+    nodes = [helper.make_node("Swish", ["x"], ["y"], name="swish"),
+             helper.make_node("ReduceSum", ["y"], ["loss"], keepdims=0)]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TP.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("loss", TP.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    from dlspec.spec.errors import CompileError
+    with pytest.raises(CompileError, match=message):
         gradient_model(model, "loss", ["x"])

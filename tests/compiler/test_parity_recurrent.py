@@ -1,5 +1,5 @@
 """dlspec's LSTM and GRU gradients against PyTorch's (torch.nn.LSTM and GRU, padded sequences
-through pack_padded_sequence), and the test references of tests/grad_reference_sequence.py
+through pack_padded_sequence), and the reference evaluator fixes of runtime/reference.py
 against onnxruntime's forward on every row of tests/grad_rows_sequence.py that it runs."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The reference pools and Lp norm of tests/grad_reference_select.py agree with onnxruntime, on
-the configurations where onnx's own reference evaluator does not."""
+"""The fixed reference ops of dlspec.reference (pools, norms, losses, AffineGrid, Scatter) agree
+with onnxruntime, on the configurations where onnx's own reference evaluator does not."""
 
 from __future__ import annotations
 
@@ -21,14 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grad_reference import reference  # noqa: E402
 
 
-def _both(op: str, x: np.ndarray, *consts: np.ndarray, **attrs: Any) -> tuple[np.ndarray, np.ndarray]:
+def _both(op: str, x: np.ndarray, *consts: np.ndarray, opset: int = OPSET, **attrs: Any
+          ) -> tuple[np.ndarray, np.ndarray]:
     """The op on x (and constant further inputs) in the reference and in onnxruntime."""
     names = [f"c{i}" for i in range(len(consts))]
     node = helper.make_node(op, ["x", *names], ["y"], **attrs)
     graph = helper.make_graph([node], op, [helper.make_tensor_value_info("x", TP.FLOAT, x.shape)],
                               [helper.make_tensor_value_info("y", TP.FLOAT, None)],
                               initializer=[onnx.numpy_helper.from_array(c, n) for c, n in zip(consts, names)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return reference(model).run(None, {"x": x})[0], sess.run(None, {"x": x})[0]
 
@@ -86,3 +87,16 @@ def test_mean_variance_normalization_agrees_with_onnxruntime() -> None:
     for axes in ([0, 2, 3], [1], [-1, 0]):
         ours, theirs = _both("MeanVarianceNormalization", x, axes=axes)
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5, err_msg=str(axes))
+
+
+def test_affine_grid_and_scatter_agree_with_onnxruntime() -> None:
+    rng = np.random.default_rng(0)
+    for theta_shape, size in [((2, 2, 3), [2, 3, 4, 5]), ((1, 3, 4), [1, 1, 2, 3, 4])]:
+        theta = rng.standard_normal(theta_shape).astype(np.float32)
+        for corners in (0, 1):
+            ours, theirs = _both("AffineGrid", theta, np.array(size), align_corners=corners)
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6, err_msg=f"{size} {corners}")
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    updates = np.ones((2, 2), np.float32)
+    ours, theirs = _both("Scatter", x, np.array([[2, 0], [1, 2]]), updates, opset=10, axis=1)
+    np.testing.assert_array_equal(ours, theirs)
