@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 from dlspec.compiler.grad.walk import backward
 from dlspec.compiler.graph import DTYPES, IR_VERSION, OPSET, Graph, Value
 from dlspec.compiler.graph import ops as op
+from dlspec.compiler.graph.fold import fold_constants
 from dlspec.compiler.graph.infer import Type, constants, value_types
 from dlspec.compiler.graph.opsets import to_opset
 from dlspec.compiler.target import Target
@@ -26,7 +27,7 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
     batch norm's running statistics; the model's metadata `not_differentiated` lists the others.
     A model of an older opset is converted to OPSET first; the result has opset OPSET and IR
     version IR_VERSION. `target` picks the lowerings, as for compile_training."""
-    model = to_opset(model)
+    model = fold_constants(to_opset(model))  # exporters leave shape arithmetic on constants unfolded
     _check_ops(model)
     src = model.graph
     chosen = wrt is None

@@ -12,7 +12,9 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 torch = pytest.importorskip("torch")
 
@@ -150,3 +152,37 @@ def test_an_imported_torch_transformer_encoder_fine_tunes_as_in_torch(tmp_path: 
         p = params[torch_name]
         _close(grads[f"grad.{name}"], p.grad.numpy(), f"grad of {torch_name}")
         _close(step[f"{name}.next"], (p - 0.05 * p.grad).detach().numpy(), f"{torch_name} after a step")
+
+
+def test_dlspec_grad_of_a_torch_transformer_encoder_matches_torch() -> None:
+    """`dlspec grad` with its default parameters on an eval-mode export whose axes and shapes are
+    computed from unfolded constants (Mod(-1, 3), Slice of Shape): the gradient rules need the
+    ranks that folding them gives shape inference."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, dropout=0.0,
+                                             batch_first=True)
+    net = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    with torch.no_grad():  # distinct values: the exporter would share equal weights through Identity
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.zeros(2, 5, 16),), buf, dynamo=False, opset_version=17,
+                      training=torch.onnx.TrainingMode.EVAL, do_constant_folding=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "N"}})
+    model = onnx.load_from_string(buf.getvalue())
+    model.graph.node.append(onnx.helper.make_node("ReduceSumSquare", ["y"], ["loss"], keepdims=0))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, []))
+    grads_model = dlspec.grad(model, "loss")
+    x = np.random.default_rng(1).standard_normal((3, 5, 16)).astype(np.float32)
+    sess = session(grads_model)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    got = run(sess, {"x": x, **{i.name: weights[i.name] for i in sess.get_inputs() if i.name != "x"}})
+    net.eval()
+    loss = (net(torch.from_numpy(x)) ** 2).sum()
+    loss.backward()
+    _close(got["loss"], loss.detach().numpy(), "loss")
+    params = dict(net.named_parameters())
+    checked = [n.removeprefix("grad.") for n in got if n.startswith("grad.")]
+    assert sorted(checked) == sorted(params)
+    for name in checked:
+        _close(got[f"grad.{name}"], params[name].grad.numpy(), f"grad of {name}")
