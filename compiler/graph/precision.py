@@ -23,6 +23,9 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in g.node:
         if node.op_type == "Constant" and node.output[0] in keep:
             continue
+        if node.op_type == "ConstantOfShape" and not node.attribute:  # its default is a float32 zero
+            node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(np.zeros(1))))
+            continue
         for a in node.attribute:
             if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
                 a.i = TensorProto.DOUBLE

@@ -14,6 +14,11 @@ from dlspec.spec.model import Initializer, InitRule
 # Defaults per layer kind, the habits of torchvision: He init for convolutions
 # (they feed ReLUs), Glorot for the dense layers of heads.
 DEFAULTS = {"conv": "kaiming_normal", "linear": "xavier_uniform"}
+# Tables that are looked up or added rather than multiplied start as PyTorch and ViT start them:
+# an embedding N(0, 1) (nn.Embedding), learned positions and a class token N(0, 0.02).
+LOOKUP_DEFAULTS = {"embedding": Initializer(kind="normal", std=1.0),
+                   "pos_embedding": Initializer(kind="normal", std=0.02),
+                   "cls_token": Initializer(kind="normal", std=0.02)}
 
 
 def make(init: Initializer, shape: Sequence[int], fan_in: int, fan_out: int,
@@ -83,6 +88,8 @@ class InitPolicy:
             if best is None or (score, i) >= best:
                 best = (score, i)
         if best is None:
+            if layer_kind in LOOKUP_DEFAULTS:
+                return LOOKUP_DEFAULTS[layer_kind]
             return Initializer(kind=DEFAULTS.get(layer_kind, "xavier_uniform"))  # type: ignore[arg-type]
         self.used.add(best[1])
         return self.rules[best[1]].init

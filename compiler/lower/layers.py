@@ -5,6 +5,7 @@ Each class's docstring shows the DSL form it handles.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlspec.compiler.graph import Value, show
+from dlspec.compiler.graph import Shape, Value, show
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.graph.composite import channel_sum, per_channel
 from dlspec.compiler.lower.random import stream_seed, uniform_like
@@ -327,7 +328,8 @@ class Flatten(Layer):
 
 @layer("linear")
 class Linear(Layer):
-    """`linear(out, bias=true)`: y = x W^T + b with W of shape [out, in]"""
+    """`linear(out, bias=true)`: y = x W^T + b with W of shape [out, in], on the last axis:
+    [N, in] -> [N, out], and [N, ..., in] -> [N, ..., out] (each position of a sequence alike)"""
 
     positional: ClassVar[tuple[str, ...]] = ("out",)
     maps: ClassVar[bool] = False
@@ -335,15 +337,34 @@ class Linear(Layer):
     bias: bool = True
 
     def build(self, ctx: LayerCtx, x: Value) -> Value:
-        if x.rank != 2:
-            raise ctx.error(f"linear expects [N, features], got {show(x.dims)}; "
-                            "put flatten or gap before it")
-        fin = x.dims[1]
+        if x.rank < 2:
+            raise ctx.error(f"linear expects [N, features] or [N, ..., features], got {show(x.dims)}")
+        fin = x.dims[-1]
         assert isinstance(fin, int)
         weight = ctx.weight("weight", (self.out, fin), fin, self.out)
         bias = ctx.zeros("bias", (self.out,)) if self.bias else None
-        ctx.flops += 2 * fin * self.out
-        return op.Gemm(x, weight, bias, transB=1).with_shape((None, self.out))
+        ctx.flops += 2 * fin * self.out * math.prod(static(x.dims[1:-1]))
+        return dense(x, weight, bias)
+
+
+def dense(x: Value, weight: Value, bias: Value | None) -> Value:
+    """x W^T + b on the last axis of x [N, ..., in], W [out, in]: one Gemm over the rows of every
+    position ([N * ..., in]), whose gradient is one Gemm per operand too."""
+    out = static(weight.dims)[0]
+    if x.rank == 2:
+        return op.Gemm(x, weight, bias, transB=1).with_shape((None, out))
+    *inner, fin = static(x.dims[1:])
+    y = op.Gemm(op.Reshape(x, [-1, fin]), weight, bias, transB=1)
+    return op.Reshape(y, [-1, *inner, out]).with_shape((None, *inner, out))
+
+
+def static(dims: Shape) -> list[int]:
+    """Sizes a layer knows: every axis of a value but the batch."""
+    out = []
+    for d in dims:
+        assert isinstance(d, int), f"a size of {show(dims)} is not known"
+        out.append(d)
+    return out
 
 
 @layer("dropout")
@@ -394,18 +415,66 @@ def _same_shapes(ctx: LayerCtx, xs: list[Value], what: str, skip_axis: int | Non
             raise ctx.error(f"{what}: {kind} mismatch between {show(ref)} and {show(x.dims)}")
 
 
+def broadcast_shapes(ctx: LayerCtx, xs: list[Value], what: str) -> None:
+    """NumPy broadcasting between tensors of one rank (the batch axis comes first in each, so
+    ranks are not padded on the left): each axis has one size, or 1."""
+    ref = xs[0].dims
+    for x in xs[1:]:
+        if x.rank != len(ref):
+            raise ctx.error(f"{what}: cannot broadcast {show(ref)} and {show(x.dims)}: the ranks differ; "
+                            "each tensor's first axis is the batch, so give them one rank (reshape adds "
+                            "axes of size 1)")
+    for axis in range(1, len(ref)):
+        big = [x.dims for x in xs if x.dims[axis] != 1]
+        b = next((d for d in big if d[axis] != big[0][axis]), None)
+        if b is not None:
+            a = big[0]
+            kind = "channel" if axis == 1 and a[2:] == b[2:] else "shape"
+            raise ctx.error(f"{what}: {kind} mismatch between {show(a)} and {show(b)} (axis {axis}: "
+                            "sizes broadcast only where they are equal or 1)")
+
+
 @layer("add")
 class Add(Layer):
-    """`add` or `add(from=[a, b])`: elementwise sum of tensors of one shape"""
+    """`add` or `add(from=[a, b, ...])`: elementwise sum, broadcasting axes of size 1
+    (`[N, T, D]` + `[N, 1, D]`)"""
 
     maps: ClassVar[bool] = False
 
     def build_many(self, ctx: LayerCtx, xs: list[Value]) -> list[Value]:
-        _same_shapes(ctx, xs, "add")
+        broadcast_shapes(ctx, xs, "add")
         y = xs[0]
         for x in xs[1:]:
             y = y + x
         return [y]
+
+
+@layer("mul")
+class Mul(Layer):
+    """`mul(from=[x, gate, ...])`: elementwise product, broadcasting axes of size 1 (a gate
+    [N, C, 1, 1] scales each channel of [N, C, H, W])"""
+
+    maps: ClassVar[bool] = False
+
+    def build_many(self, ctx: LayerCtx, xs: list[Value]) -> list[Value]:
+        broadcast_shapes(ctx, xs, "mul")
+        y = xs[0]
+        for x in xs[1:]:
+            y = y * x
+        return [y]
+
+
+@layer("sub")
+class Sub(Layer):
+    """`sub(from=[a, b])`: a - b elementwise, broadcasting axes of size 1"""
+
+    maps: ClassVar[bool] = False
+
+    def build_many(self, ctx: LayerCtx, xs: list[Value]) -> list[Value]:
+        if len(xs) != 2:
+            raise ctx.error(f"sub takes two tensors (a - b), got {len(xs)}; name them with from=[a, b]")
+        broadcast_shapes(ctx, xs, "sub")
+        return [xs[0] - xs[1]]
 
 
 @layer("concat")
@@ -422,3 +491,11 @@ class Concat(Layer):
             raise ctx.error(f"concat axis {self.axis} is out of range for {show(xs[0].dims)}")
         _same_shapes(ctx, xs, "concat", skip_axis=self.axis)
         return [op.Concat(xs, axis=self.axis)]
+
+
+# the layers of the other modules register themselves on import; every user of LAYERS imports this
+import dlspec.compiler.lower.layers_attention  # noqa: E402, F401
+import dlspec.compiler.lower.layers_norm  # noqa: E402, F401
+import dlspec.compiler.lower.layers_recurrent  # noqa: E402, F401
+import dlspec.compiler.lower.layers_sequence  # noqa: E402, F401
+import dlspec.compiler.lower.layers_shape  # noqa: E402, F401

@@ -59,8 +59,55 @@ model every_activation {
 }
 """
 
+EVERY_SEQUENCE_LAYER = """
+model every_sequence_layer {
+  input  image: float32[N, 2, 4, 4]
+  target label: int64[N]
+  backbone {
+    tokens: patches(2) -> linear(6) -> cls_token -> pos_embedding(5) -> sinusoidal -> layernorm
+            -> attention(2, causal=true, dropout=0.1) -> rmsnorm
+    mixed:  linear(4) -> permute([0, 2, 1]) -> groupnorm(2) -> permute([0, 2, 1])
+    gate:   pool(mean) -> reshape(shape=[1, 4]) -> sigmoid
+    gated:  mul(from=[mixed, gate])
+    diff:   sub(from=[gated, gate]) -> pool(max) -> linear(3)
+    first:  pool(cls, from=[tokens]) -> linear(3)
+    out:    add(from=[diff, first])
+  }
+  loss cross_entropy
+}
+"""
 
-@pytest.mark.parametrize("text", [EVERY_LAYER, EVERY_ACTIVATION], ids=["every_layer", "every_activation"])
+EVERY_TOKEN_LAYER = """
+model every_token_layer {
+  input  tokens: int64[N, 6]
+  target label: int64[N]
+  backbone {
+    s: embedding(5, 4) -> attention(1, dim=6) -> linear(4) -> pool(mean)
+  }
+  head { h: linear(3) }
+  loss cross_entropy
+}
+"""
+
+EVERY_RECURRENT_LAYER = """
+model every_recurrent_layer {
+  input  image: float32[N, 1, 4, 4]
+  target label: int64[N]
+  backbone {
+    s: reshape(shape=[4, 4]) -> lstm(4, bidirectional=true) -> gru(3, layers=2) -> lstm(3, layers=2)
+       -> gru(2, bidirectional=true) -> pool(mean) -> linear(3)
+  }
+  loss cross_entropy
+}
+"""
+
+SPECS = [pytest.param(EVERY_LAYER, id="every_layer"), pytest.param(EVERY_ACTIVATION, id="every_activation"),
+         pytest.param(EVERY_SEQUENCE_LAYER, id="every_sequence_layer"),
+         pytest.param(EVERY_TOKEN_LAYER, id="every_token_layer"),
+         pytest.param(EVERY_RECURRENT_LAYER, id="every_recurrent_layer")]
+
+
+@pytest.mark.parametrize("text", SPECS)
 def test_every_layer_and_activation_passes(tmp_path: Path, text: str) -> None:
     spec = tmp_path / "m.dlspec"
     spec.write_text(text)

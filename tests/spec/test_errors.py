@@ -246,9 +246,9 @@ CASES = {
     "pool-window-larger-than-input": Case(
         model("  backbone {", "    s: conv(8)", "         -> maxpool(32)", "  }"), "main.dlspec:6:13",
         "maxpool window 32 (span 32) is larger than its padded input (16 + 0 padding)", CompileError),
-    "linear-on-an-image": Case(
-        model("  backbone {", "    s: conv(8) -> linear(10)", "  }"), "main.dlspec:5:19",
-        "linear expects [N, features], got [N, 8, 16, 16]; put flatten or gap before it", CompileError),
+    "reshape-of-another-size": Case(
+        model("  backbone {", "    s: conv(8) -> reshape(shape=[5, 7])", "  }"), "main.dlspec:5:19",
+        "reshape cannot make [5, 7] of [N, 8, 16, 16]", CompileError),
     "fpn-stages-not-whole-multiples": Case(
         lines("model m {", "  input image: float32[N, 3, 15, 15]", "  backbone {", "    a: conv(8)",
               "    b: conv(8, stride=2)", "  }", "  neck fpn(from=[a, b], channels=8)", "}"),
