@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -23,6 +24,7 @@ from dlspec.compiler import Compiled, Target, TrainingGraphs, compile_model, gra
 from dlspec.compiler import compile_training as _compile_training
 from dlspec.compiler.grad.coverage import untrainable_notes
 from dlspec.compiler.lower.export import export as _export
+from dlspec.compiler.lower.heads import head_infos
 from dlspec.data import load_all, load_dataset
 from dlspec.files import load_model
 from dlspec.gradient_check import TensorCheck, gradcheck
@@ -81,7 +83,8 @@ def grad(model: onnx.ModelProto | str | Path, loss: str, wrt: Sequence[str] | No
 
 def export(run: str | Path) -> onnx.ModelProto:
     """The deployable model of a training run (its folder or model.onnx): batch norm folded into
-    the convolutions, and `probabilities` beside `logits` for classifiers."""
+    the convolutions, and `probabilities` beside `logits` for classifiers (`probabilities:cls`
+    beside each classifying head cls of a model with named heads)."""
     src = Path(run)
     source = src / "model.onnx" if src.is_dir() else src
     if not source.is_file():
@@ -101,6 +104,8 @@ def evaluate(model: str | Path, spec: Spec, data: str | Path | None = None, *,
     sess = session(model)
     if not sess.get_outputs():
         raise RunError(f"{model} has no outputs")
+    if decl.heads:
+        return _evaluate_heads(model, sess, prog, decl, data)
     out = sess.get_outputs()[0]
     classes = out.shape[1] if len(out.shape) == 2 and isinstance(out.shape[1], int) else None
     if data is not None:
@@ -116,6 +121,40 @@ def evaluate(model: str | Path, spec: Spec, data: str | Path | None = None, *,
         raise RunError(f"{model}: output '{out.name}' has shape {list(pred.shape)} for target "
                        f"'{decl.targets[0].name}' of shape {list(truth.shape)}: is it a model of this spec?")
     return {**prediction_metrics(pred, truth, classifier), "samples": float(len(truth))}
+
+
+def _evaluate_heads(model: str | Path, sess: Any, prog: Program, decl: m.Model,
+                    data: str | Path | None) -> dict[str, float]:
+    """evaluate for a model with named heads: each head's metrics against its target, named by
+    the head (`accuracy:cls`, `mae:box`)."""
+    heads = [h for h in head_infos(decl) if h.target is not None]
+    shapes = {o.name: o.shape for o in sess.get_outputs()}
+    missing = [h.output for h in heads if h.output not in shapes]
+    if missing:
+        raise RunError(f"{model} has no output '{missing[0]}' (it has: {', '.join(shapes)}): is it a "
+                       "model of this spec?")
+    classes = {h.target: _width(shapes[h.output]) for h in heads if h.kind == "classify" and h.target}
+    if data is not None:
+        split = load_all(str(data), decl, classes)
+    else:
+        split = load_dataset(prog.train(decl.name) or m.Train(), decl, Path(prog.root).parent, classes).test
+    where = data if data is not None else "the test split"
+    feeds = check_inputs(sess, {t.name: split[t.name] for t in decl.inputs}, where)
+    outputs = run_model(sess, feeds, model, where)
+    result: dict[str, float] = {}
+    for h in heads:
+        assert h.target is not None
+        pred, truth = outputs[h.output], split[h.target]
+        if len(pred) != len(truth) or (not h.classifier and pred.size != truth.size):
+            raise RunError(f"{model}: output '{h.output}' has shape {list(pred.shape)} for target "
+                           f"'{h.target}' of shape {list(truth.shape)}: is it a model of this spec?")
+        result.update({h.key(k): v for k, v in prediction_metrics(pred, truth, h.classifier).items()})
+    return {**result, "samples": float(len(split[decl.inputs[0].name]))}
+
+
+def _width(shape: Sequence[Any]) -> int | None:
+    """The classes of an output [N, C], where C is known."""
+    return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
 
 
 def predict(model: str | Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

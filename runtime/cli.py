@@ -53,7 +53,7 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
     params = sum(r.params for r in c.records)
     flops = sum(r.flops for r in c.records)
     table.add_section()
-    table.add_row("total", "", f"{c.output.name} {show(c.output.dims)}", f"{params:,}", _si(flops))
+    table.add_row("total", "", _outputs(c), f"{params:,}", _si(flops))
     if not out.is_terminal:
         # Piped or captured: print whole rows (full layer paths) rather than wrap them at 80 columns.
         out.width = max(out.width, Measurement.get(out, out.options.update_width(10_000), table).maximum)
@@ -66,6 +66,11 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
     _notes(c.notes, out)
     out.print(f"[green]ok[/green]: {escape(str(args.spec))} is valid")
     return 0
+
+
+def _outputs(c: Compiled) -> str:
+    """`logits [N, 10]`, or each head's output: `cls [N, 10], box [N, 4]`."""
+    return ", ".join(f"{k} {show(v.dims)}" for k, v in (c.outputs or {c.output.name: c.output}).items())
 
 
 def _notes(notes: Sequence[str], out: Console) -> None:
@@ -81,8 +86,8 @@ def cmd_compile(args: argparse.Namespace, out: Console) -> int:
     dest = Path(args.output or Path(args.spec).with_suffix(".onnx").name)
     atomic_write(dest, c.onnx.SerializeToString())
     params = sum(r.params for r in c.records)
-    out.print(f"wrote {dest}: model {c.model.name}, {params:,} parameters, output "
-              f"{c.output.name} {show(c.output.dims)}", markup=False)
+    out.print(f"wrote {dest}: model {c.model.name}, {params:,} parameters, output"
+              f"{'s' if len(c.outputs) > 1 else ''} {_outputs(c)}", markup=False)
     _notes(c.notes, out)
     return 0
 
@@ -98,7 +103,7 @@ def _compile_training(args: argparse.Namespace, out: Console) -> int:
     out.print(f"wrote {dest}/: model.onnx, train_step.onnx ({len(tg.train_step.graph.node)} nodes), "
               f"gradients.onnx, apply.onnx, init.npz; {len(tg.trainable)} trainable and "
               f"{len(tg.frozen)} frozen "
-              f"parameter tensors; metrics: {', '.join(tg.metrics)}", markup=False)
+              f"parameter tensors; metrics: {', '.join(tg.terms + tg.metrics)}", markup=False)
     _notes(tg.inference.notes, out)
     return 0
 

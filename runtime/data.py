@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dlspec.files import Npz
-from dlspec.labels import Labels, check_all_labels, check_labels, label_rules
+from dlspec.labels import Classes, Labels, check_all_labels, check_labels, label_rules
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError, did_you_mean
 
@@ -46,7 +46,7 @@ def size(split: Split) -> int:
 
 
 # ---- the entry point ----
-def load_dataset(train: m.Train, model: m.Model, spec_dir: Path, classes: int | None = None) -> Dataset:
+def load_dataset(train: m.Train, model: m.Model, spec_dir: Path, classes: Classes = None) -> Dataset:
     """The arrays of `train.data` for `model`, split by `train.seed`; file paths are relative to spec_dir.
     `classes`: the width of the model's output, which cross_entropy's labels must stay below."""
     data = train.data
@@ -74,7 +74,7 @@ def load_dataset(train: m.Train, model: m.Model, spec_dir: Path, classes: int | 
                    stratified=stratified)
 
 
-def load_all(source: str, model: m.Model, classes: int | None = None) -> Split:
+def load_all(source: str, model: m.Model, classes: Classes = None) -> Split:
     """Every sample of a data source named on the command line: an .npz file (arrays named like
     the model's inputs and target), a .csv file (columns by name, the target column named like
     the model's target) or a bundled set (digits, iris, wine, breast_cancer, diabetes)."""

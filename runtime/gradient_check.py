@@ -35,7 +35,7 @@ def synthetic_batch(model: onnx.ModelProto, tg: TrainingGraphs, batch: int,
                     rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Inputs in [0, 1), integer targets in range of the classes, real targets ~ N(0, 1)."""
     params = set(tg.init) | {"lr", "step"}
-    classes = int(tg.inference.output.dims[-1] or 1)
+    widths = tg.inference.classes()  # a one-head model's output width; else by target name
     feeds: dict[str, np.ndarray] = {}
     for vi in model.graph.input:
         if vi.name in params:
@@ -44,6 +44,10 @@ def synthetic_batch(model: onnx.ModelProto, tg: TrainingGraphs, batch: int,
         shape = [batch] + [d.dim_value for d in t.shape.dim][1:]
         dtype = _NP.get(t.elem_type, np.float64)
         if np.issubdtype(dtype, np.integer):
+            if isinstance(widths, dict):
+                classes = widths.get(vi.name) or 2
+            else:
+                classes = int(tg.inference.output.dims[-1] or 1)
             feeds[vi.name] = rng.integers(0, classes, shape).astype(dtype)
         elif vi.name in {d.name for d in tg.inference.model.targets}:
             feeds[vi.name] = rng.standard_normal(shape)

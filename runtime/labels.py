@@ -7,7 +7,7 @@ naming the file, the row and the value, before anything trains on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,16 +25,20 @@ class Labels:
     probability: bool = False
 
 
-def label_rules(model: m.Model, classes: int | None) -> dict[str, Labels]:
+Classes = int | Mapping[str, int | None] | None  # the output's width, or each target's head's
+
+
+def label_rules(model: m.Model, classes: Classes) -> dict[str, Labels]:
     """The rule of each target that a classification loss reads, by target name; `classes` is the
-    width of the model's output."""
+    width of the model's output, or (several heads) the width of each target's head by its name."""
     rules: dict[str, Labels] = {}
     if model.loss is None or not model.targets:
         return rules
     for term in model.loss.terms:
         name = term.target or model.targets[0].name
         if isinstance(term.loss, m.CrossEntropy):
-            rules[name] = Labels(classes=classes, ignore=term.loss.ignore_index)
+            width = classes.get(name) if isinstance(classes, Mapping) else classes
+            rules[name] = Labels(classes=width, ignore=term.loss.ignore_index)
         elif isinstance(term.loss, m.BceWithLogits):
             rules[name] = Labels(probability=True)
     return rules

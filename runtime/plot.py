@@ -13,6 +13,7 @@ from rich.console import Console
 
 from dlspec.files import Npz, atomic_write
 from dlspec.health import PREFIX, is_health
+from dlspec.selection import val_score
 from dlspec.spec.errors import RunError
 
 if TYPE_CHECKING:
@@ -100,10 +101,12 @@ def best_epoch(run: Path, records: list[Record]) -> int | None:
         if epoch is None or epoch.shape != () or epoch.dtype.kind not in "iu":
             raise RunError(f"cannot read checkpoint {path}: it has no epoch (not a dlspec checkpoint)")
         return int(epoch) + 1
-    # fit.py: highest val accuracy, else lowest val mae, else the last epoch; a tie goes to the later
+    # training's choice (selection.val_score): highest val accuracy, else lowest val mae, else
+    # lowest val loss, else the last epoch; a tie goes to the later
     best, chosen = math.inf, None
     for r in records:
-        score = -r["val_accuracy"] if "val_accuracy" in r else r.get("val_mae", -r["epoch"])
+        val = {k.removeprefix("val_"): v for k, v in r.items() if k.startswith("val_")}
+        score = val_score(val, int(r["epoch"]))
         if score <= best:
             best, chosen = score, int(r["epoch"])
     return chosen
@@ -125,8 +128,9 @@ def figure(records: list[Record], best: int | None, title: str) -> Figure:
     left, right, *rest = fig.subplots(1, 3 if health else 2)
     if rest:
         _norms(rest[0], records, health, MaxNLocator)
-    for ax, panel, default in ((left, [k for k in keys if k.endswith("_loss")], "loss"),
-                            (right, [k for k in keys if not k.endswith("_loss")], "metric")):
+    losses = [k for k in keys if k.partition("_")[2].partition(":")[0] == "loss"]  # val_loss:cls too
+    metrics = [k for k in keys if k not in losses]
+    for ax, panel, default in ((left, losses, "loss"), (right, metrics, "metric")):
         name = " / ".join(dict.fromkeys(k.partition("_")[2] for k in panel)) or default  # "mae / rmse"
         for key in panel:
             split, _, what = key.partition("_")

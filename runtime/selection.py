@@ -13,9 +13,17 @@ from dlspec.spec.errors import RunError
 
 
 def val_score(val: dict[str, float], epoch: int) -> float:
-    """What picks best.npz and what early_stop watches, lower is better: -accuracy, else MAE
-    (without a validation split, -epoch: the last epoch is the best)."""
-    return -val["accuracy"] if "accuracy" in val else val.get("mae", -epoch)
+    """What picks best.npz and what early_stop watches, lower is better: -accuracy, else MAE, else
+    (a model with named heads, whose metrics are each head's) the total loss; without a validation
+    split, -epoch: the last epoch is the best."""
+    if "accuracy" in val:
+        return -val["accuracy"]
+    return val.get("mae", val.get("loss", -epoch))
+
+
+def watched(val: dict[str, float]) -> str:
+    """The name of what val_score reads."""
+    return "accuracy" if "accuracy" in val else "MAE" if "mae" in val else "loss"
 
 
 def read_records(path: Path) -> list[dict]:
@@ -51,7 +59,7 @@ class Patience:
     def update(self, val: dict[str, float], epoch: int) -> bool:
         """Count one finished epoch (1-based) by its validation metrics; True when training should stop."""
         score = val_score(val, epoch - 1)
-        self.watched = "accuracy" if "accuracy" in val else "MAE"
+        self.watched = watched(val)
         if score < self.best - self.rule.min_delta:
             self.best, self.best_epoch, self.stale = score, epoch, 0
         else:

@@ -54,22 +54,31 @@ class FitResult:
 
 def evaluate(tg: TrainingGraphs, weights: dict[str, np.ndarray], split: dict[str, np.ndarray],
              sess: ort.InferenceSession, batch: int = 512) -> dict[str, float]:
-    """Eval-mode loss and metrics: accuracy for classifiers, MAE and RMSE for regression."""
-    model = tg.inference.model
-    target = model.targets[0].name if model.targets else None
+    """Eval-mode loss (and each term's, `loss:cls`, where there are several) and each head's
+    metrics: accuracy for classifiers, MAE and RMSE for regression (`accuracy:cls` for head cls)."""
+    heads = tg.inference.heads
     n = len(next(iter(split.values())))
-    if n == 0 or target is None:
+    if n == 0 or not any(h.target for h in heads):
         return {}
     names = [i.name for i in sess.get_inputs()]
     params = {k: weights[k] for k in names if k in weights}
-    outs, loss = [], 0.0
+    outputs = [o.name for o in sess.get_outputs()]  # the heads' outputs, the loss, each term's loss
+    preds: list[list[np.ndarray]] = [[] for _ in heads]
+    sums = [0.0] * (len(outputs) - len(heads))
     for start in range(0, n, batch):
         feeds = {k: split[k][start:start + batch] for k in names if k in split}
-        pred, chunk_loss = sess.run(None, {**feeds, **params})
-        outs.append(pred)
-        loss += float(chunk_loss) * len(pred)  # the loss is a batch mean: weigh it by its rows
-    classifier = tg.inference.output.name == "logits"
-    return {"loss": loss / n, **prediction_metrics(np.concatenate(outs), split[target], classifier)}
+        values = sess.run(None, {**feeds, **params})
+        rows = len(values[0])
+        for i in range(len(heads)):
+            preds[i].append(values[i])
+        for i, v in enumerate(values[len(heads):]):
+            sums[i] += float(v) * rows  # the losses are batch means: weigh them by their rows
+    out = {"loss" if i == 0 else name: v / n for i, (name, v) in enumerate(zip(outputs[len(heads):], sums))}
+    for h, pred in zip(heads, preds):
+        if h.target is not None:
+            found = prediction_metrics(np.concatenate(pred), split[h.target], h.classifier)
+            out.update({h.key(k): v for k, v in found.items()})
+    return out
 
 
 def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions,
@@ -106,8 +115,7 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
     epochs = opts.epochs or train.epochs
     bs = opts.batch or train.batch
     seed = opts.seed if opts.seed is not None else train.seed
-    dims = compile_model(prog, model_name, opts.seed).output.dims  # shapes only: no weights made
-    classes = dims[1] if len(dims) == 2 and isinstance(dims[1], int) else None
+    classes = compile_model(prog, model_name, opts.seed).classes()  # shapes only: no weights made
     data = load_dataset(train, model, spec_path.parent, classes)
 
     def note(text: str) -> None:

@@ -64,7 +64,7 @@ def load(path: str | Path) -> Program:
     for name, blk in raw.blocks.items():
         prog.blocks[name] = _validate(m.BlockDef, {k: v for k, v in blk.items() if k != "item"})
     for name in raw.models:
-        prog.models[name] = _validate(m.Model, _resolve_model(name, raw, ()))
+        prog.models[name] = _validate(m.Model, _bind_losses(_resolve_model(name, raw, ())))
     for key in raw.trains:
         prog.trains[key] = _check_train(_validate(m.Train, _train_dict(_resolve_train(key, raw, ()), prog)))
     return prog
@@ -190,7 +190,13 @@ def _resolve_model(name: str, raw: _Raw, stack: tuple[str, ...]) -> Node:
             out[role] = item[role]
     for role, part in item["parts"].items():
         out[role] = _part(part)
+    if item.get("heads"):  # named heads replace the parent's head, whole, as a head section does
+        out["heads"] = item["heads"]
+        out.pop("head", None)
+    elif "head" in item["parts"]:
+        out.pop("heads", None)
     _check_names(name, out.get("inputs", []) + out.get("targets", []))
+    _check_head_names(out.get("heads", []), out.get("inputs", []) + out.get("targets", []))
     return out
 
 
@@ -204,17 +210,70 @@ def _check_names(model: str, decls: list[Node]) -> None:
                             f"{seen['role']} at {seen['span']})", d["span"])
 
 
+# what the training graphs call their own inputs and outputs: no head output may take these names
+RESERVED_OUTPUTS = ("loss", "lr", "step", "grad_norm", "probabilities")
+
+
+def _check_head_names(heads: list[Node], decls: list[Node]) -> None:
+    """A head's name is an output of model.onnx, beside the inputs and targets the graphs take."""
+    declared = {d["name"]: d for d in decls}
+    for h in heads:
+        if h["name"] in declared:
+            d = declared[h["name"]]
+            raise SpecError(f"head '{h['name']}' has the name of the model's {d['role']} '{h['name']}' "
+                            f"({d['span']}); the head names an output of the model, so give it a name "
+                            "of its own", h["name_span"])
+        if h["name"] in RESERVED_OUTPUTS:
+            raise SpecError(f"head '{h['name']}': the training graphs use that name "
+                            f"({', '.join(RESERVED_OUTPUTS)} are taken); give the head another",
+                            h["name_span"])
+
+
 def _part(part: Node) -> Node:
+    """A section as parsed; a loss with each term's call validated, its names kept for _bind_losses."""
     if part["role"] != "loss":
         return part
     terms = []
     for term in part["terms"]:
         call = dict(term["call"])
-        target = call["kwargs"].pop("target", None)
-        loss = _static_call(call, m.LossKind, "loss")
-        terms.append({"weight": term["weight"], "loss": loss, "span": term["span"],
-                      "target": None if target is None else str(evaluate(target, {}))})
+        kwargs = dict(call["kwargs"])
+        spans = {k: v for k, v in call["arg_spans"].items() if k in ("head", "target")}
+        named = {k: str(evaluate(kwargs.pop(k), {})) for k in ("head", "target") if k in kwargs}
+        refs = []
+        for arg in call["args"]:  # `huber(box, size)`: names, not values
+            if arg["kind"] != "name":
+                raise SpecError(f"loss {call['name']} takes names as positional arguments, its head and "
+                                f"its target (`{call['name']}(box, size)`); its settings go by keyword "
+                                "(key=value)", arg["span"])
+            refs.append((arg["id"], arg["span"]))
+        loss = _static_call({**call, "args": [], "kwargs": kwargs}, m.LossKind, "loss")
+        terms.append({"weight": term["weight"], "loss": loss, "span": term["span"], "arg_spans": spans,
+                      "target": named.get("target"), "head": named.get("head"), "refs": refs})
     return {"role": "loss", "terms": terms, "span": part["span"]}
+
+
+def _bind_losses(model: Node) -> Node:
+    """Each loss term's positional names as its head and target: two are (head, target); one is
+    the head where the model has named heads, else the target."""
+    loss = model.get("loss")
+    if loss is None:
+        return model
+    terms = []
+    for term in loss["terms"]:
+        term = {**term, "arg_spans": dict(term["arg_spans"])}
+        refs = term.pop("refs")
+        if len(refs) > 2:
+            raise SpecError(f"loss {term['loss']['kind']} takes at most two names, its head and its target "
+                            f"(`{term['loss']['kind']}(box, size)`)", refs[2][1])
+        slots = ("head", "target") if len(refs) == 2 else ("head",) if model.get("heads") else ("target",)
+        for key, (name, span) in zip(slots, refs, strict=False):
+            if term[key] is not None:
+                raise SpecError(f"the {key} of loss {term['loss']['kind']} is given twice (here and as "
+                                f"{key}=)", span)
+            term[key] = name
+            term["arg_spans"][key] = span
+        terms.append(term)
+    return {**model, "loss": {**loss, "terms": terms}}
 
 
 def _resolve_train(key: str, raw: _Raw, stack: tuple[str, ...]) -> Node:

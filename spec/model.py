@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -11,8 +11,10 @@ from pydantic import (
     Field,
     NonNegativeInt,
     PositiveFloat,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
 )
 
 from dlspec.spec.errors import Span
@@ -191,6 +193,15 @@ class Section(Node):
     call: Call | None = None
 
 
+class NamedHead(Node):
+    """`head cls: classify(10)`: one of several heads, each a named output of the model."""
+
+    role: Literal["named_head"] = "named_head"
+    name: str
+    chain: Chain
+    name_span: Span | None = Field(default=None, repr=False, exclude=True)
+
+
 class CrossEntropy(Node):
     """`cross_entropy(label_smoothing=0.1, weight=[...], ignore_index=-100)`"""
 
@@ -230,9 +241,16 @@ LossKind = Annotated[Union[CrossEntropy, BceWithLogits, Mse, L1, Huber], Field(d
 
 
 class LossTerm(Node):
+    """`0.1 * huber(box, size)`: a weighted loss of one head's output against one target."""
+
     weight: float = 1.0
     loss: LossKind
     target: str | None = None
+    head: str | None = None  # None: the model's only head
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), ("head",))
 
 
 class Loss(Node):
@@ -249,8 +267,19 @@ class Model(Node):
     backbone: Section | None = None
     neck: Section | None = None
     head: Section | None = None
+    heads: list[NamedHead] = []  # `head NAME: chain`, in place of `head`
     loss: Loss | None = None
     name_span: Span | None = Field(default=None, repr=False, exclude=True)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), ("heads",))
+
+
+def _without_empty(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """A dump without these fields where they are unset: a spec that does not use them dumps (and
+    hashes, into its ONNX metadata) as before they existed."""
+    return {k: v for k, v in data.items() if k not in keys or v not in (None, [])}
 
 
 # ---- training ----

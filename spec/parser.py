@@ -209,6 +209,14 @@ class _ToDicts(Transformer_NonRecursive[Token, list[Node]]):
     def section_call(self, meta: Meta, c: list[Any]) -> Node:
         return {"role": c[0], "form": "call", "call": c[1], "span": self.sp(meta)}
 
+    def named_section(self, meta: Meta, c: list[Any]) -> Node:
+        """`head cls: classify(10)`: one of a model's named heads."""
+        if c[0] != "head":
+            raise SpecError(f"only heads have names (`head {c[1]}: ...`); a {c[0]} with named stages is "
+                            f"written `{c[0]} {{ {c[1]}: ... }}`", self.sp(c[1]))
+        return {"role": "named_head", "name": str(c[1]), "chain": c[2], "span": self.sp(meta),
+                "name_span": self.sp(c[1])}
+
     def loss_term(self, meta: Meta, c: list[Any]) -> Node:
         weight = 1.0 if c[0] is None else float(_number(c[0]))
         return {"weight": weight, "call": c[1], "span": self.sp(meta)}
@@ -218,17 +226,24 @@ class _ToDicts(Transformer_NonRecursive[Token, list[Node]]):
 
     def model_def(self, meta: Meta, c: list[Any]) -> Node:
         model: Node = {"item": "model", "name": str(c[0]), "extends": _opt_str(c[1]),
-                       "inputs": [], "targets": [], "span": self.sp(meta), "name_span": self.sp(c[0]),
-                       "extends_span": None if c[1] is None else self.sp(c[1]), "parts": {}}
+                       "inputs": [], "targets": [], "heads": [], "span": self.sp(meta),
+                       "name_span": self.sp(c[0]), "extends_span": None if c[1] is None else self.sp(c[1]),
+                       "parts": {}}
         for part in c[2:]:
             role = part["role"]
             if role in ("input", "target"):
                 model[role + "s"].append(part)
+            elif role == "named_head":
+                _add_head(model, part)
             elif role in model["parts"]:
                 raise SpecError(f"model '{model['name']}' has a second {role} section; "
                                 "a model has at most one of each", part["span"])
             else:
                 model["parts"][role] = part
+            if model["heads"] and "head" in model["parts"]:
+                raise SpecError(f"model '{model['name']}' has both a head section and named heads; give "
+                                "each head a name (`head cls: classify(10)`), or keep one unnamed head",
+                                part["span"])
         return model
 
     def early_stop(self, meta: Meta, c: list[Any]) -> Node:
@@ -290,6 +305,16 @@ class _ToDicts(Transformer_NonRecursive[Token, list[Node]]):
 
     def start(self, meta: Meta, c: list[Node]) -> list[Node]:
         return c
+
+
+def _add_head(model: Node, head: Node) -> None:
+    """A named head, refused when another head of the model has its name."""
+    for other in model["heads"]:
+        if other["name"] == head["name"]:
+            raise SpecError(f"head '{head['name']}' is defined twice in model '{model['name']}' (first "
+                            f"on line {other['name_span'].line}); give each head its own name",
+                            head["name_span"])
+    model["heads"].append(head)
 
 
 def _opt_str(tok: Token | None) -> str | None:

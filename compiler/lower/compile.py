@@ -19,15 +19,15 @@ from dlspec.compiler.lower.context import Compilation, LayerRecord, ParamInfo
 from dlspec.compiler.lower.features import Moments, lower_features
 from dlspec.compiler.lower.freeze import check_targets, lr_mult
 from dlspec.compiler.lower.freeze import frozen as is_frozen
+from dlspec.compiler.lower.heads import Bound, HeadInfo, bind, head_infos, term_names
 from dlspec.compiler.lower.init import InitPolicy
 from dlspec.compiler.lower.necks import NECKS, fpn
 from dlspec.compiler.lower.walk import Walker
 from dlspec.compiler.target import Target
 from dlspec.spec import model as m
-from dlspec.spec.errors import CompileError, Span, SpecError, did_you_mean
+from dlspec.spec.errors import Span, SpecError
 from dlspec.spec.loader import Program
 
-CLASSIFICATION_LOSSES = ("cross_entropy", "bce_with_logits")
 INFERENCE_COPIES = 4  # the weights, the ModelProto's copy, its serialized bytes, a session's copy
 
 
@@ -47,6 +47,9 @@ class Compiled:
     nodes: list[onnx.NodeProto] = field(default_factory=list, repr=False)
     build: Callable[[], onnx.ModelProto] | None = field(default=None, repr=False)
     _onnx: onnx.ModelProto | None = field(default=None, repr=False)
+    heads: list[HeadInfo] = field(default_factory=list)  # one per output, in order
+    outputs: dict[str, Value] = field(default_factory=dict)  # every output by name; `output` is the first
+    label_classes: dict[str, int | None] = field(default_factory=dict)  # cross_entropy target -> classes
 
     @property
     def onnx(self) -> onnx.ModelProto:
@@ -60,6 +63,14 @@ class Compiled:
         """Trainable values: the weights' elements but the frozen ones'."""
         return sum(math.prod(p.shape) for p in self.params if not p.state and p.name not in self.frozen)
 
+    def classes(self) -> int | dict[str, int | None] | None:
+        """The classes the labels are checked against: the output's width for a one-head model,
+        else each cross_entropy target's head's width, by target name."""
+        if self.heads and self.heads[0].name is not None:
+            return dict(self.label_classes)
+        dims = self.output.dims
+        return dims[1] if len(dims) == 2 and isinstance(dims[1], int) else None
+
 
 @dataclass
 class Forward:
@@ -69,8 +80,9 @@ class Forward:
     train: m.Train | None
     comp: Compilation
     inputs: list[Value]
-    output: Value
+    output: Value  # the first head's (the only one's, but for named heads)
     spec_hash: str
+    bound: Bound  # every head's output, the loss terms bound to heads and targets
     unfitted: list[str] = field(default_factory=list)  # features whose standardize had no statistics
 
 
@@ -93,11 +105,13 @@ def compile_model(prog: Program, name: str | None = None, seed: int | None = Non
 
     def build() -> onnx.ModelProto:
         weights = materialize(g.initializers, INFERENCE_COPIES, f"model '{f.model.name}'", f.model.name_span)
-        return model_proto(f.model.name, g.nodes, [value_info(t) for t in f.inputs], [value_info(f.output)],
-                           weights, f.spec_hash, _stats_props(stats, f.model))
+        outputs = [value_info(v) for v in f.bound.outputs.values()]
+        return model_proto(f.model.name, g.nodes, [value_info(t) for t in f.inputs], outputs,
+                           weights, f.spec_hash, {**_stats_props(stats, f.model), **_heads_props(f.model)})
 
     return Compiled(f.model, f.comp.records, f.comp.params, f.output, f.spec_hash, unfitted_notes(f.unfitted),
-                    frozen, g.nodes, build)
+                    frozen, g.nodes, build, heads=f.bound.heads, outputs=dict(f.bound.outputs),
+                    label_classes=dict(f.bound.classes))
 
 
 
@@ -119,6 +133,14 @@ def _stats_props(stats: Stats | None, model: m.Model) -> dict[str, str]:
                                        for k, v in used.items()})}
 
 
+def _heads_props(model: m.Model) -> dict[str, str]:
+    """Model metadata `heads`: {"cls": "classify", "box": "regress"}, for named heads only (export
+    reads it to add each classifier's probabilities)."""
+    if not model.heads:
+        return {}
+    return {"heads": json.dumps({h.output: h.kind for h in head_infos(model)})}
+
+
 def build_forward(prog: Program, name: str | None = None, seed: int | None = None,
                   training: bool = False, frozen: Sequence[str] = (), stats: Stats | None = None,
                   target: Target | None = None) -> Forward:
@@ -128,7 +150,7 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
     train = prog.train(model.name)
     policy = InitPolicy(rules=train.init if train else (),
                         seed=seed if seed is not None else (train.seed if train else 0))
-    comp = Compilation(Graph(target=target), policy, training=training, frozen=frozen)
+    comp = Compilation(Graph(term_names(model), target=target), policy, training=training, frozen=frozen)
     inputs = [declared_tensor(comp.g, t) for t in model.inputs]
     if not inputs:
         raise SpecError(f"model '{model.name}' declares no input (input x: float32[N, ...])",
@@ -138,11 +160,15 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
     if model.features is not None:
         low = lower_features(comp.g, model.features, values, stats)
         values, unfitted = low.values, list(low.unfitted)
-    w = Walker(prog.blocks, comp)
-    xs = [_network_input(comp.g, model, values)]
+    xs, named, why = _network_input(comp.g, model, values)
     if training and train is not None and train.augment:
-        xs = [augment(xs[0], train.augment, policy.seed, comp.step)]
-    if model.backbone is None and model.head is None:
+        if xs:
+            xs = [augment(xs[0], train.augment, policy.seed, comp.step)]
+            named = {k: xs[0] for k in named} if len(named) == 1 else named
+        else:
+            named = _augment_images(named, train.augment, policy.seed, comp.step)
+    w = Walker(prog.blocks, comp, named, why)
+    if model.backbone is None and model.head is None and not model.heads:
         raise SpecError(f"model '{model.name}' has no backbone and no head: nothing to compile",
                         model.name_span)
     for sec in (model.backbone, model.neck, model.head):
@@ -156,24 +182,13 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
         else:
             xs = w.section(sec, xs)
     last = model.head or model.neck or model.backbone
-    assert last is not None
-    if len(xs) != 1:
-        raise CompileError(f"the {last.role} gives {len(xs)} tensors "
-                           f"({', '.join(show(x.dims) for x in xs)}); the model needs one output: "
-                           "end it with concat, add or a head", last.span)
-    out = _finish(comp, model, xs[0], last)
+    outs: dict[str | None, list[Value]] = {h.name: w.head(h, xs) for h in model.heads} or {None: xs}
+    bound = bind(comp.g, model, outs, last, declared_tensor)
     policy.check_all_used([p.name for p in comp.params], [r.kind for r in comp.records])
     spec_hash = hashlib.sha256((model.model_dump_json() + (train.model_dump_json() if train else "")
                                 + str(policy.seed)).encode()).hexdigest()[:16]
-    return Forward(model, train, comp, inputs, out, spec_hash, unfitted)
-
-
-def loss_targets(g: Graph, model: m.Model) -> list[tuple[m.LossTerm, Value]]:
-    """Each loss term with the target tensor it compares against (validated by `_finish`)."""
-    assert model.loss is not None
-    targets = {t.name: t for t in model.targets}
-    return [(term, declared_tensor(g, targets[term.target or model.targets[0].name]))
-            for term in model.loss.terms]
+    out = next(iter(bound.outputs.values()))
+    return Forward(model, train, comp, inputs, out, spec_hash, bound, unfitted)
 
 
 def declared_tensor(g: Graph, t: m.TensorDecl) -> Value:
@@ -196,69 +211,38 @@ def declared_tensor(g: Graph, t: m.TensorDecl) -> Value:
     return g.value(t.name, t.dtype, (None,) + tuple(int(d) for d in dims[1:]))
 
 
-def _network_input(g: Graph, model: m.Model, values: dict[str, Value]) -> Value:
-    """One value goes in as it is; several tabular values ([N] or [N, k]) are stacked as columns."""
+def _network_input(g: Graph, model: m.Model,
+                   values: dict[str, Value]) -> tuple[list[Value], dict[str, Value], str]:
+    """What each section's first layer takes, the values `from=` can name, and why there is no
+    first tensor. One value goes in as it is; several tabular values ([N] or [N, k]) are stacked
+    as columns; values of different kinds (an image and a table) are not joined: each path names
+    its input with from=."""
     used = list(values.values())
     with g.at("input"):
         if len(used) == 1:
-            return used[0].cast("float32")
+            x = used[0].cast("float32")
+            return [x], {k: x for k in values}, ""
+        if any(t.rank > 2 for t in used):
+            kinds = ", ".join(f"{k} {show(t.dims)}" for k, t in values.items())
+            return [], dict(values), (f"model '{model.name}' has inputs of different kinds ({kinds}), which "
+                                      "are not stacked: name this layer's input with from=NAME")
         g.where = f"{model.name_span} inputs"
         cols = []
         for t in used:
-            if t.rank > 2:
-                raise SpecError(f"cannot combine input '{t.name}' {show(t.dims)} with other inputs: "
-                                "several inputs are stacked as table columns and must be [N] or [N, k]",
-                                model.name_span)
             col = t.cast("float32")
             cols.append(op.Unsqueeze(col, [1]) if t.rank == 1 else col)
         x = op.Concat(cols, axis=1)
-        return x.with_shape((None, sum(1 if t.rank == 1 else int(t.dims[1] or 0) for t in used)))
+        width = sum(1 if t.rank == 1 else int(t.dims[1] or 0) for t in used)
+        return [x.with_shape((None, width))], dict(values), ""
 
 
-def output_name(model: m.Model) -> str:
-    if model.loss is None:
-        return "output"
-    kinds = {t.loss.kind for t in model.loss.terms}
-    return "logits" if kinds & set(CLASSIFICATION_LOSSES) else "prediction"
-
-
-def _finish(comp: Compilation, model: m.Model, y: Value, last: m.Section) -> Value:
-    """Match the head's output to the targets and the loss; name it."""
-    g = comp.g
-    targets = {t.name: t for t in model.targets}
-    if model.loss is not None:
-        for term in model.loss.terms:
-            tname = term.target or (model.targets[0].name if len(model.targets) == 1 else None)
-            if tname is None:
-                raise SpecError(f"loss {term.loss.kind} needs target=NAME: the model has "
-                                f"{len(model.targets)} targets ({', '.join(targets) or 'none'})",
-                                term.span)
-            if tname not in targets:
-                raise SpecError(f"loss target '{tname}' is not a declared target"
-                                f"{did_you_mean(tname, targets)}; targets: {', '.join(targets) or 'none'}",
-                                term.span)
-            y = _check_loss(term, y, declared_tensor(g, targets[tname]), last)
-    name = output_name(model)
-    g.node("Identity", [y], outputs=[name], name="output/Identity")
-    return g.value(name, y.dtype, y.shape)
-
-
-def _check_loss(term: m.LossTerm, y: Value, t: Value, last: m.Section) -> Value:
-    kind = term.loss.kind
-    if kind == "cross_entropy":
-        if y.rank != 2 or t.rank != 1 or not (t.dtype or "").startswith("int"):
-            raise CompileError(f"cross_entropy needs [N, classes] scores and an integer [N] target; "
-                               f"the {last.role} gives {show(y.dims)} and target '{t.name}' is "
-                               f"{t.dtype}{show(t.dims)}", term.span)
-        weights = getattr(term.loss, "weight", None)
-        if weights is not None and len(weights) != y.dims[1]:
-            raise SpecError(f"cross_entropy has {len(weights)} class weights for {y.dims[1]} "
-                            "classes", term.span)
-        return y
-    if y.shape == t.shape:
-        return y
-    if y.rank == t.rank + 1 and y.dims[-1] == 1 and y.dims[:-1] == t.shape:
-        with y.graph.at("output"):
-            return op.Squeeze(y, [-1]).with_shape(t.shape)
-    raise CompileError(f"{kind} compares the {last.role}'s output {show(y.dims)} with target "
-                       f"'{t.name}' {show(t.dims)}: the shapes must match", term.span)
+def _augment_images(values: dict[str, Value], augs: list[m.Augment], seed: int,
+                    step: Value) -> dict[str, Value]:
+    """The train block's augmentations applied to each image input [N, C, H, W] (one draw for all,
+    so images of one sample move together); other inputs as they are."""
+    images = [k for k, v in values.items() if v.rank == 4]
+    if not images:
+        shown = ", ".join(f"{k} {show(v.dims)}" for k, v in values.items())
+        raise SpecError(f"augmentation needs an image input [N, C, H, W]; the model's inputs are {shown}",
+                        augs[0].span)
+    return {k: augment(v.cast("float32"), augs, seed, step) if k in images else v for k, v in values.items()}

@@ -3,6 +3,8 @@ convolution, probabilities for classifiers, metadata."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -57,8 +59,23 @@ def fold_batch_norm(model: onnx.ModelProto) -> int:
 
 
 def add_probabilities(model: onnx.ModelProto) -> None:
-    """Classifiers also output `probabilities` = softmax(logits) over the classes."""
+    """Classifiers also output `probabilities` = softmax(logits) over the classes; a model with
+    named heads, `probabilities:<head>` for each classifying head (softmax over its classes, or
+    the sigmoid of a bce_with_logits head's logits), as its metadata `heads` says."""
     g = model.graph
+    heads = next((json.loads(p.value) for p in model.metadata_props if p.key == "heads"), None)
+    if isinstance(heads, dict):
+        outputs = {o.name: o for o in g.output}
+        for name, kind in heads.items():
+            if name in outputs and kind in ("classify", "binary"):
+                dims = [d.dim_param or d.dim_value for d in outputs[name].type.tensor_type.shape.dim]
+                out = f"probabilities:{name}"
+                if kind == "classify":
+                    g.node.append(helper.make_node("Softmax", [name], [out], axis=1, name=f"{out}/Softmax"))
+                else:
+                    g.node.append(helper.make_node("Sigmoid", [name], [out], name=f"{out}/Sigmoid"))
+                g.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, dims))
+        return
     logits = next((o for o in g.output if o.name == "logits"), None)
     if logits is None:
         return

@@ -5,7 +5,7 @@ Each returns a scalar (mean over the batch, as PyTorch's default reduction).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dlspec.compiler.graph import Value
@@ -86,13 +86,15 @@ LOSSES: dict[str, Callable[[Value, Value, Any], Value]] = {
     "cross_entropy": cross_entropy, "bce_with_logits": bce_with_logits, "mse": mse, "l1": l1, "huber": huber}
 
 
-def total_loss(y: Value, terms: list[tuple[m.LossTerm, Value]]) -> Value:
-    """The weighted sum of the model's loss terms."""
-    parts = []
-    for term, target in terms:
+def total_loss(terms: Sequence[tuple[m.LossTerm, Value, Value]]) -> tuple[Value, list[Value]]:
+    """The weighted sum of the loss terms, each (term, prediction, target), and each term's own
+    value before its weight."""
+    parts, values = [], []
+    for term, y, target in terms:
         value = LOSSES[term.loss.kind](y, target, term.loss)
+        values.append(value)
         parts.append(value if term.weight == 1.0 else value * term.weight)
-    return parts[0] if len(parts) == 1 else op.Sum(parts)
+    return (parts[0] if len(parts) == 1 else op.Sum(parts)), values
 
 
 def metrics(y: Value, terms: list[tuple[m.LossTerm, Value]]) -> dict[str, Value]:

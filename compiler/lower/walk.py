@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from dlspec.compiler.graph import Value, show
+from dlspec.compiler.graph import ops as op
 from dlspec.compiler.lower.context import Compilation, LayerCtx, LayerRecord
 from dlspec.compiler.lower.layers import LAYERS, Layer, _same_shapes
 from dlspec.spec import model as m
@@ -43,12 +44,33 @@ class Scope:
         return self.sub(str(n))
 
 
+BLOCK_INPUT = "in"  # inside a block, the name of the block's input
+
+
+@dataclass
+class Names:
+    """What `from=` can name in one scope. The model's scope holds its inputs and the stages of its
+    sections (the neck and head read the backbone's). Each block call has a scope of its own with
+    `in`, the block's input, and the block's stages, so two calls of a block never share a name. A
+    block that is a whole section (`backbone resnet18`) also reads its section's names, and its
+    stages join them."""
+
+    owner: str  # "the model", "block se"
+    values: dict[str, list[Value]] = field(default_factory=dict)
+    where: dict[str, str] = field(default_factory=dict)  # a stage name -> the section that made it
+    parent: Names | None = None  # a whole-section block's: the scope it reads and adds to
+
+
 class Walker:
-    def __init__(self, blocks: dict[str, m.BlockDef], comp: Compilation):
+    def __init__(self, blocks: dict[str, m.BlockDef], comp: Compilation,
+                 inputs: dict[str, Value] | None = None, no_input: str = ""):
+        """`inputs`: the model's inputs (features applied) that `from=` can name; `no_input`: why a
+        section's first layer gets no tensor (several inputs of different kinds are not stacked)."""
         self.blocks = blocks
         self.comp = comp
-        self.visible: dict[str, list[Value]] = {}  # named stages that `from=` can refer to
-        self.visible_in: dict[str, str] = {}
+        self.model_names = self.names = Names("the model")
+        self.inputs = dict(inputs or {})
+        self.no_input = no_input
         self.expanded = 0  # elements expanded so far: layers, block calls, loop passes, repeat copies
         self.depth = 0  # elements inside one another, through block calls
         self.calling: list[str] = []  # the blocks being expanded, outermost first
@@ -67,13 +89,74 @@ class Walker:
         for st in body.stages:
             inner = scope.sub(st.name) if st.name else scope
             xs = self.chain(st.chain, xs, inner, env, stages if st.name is None else None, top=True)
-            if st.name and stages is not None:
-                if st.name in self.visible:
-                    raise SpecError(f"stage name '{st.name}' is already used in the "
-                                    f"{self.visible_in[st.name]}", st.name_span)
-                self.visible[st.name] = xs
-                self.visible_in[st.name] = stages
+            if st.name:
+                self.define(st.name, xs, stages or self.names.owner, st.name_span)
         return xs
+
+    def head(self, h: m.NamedHead, xs: list[Value]) -> list[Value]:
+        """`head cls: chain`: the chain on the last section's output; its parameters are
+        `head.cls.*`, and later heads can read it by name."""
+        ys = self.chain(h.chain, xs, Scope("head").sub(h.name), {}, top=True)
+        self.define(h.name, ys, "head", h.name_span)
+        return ys
+
+    # ---- names that from= reads ----
+    def define(self, name: str, xs: list[Value], where: str, span: Span | None) -> None:
+        """A stage's output under its name, in the current scope and the scopes it adds to (a
+        stage named like a model input hides the input from then on)."""
+        if name == BLOCK_INPUT and self.names is not self.model_names:
+            raise SpecError(f"'{BLOCK_INPUT}' names the input of the {self.names.owner}; give this stage "
+                            "another name", span)
+        scope: Names | None = self.names
+        while scope is not None:
+            if name in scope.values:
+                raise SpecError(f"stage name '{name}' is already used in the {scope.where.get(name, where)}",
+                                span)
+            scope.values[name] = xs
+            scope.where[name] = where
+            scope = scope.parent
+
+    def lookup(self, name: str) -> list[Value] | None:
+        """The tensors a name stands for in the current scope, or None."""
+        scope: Names | None = self.names
+        while scope is not None:
+            if name in scope.values:
+                return scope.values[name]
+            if scope is self.model_names and name in self.inputs:
+                return [self._model_input(name)]
+            scope = scope.parent
+        return None
+
+    def _model_input(self, name: str) -> Value:
+        """A model input (features applied) as a layer takes it: float32, an [N] input as a column
+        [N, 1]. Made when first named, so an input no layer names adds no node."""
+        x = self.inputs[name]
+        if x.dtype == "float32" and x.rank != 1:
+            return x
+        with self.comp.g.at("input", f"input {name}"):
+            y = x.cast("float32")
+            if x.rank == 1:
+                y = op.Unsqueeze(y, [1]).with_shape((None, 1))
+        self.inputs[name] = y
+        return y
+
+    def _unknown(self, ref: str) -> str:
+        """Why `ref` names nothing here, with the names that are."""
+        chain: list[Names] = []
+        scope: Names | None = self.names
+        while scope is not None:
+            chain.append(scope)
+            scope = scope.parent
+        stages = [n for s in chain for n in s.values if n != BLOCK_INPUT or s is self.names]
+        inputs = list(self.inputs) if chain[-1] is self.model_names else []
+        known = stages + inputs
+        if self.names is self.model_names:
+            listed = f"stages defined so far: {', '.join(stages) or 'none yet'}"
+            if inputs:
+                listed += f"; model inputs: {', '.join(inputs)}"
+            return f"no stage named '{ref}'{did_you_mean(ref, known)}; {listed}"
+        return (f"no stage named '{ref}' in {self.names.owner}{did_you_mean(ref, known)}; the names it "
+                f"reads so far: {', '.join(known)} ('{BLOCK_INPUT}' is the block's input)")
 
     # ---- chains ----
     def chain(self, chain: m.Chain, xs: list[Value], scope: Scope, env: Env,
@@ -167,6 +250,9 @@ class Walker:
                 raise SpecError(f"block {name} calls itself: {' -> '.join(cycle)}",
                                 call.name_span or call.span)
             inner = scope if sole else scope.index()
+            whole = sole and stages is not None  # the block is a whole section: it adds its stages there
+            outer = self.names
+            self.names = Names(f"block {name}", {BLOCK_INPUT: xs}, parent=outer if whole else None)
             self.calling.append(name)
             try:
                 return self.body(blk.body, xs, inner, self._bind(blk, call, env),
@@ -175,6 +261,7 @@ class Walker:
                 raise _at_call_site(err, name, call) from None
             finally:
                 self.calling.pop()
+                self.names = outer
         known = list(LAYERS) + list(self.blocks)
         raise SpecError(f"unknown layer or block '{name}'{did_you_mean(name, known)}",
                         call.name_span or call.span)
@@ -187,11 +274,10 @@ class Walker:
                       and len(expr.items) == len(refs) else [expr.span] * len(refs))
         out: list[Value] = []
         for ref, span in zip(refs, item_spans, strict=True):
-            if str(ref) not in self.visible:
-                known = ", ".join(self.visible) or "none yet"
-                raise SpecError(f"no stage named '{ref}'{did_you_mean(str(ref), self.visible)}; "
-                                f"stages defined so far: {known}", span or call.arg_spans["from"])
-            out += self.visible[str(ref)]
+            found = self.lookup(str(ref))
+            if found is None:
+                raise SpecError(self._unknown(str(ref)), span or call.arg_spans["from"])
+            out += found
         return out
 
     def _bind(self, blk: m.BlockDef, call: m.Call, env: Env) -> Env:
@@ -223,6 +309,8 @@ class Walker:
 
     def layer(self, cls: type[Layer], call: m.Call, xs: list[Value], scope: Scope, env: Env,
               next_kind: str | None, sole: bool = False) -> list[Value]:
+        if not xs:
+            raise SpecError(self._no_input(cls.kind), call.span)
         args = self._layer_args(cls, call, env)
         override = self._init_override(call, env) if "init" in call.kwargs else None
         path = scope.path if sole and cls.names_scope else scope.child(cls.kind)
@@ -284,7 +372,12 @@ class Walker:
                             f"expected one of: {', '.join(kinds)}", span) from None
 
     # ---- residual blocks ----
+    def _no_input(self, kind: str) -> str:
+        return f"{kind} has no input tensor" + (f": {self.no_input}" if self.no_input else "")
+
     def residual(self, el: m.Residual, xs: list[Value], scope: Scope, env: Env) -> list[Value]:
+        if not xs:
+            raise SpecError(self._no_input("residual"), el.span)
         if len(xs) != 1:
             raise SpecError(f"residual takes one tensor but gets {len(xs)}", el.span)
         for key in el.kwargs:

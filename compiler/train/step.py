@@ -7,7 +7,7 @@ step reads back is named after its input plus `.next`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -25,10 +25,10 @@ from dlspec.compiler.lower.compile import (
     Stats,
     build_forward,
     compile_model,
-    loss_targets,
 )
 from dlspec.compiler.lower.freeze import frozen, lr_mult
-from dlspec.compiler.lower.losses import metrics, total_loss
+from dlspec.compiler.lower.heads import head_metrics, term_outputs
+from dlspec.compiler.lower.losses import total_loss
 from dlspec.compiler.target import Target, lowering
 from dlspec.compiler.train.health import gradient_norms
 from dlspec.compiler.train.optim import Slot, state_names, step_graph
@@ -53,6 +53,7 @@ class TrainingGraphs:
     evaluate: onnx.ModelProto  # inference graph + loss, parameters as inputs: eval mode, any weights
     apply: onnx.ModelProto  # the optimizer step alone: parameters, state, gradients -> next values
     health: list[str]  # train_step's gradient norms: grad_norm and grad_norm:<stage>
+    terms: list[str] = field(default_factory=list)  # each loss term's own loss, `loss:<label>`, if several
 
 
 @lowering
@@ -74,11 +75,11 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
         raise SpecError(f"model '{model.name}' has no loss: training needs `loss ...`", model.name_span)
     f = build_forward(prog, name, seed, training=True, frozen=train.freeze, stats=moments, target=target)
     g = f.comp.g
-    targets = loss_targets(g, model)
     with g.at("loss", f"{model.loss.span} loss"):
-        loss = total_loss(f.output, targets)
+        loss, parts = total_loss([(t.spec, t.prediction, t.target) for t in f.bound.terms])
         with g.at("metric"):
-            mets = metrics(f.output, targets)
+            mets = head_metrics(f.bound)
+    terms = term_outputs(f.bound.terms, parts)  # each term's own loss, where there are several
     weights = [p.name for p in f.comp.params if not p.state]
     mults = {p: lr_mult(train, p) for p in weights}
     trainable = [p for p in weights if not frozen(train, p) and mults[p] > 0]
@@ -88,13 +89,13 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
     copies = 2 * (1 + len(state_names(optimizer, ""))) + 1
     values = materialize(g.initializers, copies, f"training '{model.name}'", model.name_span)
     values.update({s: np.zeros_like(values[p]) for p in trainable for s in state_names(optimizer, p)})
-    batch = [value_info(t) for t in f.inputs] + [value_info(t) for _, t in _unique_targets(g, model)]
+    batch = [value_info(t) for t in f.inputs] + [value_info(t) for t in _unique_targets(f)]
     inputs = batch + SCALARS + [array_info(n, values[n]) for n in weights + stats]
     grads = _backward(f, loss, trainable, inputs)
 
     # gradients.onnx: batch + params + BN state -> loss, metrics, grad.<p>, next BN state
     bn_next = f.comp.state_updates
-    outputs = {"loss": loss, **mets, **{f"grad.{p}": grads[p] for p in trainable},
+    outputs = {"loss": loss, **terms, **mets, **{f"grad.{p}": grads[p] for p in trainable},
                **{f"{s}.next": v for s, v in bn_next.items()}}
     gradients = _model(f, [i for i in inputs if i.name != "lr"], outputs, values)
 
@@ -104,13 +105,14 @@ def compile_training(prog: Program, name: str | None = None, seed: int | None = 
     slots = [Slot(p, grads[p], tuple(values[p].shape), mults[p]) for p in trainable]
     nexts = step_graph(g, optimizer, train.clip, slots, g.value("lr", "float32", ()), f.comp.step)
     opt_state = [s for p in trainable for s in state_names(optimizer, p)]
-    outputs = {"loss": loss, **mets, **health, **{f"{k}.next": v for k, v in {**nexts, **bn_next}.items()}}
+    outputs = {"loss": loss, **terms, **mets, **health,
+               **{f"{k}.next": v for k, v in {**nexts, **bn_next}.items()}}
     train_step = _model(f, inputs + [array_info(s, values[s]) for s in opt_state], outputs, values)
     init = {n: values[n] for n in weights + stats + opt_state}
     apply = _apply_model(model.name, f.spec_hash, optimizer, train.clip, slots, values, target)
     return TrainingGraphs(inference, finish(target, train_step), finish(target, gradients), init, trainable,
                           [p for p in weights if p not in trainable], list(mets),
-                          _evaluate_model(prog, name, seed, moments), apply, list(health))
+                          _evaluate_model(prog, name, seed, moments), apply, list(health), list(terms))
 
 
 def _apply_model(name: str, spec_hash: str, optimizer: m.Optimizer, clip: m.Clip | None,
@@ -162,19 +164,24 @@ def _evaluate_model(prog: Program, name: str | None, seed: int | None,
     g, model = f.comp.g, f.model
     assert model.loss is not None
     with g.at("loss", f"{model.loss.span} loss"):
-        loss = total_loss(f.output, loss_targets(g, model))
-    inputs = [value_info(t) for t in f.inputs] + [value_info(t) for _, t in _unique_targets(g, model)]
-    outputs = [value_info(f.output), array_info(loss.name, np.float32(0))]
+        loss, parts = total_loss([(t.spec, t.prediction, t.target) for t in f.bound.terms])
+    terms = term_outputs(f.bound.terms, parts)
+    for key, v in terms.items():
+        g.node("Identity", [v], outputs=[key], name=f"{key}/Identity")
+    inputs = [value_info(t) for t in f.inputs] + [value_info(t) for t in _unique_targets(f)]
+    outputs = ([value_info(v) for v in f.bound.outputs.values()] + [array_info(loss.name, np.float32(0))]
+               + [array_info(k, np.float32(0)) for k in terms])
     weights = materialize(g.initializers, INFERENCE_COPIES, f"model '{model.name}'", model.name_span)
     proto = model_proto(model.name, g.nodes, inputs, outputs, weights, f.spec_hash)
     return params_as_inputs(proto)
 
 
-def _unique_targets(g: Graph, model: m.Model) -> list[tuple[str, Value]]:
+def _unique_targets(f: Forward) -> list[Value]:
+    """The targets the loss reads, each once, in the order the terms name them."""
     seen: dict[str, Value] = {}
-    for _, t in loss_targets(g, model):
-        seen.setdefault(t.name, t)
-    return list(seen.items())
+    for t in f.bound.terms:
+        seen.setdefault(t.target.name, t.target)
+    return list(seen.values())
 
 
 def _out(name: str, values: dict[str, np.ndarray]) -> onnx.ValueInfoProto:

@@ -45,7 +45,8 @@ def image_element(draw: st.DrawFn, size: int, depth: int) -> tuple[str, int]:
             return "relu", size
         return draw(st.sampled_from(["maxpool(2)", "avgpool(2)"])), size // 2
     if kind == "block":
-        return draw(st.sampled_from([f"unit({w})", f"unit(c={w}, k=1)", f"pair({w})"])), size
+        return draw(st.sampled_from([f"unit({w})", f"unit(c={w}, k=1)", f"pair({w})", f"split({w})",
+                                     "gate()", "gate() * 2", f"gated({w})"])), size
     if kind == "stdlib":
         return draw(st.sampled_from([f"basic({w})", "bottleneck(8)", f"vgg_conv({w}, norm=bn)"])), size
     if kind == "repeat":  # a repeated body keeps the size, so copies never run out of image
@@ -65,6 +66,12 @@ def image_element(draw: st.DrawFn, size: int, depth: int) -> tuple[str, int]:
 BLOCKS = """\
 block unit(c, k=3) { conv(c, k=k) -> bn -> relu }
 block pair(c, act=relu) { unit(c) -> conv(c) -> act }
+block split(c) { a: conv(c); b: conv(c, k=1, from=in); both: concat(from=[a, b]) }
+block gate() {
+  g: gap -> sigmoid
+  s: mul(from=[in, g])
+}
+block gated(c) { x: unit(c) -> gate(); y: add(from=[x, x]) }
 """
 
 
@@ -97,10 +104,34 @@ def image_spec(draw: st.DrawFn) -> str:
         stages.append(f"    s{i + 1}: {chain}\n")
     classes = draw(st.integers(2, 9))
     loss = draw(st.sampled_from(["cross_entropy", "cross_entropy(label_smoothing=0.1)"]))
+    heads = f"  head classify(classes={classes}, dropout=0.1)\n  loss {loss}\n"
+    targets = "  target label: int64[N]\n"
+    if draw(st.booleans()):  # named heads, each bound to a target by the loss
+        box = draw(st.sampled_from(["regress(2)", "gap -> flatten -> linear(2)"]))
+        weight = draw(st.sampled_from(["", "0.5 * "]))
+        ce = draw(st.sampled_from(["cross_entropy(cls, label)", "cross_entropy(head=cls, target=label)",
+                                   "cross_entropy(cls, label, label_smoothing=0.1)"]))
+        reg = draw(st.sampled_from(["mse", "huber", "l1"]))
+        heads = (f"  head cls: classify({classes})\n  head box: {box}\n"
+                 f"  loss {ce} + {weight}{reg}(box, size)\n")
+        targets += "  target size: float32[N, 2]\n"
     text = (BLOCKS + "model m {\n" + f"  input  image: float32[N, {channels}, 8, 8]\n"
-            + "  target label: int64[N]\n  backbone {\n" + "".join(stages) + "  }\n"
-            + f"  head classify(classes={classes}, dropout=0.1)\n  loss {loss}\n}}\n")
+            + targets + "  backbone {\n" + "".join(stages) + "  }\n" + heads + "}\n")
     return text + (draw(train_block(True)) if draw(st.booleans()) else "")
+
+
+@st.composite
+def mixed_spec(draw: st.DrawFn) -> str:
+    """An image and a table, each on its own path (from=), joined by concat."""
+    w = draw(st.sampled_from(WIDTHS))
+    chain, _ = draw(image_chain(8))
+    k = draw(st.integers(1, 4))
+    join = draw(st.sampled_from(["concat(from=[i, t])", "concat(from=[i, t, x])", "add(from=[i, t])"]))
+    return (BLOCKS + "model mixed {\n  input image: float32[N, 1, 8, 8]\n"
+            f"  input tab: float32[N, {k}]\n  input x: float32[N]\n  target y: float32[N]\n"
+            f"  backbone {{\n    i: conv({w}, from=image) -> {chain} -> gap -> flatten -> linear({w});\n"
+            f"    t: linear({w}, from=tab) -> relu\n    j: {join}\n  }}\n"
+            "  head regress\n  loss mse\n}\n")
 
 
 @st.composite
@@ -144,7 +175,7 @@ def table_spec(draw: st.DrawFn) -> str:
 
 
 def valid_specs() -> st.SearchStrategy[str]:
-    return st.one_of(image_spec(), table_spec())
+    return st.one_of(image_spec(), table_spec(), mixed_spec())
 
 
 # ---- mutants ----
@@ -154,6 +185,7 @@ TOKENS = ["->", "*", "(", ")", "{", "}", "[", "]", ",", ":", "=", "-", "+", "**"
           "for", "in", "block", "model", "train", "import", "features", "backbone", "head", "loss",
           "conv", "bn", "relu", "unit", "s1", "N", "x0", '"', '"x"', "#", "\\", "true", "1000", "7",
           "sqrt(-1)", "exp(1e9)", "log(0 - 1)", "standardize", "from=[s1]", "extends m", "seed -1",
+          ";", "from=in", "head h:", "mul(from=[in, g])",
           'import "/dev/zero"', 'import "/etc/passwd"', 'import "main.dlspec"', 'import "nope.dlspec"']
 CHARS = ["\0", "\t", "\r", "\u00e9", "\u2028", "\ufeff", "{", "}", "(", ")", "[", "]", '"', "\\", "#", "$"]
 BYTES = [b"\xff", b"\xe9", b"\xc3", b"\x80", b"\xed\xa0\x80"]

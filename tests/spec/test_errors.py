@@ -281,7 +281,7 @@ CASES = {
         "target 'y' is float32[N]", CompileError),
     "loss-target-unknown": Case(
         model("  head { o: gap -> flatten -> linear(3) }", "  loss cross_entropy(target=lbl)"),
-        "main.dlspec:5:8",
+        "main.dlspec:5:22",
         "loss target 'lbl' is not a declared target (did you mean 'label'?); targets: label"),
     "loss-needs-a-target-name": Case(
         lines("model m {", "  input  x: float32[N, 4]", "  target y: float32[N]", "  target z: float32[N]",
