@@ -12,11 +12,13 @@ import io
 import math
 import typing
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from dlspec.digits_targets import DERIVED, mask_like
+from dlspec.digits_targets import derived as digits_target
 from dlspec.files import Npz
 from dlspec.labels import Classes, Labels, check_all_labels, check_labels, label_rules
 from dlspec.spec import model as m
@@ -38,6 +40,7 @@ class Dataset:
     val: Split
     test: Split
     stratified: bool = False
+    class_names: dict[str, list[str]] = field(default_factory=dict)  # class target -> its classes' names
 
 
 def size(split: Split) -> int:
@@ -101,7 +104,7 @@ def load_all(source: str, model: m.Model, classes: Classes = None) -> Split:
 
 def _only_classes(arrays: Split, model: m.Model, classes: list[int], kind: str) -> Split:
     """The samples whose label is one of `classes` (labels kept as they are)."""
-    labels = arrays[model.targets[0].name]
+    labels = arrays[next(d for d in model.targets if d.name not in DERIVED).name]
     missing = sorted(set(classes) - set(np.unique(labels).tolist()))
     if missing:
         raise RunError(f"bundled data set {kind} has no class {missing[0]}; its classes are "
@@ -206,10 +209,17 @@ def _bundled(kind: str, model: m.Model) -> Split:
     names = [str(n) for n in bunch.feature_names]
     source = f"bundled data set {kind}"
     out = _bundled_inputs(x, names, model, source)
-    if len(model.targets) != 1:
-        raise RunError(f"{source} has one target; model {model.name} declares {len(model.targets)}")
-    decl = model.targets[0]
-    out[decl.name] = _conform(np.asarray(bunch.target), decl, f"{source}: target '{decl.name}'")
+    derived = [d for d in model.targets if kind == "digits" and d.name in DERIVED]
+    plain = [d for d in model.targets if d not in derived]
+    if len(plain) > 1 or not model.targets:
+        extra = f", or also {' and '.join(DERIVED)} (derived from the digits)" if kind == "digits" else ""
+        raise RunError(f"{source} has one target{extra}; model {model.name} declares "
+                       f"{', '.join(d.name for d in model.targets) or 'none'}")
+    for decl in plain:
+        out[decl.name] = _conform(np.asarray(bunch.target), decl, f"{source}: target '{decl.name}'")
+    for decl in derived:
+        values = mask_like(digits_target(decl.name, x, np.asarray(bunch.target)), len(decl.shape))
+        out[decl.name] = _conform(values, decl, f"{source}: target '{decl.name}'")
     return out
 
 
@@ -351,11 +361,11 @@ def _csv_rows(path: Path) -> tuple[list[list[str]], list[int]]:
 
 # ---- splits ----
 def _class_labels(arrays: Split, model: m.Model) -> np.ndarray | None:
-    """The labels to stratify by: the single target when it is an integer or bool class per sample."""
-    if len(model.targets) != 1:
-        return None
-    decl = model.targets[0]
-    return arrays[decl.name] if np.dtype(decl.dtype).kind in "biu" and len(decl.shape) == 1 else None
+    """The labels to stratify by: the first target that is an integer or bool class per sample."""
+    for decl in model.targets:
+        if np.dtype(decl.dtype).kind in "biu" and len(decl.shape) == 1:
+            return arrays[decl.name]
+    return None
 
 
 def _rng(*keys: int) -> np.random.Generator:

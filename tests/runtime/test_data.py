@@ -100,7 +100,7 @@ def test_bundled_mismatch_lists_both() -> None:
     with pytest.raises(RunError, match=r"digits has 64 features.*image: float32\[N, 1, 28, 28\]"):
         d.load_dataset(bundled("digits"), wrong, EXAMPLES)
     two = model([decl("input", "x", "float32", 4)], [decl("target", "y"), decl("target", "z")])
-    with pytest.raises(RunError, match="iris has one target; model net declares 2"):
+    with pytest.raises(RunError, match="iris has one target; model net declares y, z"):
         d.load_dataset(bundled("iris"), two, EXAMPLES)
 
 
