@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from dlspec.compiler.graph.value import Value
 
 Device = Literal["cpu", "cuda"]
+Precision = Literal["fp32", "fp16", "bf16"]
+HALF = {"fp16": "float16", "bf16": "bfloat16"}  # a precision's half type, as a Value's dtype
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,26 @@ class Target:
     device: Device = "cpu"
     threads: int | None = None
     tuned: bool = True  # False: the plain form of every lowering, as the rules state the math
+    # what a training step computes in; None: the spec's `precision` on CUDA, float32 on the CPU
+    # (a test names one to run half-precision graphs on the CPU)
+    precision: Precision | None = None
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"unknown device '{self.device}': cpu or cuda")
+        if self.precision not in (None, "fp32", *HALF):
+            raise ValueError(f"unknown precision '{self.precision}': fp32, fp16 or bf16")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+def step_precision(target: Target, asked: Precision) -> Precision:
+    """The precision a training step computes in where the spec asks for `asked`: half precision
+    is lowered for CUDA only (onnxruntime's CPU provider has few float16 kernels and no bfloat16
+    arithmetic), so the CPU trains such a spec in float32."""
+    if target.precision is not None:
+        return target.precision
+    return asked if target.device == "cuda" else "fp32"
 
 
 P = ParamSpec("P")

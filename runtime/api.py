@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -29,6 +29,7 @@ from dlspec.data import load_all, load_dataset
 from dlspec.files import load_model
 from dlspec.gradient_check import TensorCheck, gradcheck
 from dlspec.inference import check_inputs, run_model, session
+from dlspec.labels import target_class_names
 from dlspec.metrics import prediction_metrics
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError
@@ -63,13 +64,17 @@ def compile_training(spec: Spec, model: str | None = None, *, seed: int | None =
 
 def fit(spec: Spec, model: str | None = None, *, epochs: int | None = None, batch: int | None = None,
         seed: int | None = None, out: str | Path | None = None, resume: bool = False, force: bool = False,
-        device: str = "cpu", threads: int | None = None, console: Console | None = None) -> FitResult:
+        device: str = "cpu", threads: int | Literal["auto"] | None = None,
+        console: Console | None = None) -> FitResult:
     """Train on the train block's data, as `dlspec train`: the run folder (default runs/MODEL)
     gets metrics.jsonl, last.npz, best.npz and model.onnx. `resume` refuses a spec that changed
-    since the run began, unless `force`. Progress goes to `console` (default: none shown)."""
+    since the run began, unless `force`. Progress goes to `console` (default: none shown).
+    `threads`: CPU threads; None, all cores; "auto", the fastest of a few counts on the first steps."""
     prog = _program(spec)
     opts = FitOptions(epochs=epochs, batch=batch, seed=seed, device=device,
-                      out=Path(out) if out is not None else None, resume=resume, threads=threads, force=force)
+                      out=Path(out) if out is not None else None, resume=resume,
+                      threads=None if threads == "auto" else threads, force=force,
+                      pick_threads=threads == "auto")
     return _fit(prog, Path(prog.root), model, opts, console or Console(quiet=True))
 
 
@@ -95,8 +100,8 @@ def export(run: str | Path) -> onnx.ModelProto:
 def evaluate(model: str | Path, spec: Spec, data: str | Path | None = None, *,
              model_name: str | None = None) -> dict[str, float]:
     """Metrics of a model file on the spec's test split, or on every sample of `data` (an .npz or
-    .csv file, or a bundled set): accuracy for classifiers, MAE and RMSE for regression, and the
-    number of `samples`."""
+    .csv file, or a bundled set): accuracy for classifiers (pixel accuracy and `mean_iou` for
+    per-pixel scores), MAE and RMSE for regression, and the number of `samples`."""
     prog = _program(spec)
     decl = prog.model(model_name)
     if not decl.targets:
@@ -107,9 +112,9 @@ def evaluate(model: str | Path, spec: Spec, data: str | Path | None = None, *,
     if decl.heads:
         return _evaluate_heads(model, sess, prog, decl, data)
     out = sess.get_outputs()[0]
-    classes = out.shape[1] if len(out.shape) == 2 and isinstance(out.shape[1], int) else None
+    classes = _width(out.shape)
     if data is not None:
-        split = load_all(str(data), decl, classes)
+        split = load_all(str(data), decl, classes, _class_names(sess, decl))
     else:
         split = load_dataset(prog.train(decl.name) or m.Train(), decl, Path(prog.root).parent, classes).test
     where = data if data is not None else "the test split"
@@ -133,9 +138,10 @@ def _evaluate_heads(model: str | Path, sess: Any, prog: Program, decl: m.Model,
     if missing:
         raise RunError(f"{model} has no output '{missing[0]}' (it has: {', '.join(shapes)}): is it a "
                        "model of this spec?")
-    classes = {h.target: _width(shapes[h.output]) for h in heads if h.kind == "classify" and h.target}
+    classes = {h.target: _width(shapes[h.output]) for h in heads
+               if h.kind in ("classify", "segment") and h.target}
     if data is not None:
-        split = load_all(str(data), decl, classes)
+        split = load_all(str(data), decl, classes, _class_names(sess, decl))
     else:
         split = load_dataset(prog.train(decl.name) or m.Train(), decl, Path(prog.root).parent, classes).test
     where = data if data is not None else "the test split"
@@ -152,9 +158,14 @@ def _evaluate_heads(model: str | Path, sess: Any, prog: Program, decl: m.Model,
     return {**result, "samples": float(len(split[decl.inputs[0].name]))}
 
 
+def _class_names(sess: Any, decl: m.Model) -> dict[str, list[str]]:
+    """The trained model's class names by target: a csv's label names are read as their indices."""
+    return target_class_names(sess.get_modelmeta().custom_metadata_map, head_infos(decl))
+
+
 def _width(shape: Sequence[Any]) -> int | None:
-    """The classes of an output [N, C], where C is known."""
-    return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+    """The classes of an output [N, C] (or [N, C, H, W], scored per pixel), where C is known."""
+    return shape[1] if len(shape) >= 2 and isinstance(shape[1], int) else None
 
 
 def predict(model: str | Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -8,27 +8,23 @@ dlspec (one line; --debug shows the traceback); 130 interrupted; 141 output to a
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import onnx
 from rich.console import Console
 from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from dlspec import api, distributed, eval_cli, export_cli, grad_cli, plot
+from dlspec import api, distributed, eval_cli, export_cli, grad_cli, plot, predict_cli
 from dlspec.artifacts import write_training
 from dlspec.compiler import Compiled, Target
 from dlspec.compiler.graph import show
 from dlspec.files import OutputFolder, atomic_write
-from dlspec.inference import predict
 from dlspec.session import MAX_THREADS
 from dlspec.spec.errors import DlspecError, RunError
 from dlspec.spec.loader import load
@@ -82,9 +78,10 @@ def cmd_compile(args: argparse.Namespace, out: Console) -> int:
     if args.train:
         return _compile_training(args, out)
     c = _compile(args)
-    onnx.checker.check_model(c.onnx, full_check=True)
+    blob = c.onnx.SerializeToString()  # once: the checker would serialise the model again
+    onnx.checker.check_model(blob, full_check=True)
     dest = Path(args.output or Path(args.spec).with_suffix(".onnx").name)
-    atomic_write(dest, c.onnx.SerializeToString())
+    atomic_write(dest, blob)
     params = sum(r.params for r in c.records)
     out.print(f"wrote {dest}: model {c.model.name}, {params:,} parameters, output"
               f"{'s' if len(c.outputs) > 1 else ''} {_outputs(c)}", markup=False)
@@ -133,23 +130,6 @@ def cmd_gradcheck(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace, out: Console) -> int:
-    outputs = predict(args.model_file, args.inputs)
-    if args.output:
-        buf = io.BytesIO()
-        savez: Any = np.savez  # outputs are keyword arguments: the stubs reserve 'allow_pickle'
-        savez(buf, **outputs)
-        atomic_write(args.output, buf.getvalue())
-        out.print(f"wrote {args.output}: {', '.join(f'{k} {list(v.shape)}' for k, v in outputs.items())}",
-                  markup=False)
-        return 0
-    with np.printoptions(precision=4, suppress=True, threshold=200):
-        for name, value in outputs.items():
-            out.print(f"{name} {list(value.shape)} {value.dtype}:", markup=False, highlight=False)
-            out.print(str(value), markup=False, highlight=False)
-    return 0
-
-
 def cmd_train(args: argparse.Namespace, out: Console) -> int:
     if args.force and not args.resume:
         raise RunError("--force goes with --resume: it continues a run whose spec changed")
@@ -157,7 +137,7 @@ def cmd_train(args: argparse.Namespace, out: Console) -> int:
         return distributed.launch(args.workers, _without_workers(args.argv))
     result = api.fit(args.spec, args.model, epochs=args.epochs, batch=args.batch, seed=args.seed,
                      out=args.out, resume=args.resume, force=args.force, device=args.device,
-                     threads=args.threads, console=out)
+                     threads=args.threads or "auto", console=out)
     if distributed.env_rank():  # rank 0 reports for the job
         return 0
     table = Table(title=f"trained {result.run_dir}", title_justify="left")
@@ -247,10 +227,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=_threads,
                    help="with --train: tune train_step.onnx for onnxruntime's CPU provider at this many "
                         "intra-op threads (default: a few); the function it computes is the same")
-    pr = sub.add_parser("predict", help="run an ONNX model on inputs from an .npz file")
-    pr.add_argument("model_file", help="the .onnx model")
-    pr.add_argument("inputs", help=".npz file with one array per model input")
-    pr.add_argument("-o", "--output", help="save outputs to this .npz instead of printing them")
+    predict_cli.add_parser(sub)
     grad_cli.add_parser(sub)
     export_cli.add_parser(sub)
     eval_cli.add_parser(sub)
@@ -264,7 +241,8 @@ def parser() -> argparse.ArgumentParser:
                    help="with --resume: continue even though the spec changed since the run began")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     t.add_argument("--threads", type=_threads,
-                   help="onnxruntime intra-op threads (default: all cores, shared among local ranks)")
+                   help="onnxruntime intra-op threads (default: the fastest of all cores, half and a quarter "
+                        "on the first steps; with several local ranks, the cores shared among them)")
     t.add_argument("--workers", type=_positive, default=1,
                    help="data-parallel ranks to start on this machine through mpiexec (the mpi extra); "
                         "under mpiexec, the ranks it started")
@@ -277,7 +255,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"check": cmd_check, "compile": cmd_compile, "predict": cmd_predict,
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "predict": predict_cli.run,
             "train": cmd_train, "gradcheck": cmd_gradcheck, "grad": grad_cli.run,
             "export": export_cli.run, "eval": eval_cli.run, "plot": plot.run}
 

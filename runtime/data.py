@@ -11,22 +11,25 @@ import csv
 import io
 import math
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from dlspec import shards
+from dlspec.compiler.lower.columns import filled
 from dlspec.digits_targets import DERIVED, mask_like
 from dlspec.digits_targets import derived as digits_target
 from dlspec.files import Npz
+from dlspec.images import open_set
 from dlspec.labels import Classes, Labels, check_all_labels, check_labels, label_rules
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError, did_you_mean
 
 BUNDLED: tuple[str, ...] = typing.get_args(m.Bundled.model_fields["kind"].annotation)  # sklearn.datasets
 
-Split = dict[str, np.ndarray]
+Split = dict[str, np.ndarray]  # a mapped array's samples are shards.Rows, read a batch at a time
 
 _SPLIT_STREAM = 0  # rng stream tags: one for the split, one for the batch order
 _BATCH_STREAM = 1
@@ -49,24 +52,30 @@ def size(split: Split) -> int:
 
 
 # ---- the entry point ----
-def load_dataset(train: m.Train, model: m.Model, spec_dir: Path, classes: Classes = None) -> Dataset:
+def load_dataset(train: m.Train, model: m.Model, spec_dir: Path, classes: Classes = None,
+                 note: Callable[[str], None] = lambda _: None) -> Dataset:
     """The arrays of `train.data` for `model`, split by `train.seed`; file paths are relative to spec_dir.
-    `classes`: the width of the model's output, which cross_entropy's labels must stay below."""
+    `classes`: the width of the model's output, which cross_entropy's labels must stay below.
+    `note`: told what took time (decoding images) or was left out."""
     data = train.data
     if data is None:
         raise RunError(f"the train block for model {model.name} has no `data` setting")
     if data.test + data.val >= 1:
         raise RunError(f"test={data.test} and val={data.val} leave no samples for training")
     rules = label_rules(model, classes)
-    if isinstance(data, m.Bundled):
+    class_names: dict[str, list[str]] = {}
+    if isinstance(data, m.ImagesData):
+        arrays, class_names = _images(data, model, spec_dir, rules, note)
+    elif isinstance(data, m.Bundled):
         arrays = _bundled(data.kind, model)
         if data.classes is not None:
             arrays = _only_classes(arrays, model, data.classes, data.kind)
         check_all_labels(arrays, rules, f"bundled data set {data.kind}")
+        class_names = bundled_class_names(data.kind, model)
     elif isinstance(data, m.NpzData):
-        arrays = _npz(_resolve(spec_dir, data.path), data.fields, model, rules)
+        arrays = _npz(_resolve(spec_dir, data.path, folder_ok=True), data.fields, model, rules)
     else:
-        arrays = _csv(_resolve(spec_dir, data.path), data.target, model, rules)
+        arrays, class_names = _csv(_resolve(spec_dir, data.path), data.target, model, rules)
     labels = _class_labels(arrays, model)
     parts, stratified = split_indices(size(arrays), data.test, data.val, train.seed, labels)
     train_idx, val_idx, test_idx = parts
@@ -74,13 +83,15 @@ def load_dataset(train: m.Train, model: m.Model, spec_dir: Path, classes: Classe
         raise RunError(f"{size(arrays)} samples leave none for training "
                        f"after test={data.test}, val={data.val}")
     return Dataset(train=_take(arrays, train_idx), val=_take(arrays, val_idx), test=_take(arrays, test_idx),
-                   stratified=stratified)
+                   stratified=stratified, class_names=class_names)
 
 
-def load_all(source: str, model: m.Model, classes: Classes = None) -> Split:
+def load_all(source: str, model: m.Model, classes: Classes = None,
+             class_names: Mapping[str, list[str]] | None = None) -> Split:
     """Every sample of a data source named on the command line: an .npz file (arrays named like
     the model's inputs and target), a .csv file (columns by name, the target column named like
-    the model's target) or a bundled set (digits, iris, wine, breast_cancer, diabetes)."""
+    the model's target) or a bundled set (digits, iris, wine, breast_cancer, diabetes).
+    `class_names`: the trained model's, by target: a csv's label names are read as their indices."""
     path = Path(source)
     rules = label_rules(model, classes)
     if path.suffix == ".npz":
@@ -93,7 +104,7 @@ def load_all(source: str, model: m.Model, classes: Classes = None) -> Split:
         if len(model.targets) != 1:
             raise RunError(f"{source}: a csv holds one target column; model {model.name} declares "
                            f"{len(model.targets)} targets")
-        return _csv(path, model.targets[0].name, model, rules)
+        return _csv(path, model.targets[0].name, model, rules, class_names)[0]
     if source in BUNDLED:
         arrays = _bundled(source, model)
         check_all_labels(arrays, rules, f"bundled data set {source}")
@@ -112,9 +123,9 @@ def _only_classes(arrays: Split, model: m.Model, classes: list[int], kind: str) 
     return _take(arrays, np.flatnonzero(np.isin(labels, classes)))
 
 
-def _resolve(spec_dir: Path, path: str) -> Path:
+def _resolve(spec_dir: Path, path: str, folder_ok: bool = False) -> Path:
     full = (Path(spec_dir) / path).resolve() if not Path(path).is_absolute() else Path(path)
-    if not full.is_file():
+    if not full.is_file() and not (folder_ok and full.is_dir()):
         script = full.parent / f"make_{full.stem}.py"
         hint = f" (run {script.name} to write it)" if script.is_file() else ""
         raise RunError(f"no such file {full}{hint}")
@@ -122,7 +133,7 @@ def _resolve(spec_dir: Path, path: str) -> Path:
 
 
 def _take(arrays: Split, idx: np.ndarray) -> Split:
-    return {k: v[idx] for k, v in arrays.items()}
+    return {k: v.take(idx) if isinstance(v, shards.Rows) else v[idx] for k, v in arrays.items()}
 
 
 # ---- checking one array against its declaration ----
@@ -140,12 +151,12 @@ def _fits(shape: Sequence[int], decl: m.TensorDecl) -> bool:
     return len(shape) == len(decl.shape) and same
 
 
-def _conform(values: np.ndarray, decl: m.TensorDecl, where: str) -> np.ndarray:
+def _conform(values: np.ndarray, decl: m.TensorDecl, where: str, missing_ok: bool = False) -> np.ndarray:
     """`values` checked against decl's shape and cast to its dtype, or a RunError naming `where`."""
     if values.ndim == 0 or not _fits(values.shape, decl):
         raise RunError(f"{where}: shape {tuple(values.shape)} does not match the declared "
                        f"{decl.dtype}{_shape_text(decl)}")
-    return _cast(values, decl.dtype, where)
+    return _cast(values, decl.dtype, where, missing_ok)
 
 
 def _first(values: np.ndarray, bad: np.ndarray) -> str:
@@ -154,23 +165,24 @@ def _first(values: np.ndarray, bad: np.ndarray) -> str:
     return f"value {values[at]} at sample {at[0]}"
 
 
-def _cast(values: np.ndarray, dtype: str, where: str) -> np.ndarray:
-    """values as `dtype` when each survives the cast exactly (floats: finite; ints: whole, in range)."""
+def _cast(values: np.ndarray, dtype: str, where: str, missing_ok: bool = False) -> np.ndarray:
+    """values as `dtype` when each survives the cast exactly (floats: finite, or NaN where
+    `missing_ok`: a missing value that the spec fills; ints: whole, in range)."""
     kind = values.dtype.kind
     if kind not in "biuf":
         raise RunError(f"{where}: values are not numeric (dtype {values.dtype}); {dtype} expected")
     if kind == "f":
         bad = np.isnan(values)
-        if bad.any():
+        if bad.any() and not missing_ok:
             raise RunError(f"{where}: has NaN (a missing value) at sample {int(np.argwhere(bad)[0, 0])}")
-        bad = ~np.isfinite(values)
+        bad = np.isinf(values)
         if bad.any():
             raise RunError(f"{where}: has an infinite {_first(values, bad)}")
     target = np.dtype(dtype)
     if target.kind == "f":
         with np.errstate(over="ignore"):
             out = values.astype(target)
-        bad = ~np.isfinite(out)
+        bad = np.isinf(out)
         if bad.any():
             raise RunError(f"{where}: cannot cast {values.dtype} to {dtype} safely: "
                            f"{_first(values, bad)} is out of its range")
@@ -223,6 +235,18 @@ def _bundled(kind: str, model: m.Model) -> Split:
     return out
 
 
+def bundled_class_names(kind: str, model: m.Model) -> dict[str, list[str]]:
+    """The class names of a bundled classification set's target (scikit-learn's target_names;
+    digits: "0" to "9"), for an integer target; {} for diabetes, a regression."""
+    from sklearn import datasets
+
+    if kind == "diabetes":
+        return {}
+    names = [str(n) for n in getattr(datasets, f"load_{kind}")().target_names]
+    return {d.name: names for d in model.targets
+            if d.name not in DERIVED and np.dtype(d.dtype).kind in "iu" and len(d.shape) == 1}
+
+
 def _feature_key(name: str) -> str:
     """'sepal length (cm)' -> 'sepal_length': units dropped, non-alphanumerics as underscores."""
     name = name.split("(")[0].strip().lower()
@@ -263,24 +287,71 @@ def _npz(path: Path, fields: dict[str, str], model: m.Model, rules: dict[str, La
             raise RunError(f"{path}: npz field '{name}' is not an input or target of model {model.name}"
                            f"{did_you_mean(name, known)} (it has: {', '.join(known)})")
     found: dict[str, tuple[str, np.ndarray]] = {}
-    with Npz(path, "data file") as data:
+    folder = path.is_dir()  # a folder of .npy files, one per array
+    with (shards.NpyFolder(path) if folder else Npz(path, "data file")) as data:
+        # arrays over MAP_BYTES (in an .npz: those stored uncompressed) are read through memory maps
+        mapped = data.mapped(shards.MAP_BYTES) if isinstance(data, shards.NpyFolder) else \
+            shards.mappable_members(path, shards.MAP_BYTES)
         for decl in _decls(model):
             key = fields.get(decl.name, decl.name)
             where = f"{path}: {decl.role} '{decl.name}'" + (f" (array '{key}')" if key != decl.name else "")
             if key not in data.files:
                 raise RunError(f"{where}: the file has no array '{key}'{did_you_mean(key, data.files)} "
                                f"(it has: {', '.join(data.files) or 'nothing'})")
-            found[decl.name] = (where, _conform(data[key], decl, where))
+            if key in mapped:
+                rows = typing.cast(np.ndarray, _conform_rows(mapped[key], decl, where))  # read as indexed
+                found[decl.name] = (where, rows)
+            else:
+                found[decl.name] = (where, _conform(data[key], decl, where))
             if decl.name in rules:
-                check_labels(found[decl.name][1], rules[decl.name], where)
+                check_labels(np.asarray(found[decl.name][1]), rules[decl.name], where)
     _same_count({k: (f"'{k}'", a) for k, (_, a) in found.items()}, str(path))
     return {k: a for k, (_, a) in found.items()}
 
 
+def _conform_rows(source: shards.Mapped, decl: m.TensorDecl, where: str) -> shards.Rows:
+    """_conform for a mapped array, checked a chunk of samples at a time and cast batch by batch."""
+    values = source.array
+    if values.ndim == 0 or not _fits(values.shape, decl):
+        raise RunError(f"{where}: shape {tuple(values.shape)} does not match the declared "
+                       f"{decl.dtype}{_shape_text(decl)}")
+    step = max(1, shards.CHUNK_BYTES // max(source.row_bytes, 1))
+    for lo in range(0, len(values), step):
+        try:
+            _cast(source.gather(slice(lo, lo + step), values.dtype), decl.dtype, where)
+        except RunError as err:  # _cast counts samples from the chunk's first
+            raise RunError(f"{err} (counting from sample {lo}, where the chunk starts)" if lo
+                           else str(err)) from None
+    return shards.whole(source, decl.dtype)
+
+
+# ---- image folders ----
+def _images(data: m.ImagesData, model: m.Model, spec_dir: Path, rules: dict[str, Labels],
+            note: Callable[[str], None]) -> tuple[Split, dict[str, list[str]]]:
+    """The model's one image input as mapped cache rows, its one target the class labels."""
+    call = f'images("{data.path}")'
+    if len(model.inputs) != 1 or len(model.targets) != 1:
+        raise RunError(f"{call} gives one image input and one class label; model {model.name} declares "
+                       f"{len(model.inputs)} input(s) and {len(model.targets)} target(s)")
+    image, target = model.inputs[0], model.targets[0]
+    decoded, _ = open_set(data, image, spec_dir, note)
+    where = f"{call}: target '{target.name}'"
+    labels = _conform(decoded.labels, target, where)
+    if target.name in rules:
+        check_labels(labels, rules[target.name], where)
+    names = {target.name: decoded.class_names} if decoded.class_names is not None else {}
+    pixels = typing.cast(np.ndarray, shards.whole(decoded.pixels, image.dtype))  # read as it is indexed
+    return {image.name: pixels, target.name: labels}, names
+
+
 # ---- csv files ----
-def _csv(path: Path, target: str, model: m.Model, rules: dict[str, Labels]) -> Split:
-    """Inputs by column name, the model's target from column `target`; the first row is the header."""
-    rows, row_lines = _csv_rows(path)
+def _csv(path: Path, target: str, model: m.Model, rules: dict[str, Labels],
+         known: Mapping[str, list[str]] | None = None) -> tuple[Split, dict[str, list[str]]]:
+    """Inputs by column name, the model's target from column `target`; the first row is the header.
+    Also the class names of each integer target whose column holds names (`known`: a trained
+    model's, which the names must be among; else the names found, sorted): its labels are their
+    indices. A string input's cells stay strings (categories, looked up by runtime.vocab)."""
+    rows, row_lines = csv_rows(path)
     if not rows:
         raise RunError(f"{path}: empty file (a header row of column names is expected)")
     header = [h.strip() for h in rows[0]]
@@ -305,6 +376,8 @@ def _csv(path: Path, target: str, model: m.Model, rules: dict[str, Labels]) -> S
                            f"({', '.join(names)}) when it has several")
         columns.update({n: n for n in names})
     out: Split = {}
+    class_names: dict[str, list[str]] = {}
+    may_miss = filled(model.features)  # inputs that fill(x, ...) reads
     for decl in _decls(model):
         col = columns[decl.name]
         where = f"{path}: {decl.role} '{decl.name}'" + (f" (column '{col}')" if col != decl.name else "")
@@ -315,26 +388,75 @@ def _csv(path: Path, target: str, model: m.Model, rules: dict[str, Labels]) -> S
             raise RunError(f"{where}: a csv column gives one value per sample; the model declares "
                            f"{decl.dtype}{_shape_text(decl)}")
         j = header.index(col)
-        values = np.empty(len(body), np.float64)
-        for i, (line, r) in enumerate(zip(lines, body)):
-            cell = r[j].strip()
-            if not cell:
-                raise RunError(f"{where}: missing value at line {line}")
-            try:
-                values[i] = float(cell)
-            except ValueError:
-                raise RunError(f"{where}: value {cell!r} at line {line} is not numeric") from None
-            if math.isnan(values[i]):
-                raise RunError(f"{where}: NaN at line {line}")
-            if math.isinf(values[i]):
-                raise RunError(f"{where}: infinite value {cell!r} at line {line}")
-        out[decl.name] = _conform(values, decl, where)
+        cells = [r[j].strip() for r in body]
+        if decl.dtype == "string":  # a category: an empty cell is one the vocabulary never holds
+            out[decl.name] = np.array(cells, dtype=object)
+            continue
+        if decl.role == "target" and np.dtype(decl.dtype).kind in "iu" and any(map(_is_word, cells)):
+            given = (known or {}).get(decl.name)
+            out[decl.name], class_names[decl.name] = _class_indices(cells, lines, given, where)
+        else:
+            missing_ok = decl.name in may_miss and decl.dtype.startswith("float")
+            values = _csv_numbers(cells, lines, where, decl.name, missing_ok)
+            out[decl.name] = _conform(values, decl, where, missing_ok)
         if decl.name in rules:
             check_labels(out[decl.name], rules[decl.name], where, lambda i: f"line {lines[i]}")
-    return out
+    return out, class_names
 
 
-def _csv_rows(path: Path) -> tuple[list[list[str]], list[int]]:
+def _csv_numbers(cells: list[str], lines: list[int], where: str, name: str, missing_ok: bool) -> np.ndarray:
+    """The cells as float64; an empty or NaN cell is NaN when the spec fills `name` (missing_ok),
+    else a RunError naming the line."""
+    values = np.empty(len(cells), np.float64)
+    fill = (f"; a spec fills missing values in its features: `{name} = fill({name}, mean)` (or "
+            f"fill({name}, 0)), with missing({name}) as an indicator column")
+    for i, (line, cell) in enumerate(zip(lines, cells)):
+        if not cell:
+            if not missing_ok:
+                raise RunError(f"{where}: missing value at line {line}{fill}")
+            values[i] = math.nan
+            continue
+        try:
+            values[i] = float(cell)
+        except ValueError:
+            raise RunError(f"{where}: value {cell!r} at line {line} is not numeric") from None
+        if math.isnan(values[i]) and not missing_ok:
+            raise RunError(f"{where}: NaN at line {line}{fill}")
+        if math.isinf(values[i]):
+            raise RunError(f"{where}: infinite value {cell!r} at line {line}")
+    return values
+
+
+def _is_word(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return bool(cell)
+    return False
+
+
+def _class_indices(cells: list[str], lines: list[int], known: list[str] | None,
+                   where: str) -> tuple[np.ndarray, list[str]]:
+    """Labels given by class name: each name's index among `known`, else among the sorted names."""
+    for line, cell in zip(lines, cells):
+        if not cell:
+            raise RunError(f"{where}: missing label at line {line}")
+    numbers = [(line, c) for line, c in zip(lines, cells) if not _is_word(c)]
+    if numbers:
+        word = next((line, c) for line, c in zip(lines, cells) if _is_word(c))
+        raise RunError(f"{where}: the labels mix class names ({word[1]!r} at line {word[0]}) and numbers "
+                       f"({numbers[0][1]!r} at line {numbers[0][0]}): give every row a class name, or "
+                       "every row a class number")
+    names = known if known is not None else sorted(set(cells))
+    index = {n: i for i, n in enumerate(names)}
+    for line, cell in zip(lines, cells):
+        if cell not in index:
+            raise RunError(f"{where}: label {cell!r} at line {line} is not a class of the model "
+                           f"({', '.join(names)})")
+    return np.array([index[c] for c in cells], np.int64), list(names)
+
+
+def csv_rows(path: Path) -> tuple[list[list[str]], list[int]]:
     """The rows of a UTF-8 csv file and the line each ends on; a file that is not UTF-8 text or not
     csv is a RunError naming the line."""
     try:

@@ -1,5 +1,6 @@
 """`dlspec eval RUN|model.onnx [DATA] [--spec FILE]`: metrics of a trained model on its spec's
-test split, or on every sample of DATA (an .npz or .csv file, or a bundled set)."""
+test split, or on every sample of DATA (an .npz or .csv file, or a bundled set); for a classifier
+also precision, recall and F1 per class and the confusion matrix."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 
 from dlspec.api import evaluate
+from dlspec.per_class import confusion_table, evaluate_per_class, scores_table
 from dlspec.resume import COPY, SOURCE
 from dlspec.spec.errors import RunError
 
@@ -48,4 +51,21 @@ def run(args: argparse.Namespace, out: Console) -> int:
     where = args.data or f"the test split of {spec_file}"
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items())
     out.print(f"{model_file} on {where} ({n} samples): {shown}", markup=False)
+    for pc in evaluate_per_class(model_file, spec_file, args.data, args.model):
+        _print_whole(out, scores_table(pc))
+        if len(pc.names) <= MAX_CONFUSION_COLUMNS:
+            _print_whole(out, confusion_table(pc))
+        else:
+            out.print(f"confusion matrix: {len(pc.names)} classes, too wide to print; `dlspec plot RUN "
+                      "--confusion` draws it", markup=False)
     return 0
+
+
+MAX_CONFUSION_COLUMNS = 20
+
+
+def _print_whole(out: Console, table: Any) -> None:
+    """Piped or captured output gets whole rows rather than rows wrapped at 80 columns."""
+    if not out.is_terminal:
+        out.width = max(out.width, Measurement.get(out, out.options.update_width(10_000), table).maximum)
+    out.print(table)

@@ -248,8 +248,11 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if bad is not None:
         raise RunError(f"{path} is not a valid ONNX model: {bad} is not UTF-8 text (a damaged file?)")
     try:
+        external = any(onnx.external_data_helper.uses_external_data(t) for t in _tensors(model.graph))
         onnx.external_data_helper.load_external_data_for_model(model, str(file.parent))  # if any
-        onnx.checker.check_model(model, full_check=True)  # types and shapes too: a bad one crashes later
+        # types and shapes too: a bad one crashes later. The bytes read, where they are the whole
+        # model: serialising it again for the checker takes a second per few hundred megabytes.
+        onnx.checker.check_model(model if external else data, full_check=True)
     except Exception as err:  # the checker's ValidationError, and whatever a damaged file provokes
         raise RunError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
     for tensor in _tensors(model.graph):  # the checker leaves their data unread

@@ -1,4 +1,5 @@
-"""`dlspec plot RUN [-o FILE.png]`: loss and metric curves of a run folder's metrics.jsonl."""
+"""`dlspec plot RUN [-o FILE.png] [--confusion]`: loss and metric curves of a run folder's
+metrics.jsonl; with --confusion also the confusion matrix of its model on the test split."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("plot", help="draw a run's loss and metric curves per epoch to a PNG")
     p.add_argument("run", help="a run folder (runs/MODEL)")
     p.add_argument("-o", "--output", help="where to write the .png (default RUN/curves.png)")
+    p.add_argument("--confusion", action="store_true",
+                   help="also draw the confusion matrix of RUN/model.onnx on its spec's test split, to "
+                        "RUN/confusion.png (one per classifying head: confusion_<head>.png)")
 
 
 def run(args: argparse.Namespace, out: Console) -> int:
@@ -42,11 +46,64 @@ def run(args: argparse.Namespace, out: Console) -> int:
         raise RunError(f"cannot write {dest}: plot writes PNG, give a file name ending in .png")
     records = read_metrics(src / "metrics.jsonl")
     fig = figure(records, best_epoch(src, records), src.resolve().name)
+    _save(fig, dest)
+    out.print(f"wrote {dest}", markup=False)
+    if args.confusion:
+        from dlspec.eval_cli import run_spec
+        from dlspec.per_class import evaluate_per_class
+
+        scored = evaluate_per_class(src / "model.onnx", run_spec(src))
+        if not scored:
+            raise RunError(f"{src / 'model.onnx'} has no classifying output ([N, C] logits): no confusion "
+                           "matrix to draw")
+        for pc in scored:
+            path = src / ("confusion.png" if len(scored) == 1 else f"confusion_{pc.output}.png")
+            _save(confusion_figure(pc.confusion, pc.names, f"{src.resolve().name}: {pc.output}, test split"),
+                  path)
+            out.print(f"wrote {path}", markup=False)
+    return 0
+
+
+def _save(fig: Figure, dest: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic_write(dest, buf.getvalue())
-    out.print(f"wrote {dest}", markup=False)
-    return 0
+
+
+def confusion_figure(confusion: Any, names: list[str], title: str) -> Figure:
+    """The confusion matrix as an image: a row per true class, a column per predicted class, each
+    cell shaded by its share of the row (the class's recall on the diagonal) and labelled with its count."""
+    n = len(names)
+    side = min(4 + 0.45 * n, 24)
+    fig = _figure(figsize=(side + 1.5, side), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    totals = confusion.sum(1, keepdims=True)
+    share = confusion / (totals + (totals == 0))  # a class without samples: a row of zeros
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    if n <= 30:  # counts stay legible
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize="small",
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), names, rotation=90 if max(map(len, names), default=0) > 3 else 0)
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return fig
+
+
+def _figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure drawn with Agg: no display, no GUI toolkit."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise RunError("dlspec plot needs matplotlib: pip install 'matplotlib>=3.7'") from None
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def read_metrics(path: Path) -> list[Record]:

@@ -13,9 +13,11 @@ from dlspec.spec.errors import RunError
 
 
 def val_score(val: dict[str, float], epoch: int) -> float:
-    """What picks best.npz and what early_stop watches, lower is better: -accuracy, else MAE, else
-    (a model with named heads, whose metrics are each head's) the total loss; without a validation
-    split, -epoch: the last epoch is the best."""
+    """What picks best.npz and what early_stop watches, lower is better: -mean IoU (per-pixel
+    classes), else -accuracy, else MAE, else (a model with named heads, whose metrics are each
+    head's) the total loss; without a validation split, -epoch: the last epoch is the best."""
+    if "mean_iou" in val:
+        return -val["mean_iou"]
     if "accuracy" in val:
         return -val["accuracy"]
     return val.get("mae", val.get("loss", -epoch))
@@ -23,6 +25,8 @@ def val_score(val: dict[str, float], epoch: int) -> float:
 
 def watched(val: dict[str, float]) -> str:
     """The name of what val_score reads."""
+    if "mean_iou" in val:
+        return "mean IoU"
     return "accuracy" if "accuracy" in val else "MAE" if "mae" in val else "loss"
 
 
@@ -78,7 +82,7 @@ class Patience:
         return stop
 
     def reason(self, epoch: int) -> str:
-        best = -self.best if self.watched == "accuracy" else self.best
+        best = -self.best if self.watched in ("accuracy", "mean IoU") else self.best
         return (f"early stop after epoch {epoch}: validation {self.watched} has not improved by more than "
                 f"{self.rule.min_delta:g} for {self.stale} epochs (patience {self.rule.patience}); "
                 f"the best, {best:.4f} at epoch {self.best_epoch}, is in best.npz and model.onnx")

@@ -93,6 +93,19 @@ class StepRunner:
         self.feeds: dict[int | None, dict[str, Any]] = {}  # per fixed batch size: its batch buffers
         self.bindings: dict[int | None, list[tuple[Any, ort.RunOptions]]] = {}
         self.current = 0  # the buffer set holding the latest values
+        self._pools: dict[int | None, tuple[dict, dict]] = {}  # other thread counts' sessions and bindings
+
+    def use_threads(self, threads: int, keep: bool = True) -> None:
+        """Run the next steps on `threads` intra-op threads (the CPU): sessions of their own over
+        the same buffers. `keep`: hold on to the current thread count's sessions, to come back to."""
+        assert self.device == "cpu", "thread counts are the CPU's"
+        if threads != self.threads:
+            if keep:
+                self._pools[self.threads] = (self.sessions, self.bindings)
+            self.threads = threads
+            self.sessions, self.bindings = self._pools.pop(threads, ({}, {}))
+        if not keep:
+            self._pools.clear()
 
     def _key(self, batch: int | None) -> int | None:
         return batch if self.fixed_batch else None
@@ -115,7 +128,7 @@ class StepRunner:
         """Copy parameters and state (missing names: the initial values) into the buffers, in
         place: their addresses stay, so do the bindings and any captured CUDA graph."""
         for name, value in [*self.buffers[0].items(), *self._fixed.items()]:
-            new = np.ascontiguousarray(values.get(name, self.init[name]))
+            new = np.asarray(values.get(name, self.init[name]), order="C")  # a scalar stays 0-d
             if new.shape != tuple(value.shape()) or new.dtype != self.init[name].dtype:
                 raise RunError(f"'{name}' is {new.dtype}{list(new.shape)} in the values to load, "
                                f"the model needs {self.init[name].dtype}{list(value.shape())}")

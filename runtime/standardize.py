@@ -8,16 +8,15 @@ They are kept in the run folder as standardize.json, so --resume compiles the sa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from dlspec.compiler.lower.compile import Stats
 from dlspec.compiler.lower.feature_probe import probe_features
-from dlspec.compiler.lower.features import Moments, standardized
+from dlspec.compiler.lower.features import Fitted, Moments, standardized
 from dlspec.data import Split, size
 from dlspec.session import options
 from dlspec.spec.errors import RunError
@@ -59,14 +58,16 @@ class _Running:
 
 
 def fit(prog: Program, model_name: str | None, train: Split, threads: int | None = None,
-        batch: int = 4096, note: Callable[[str], None] = lambda _: None) -> dict[str, Moments]:
-    """The moments of every standardize argument on `train`; {} when the spec has none."""
+        batch: int = 4096, note: Callable[[str], None] = lambda _: None,
+        columns: Mapping[str, Fitted] | None = None) -> dict[str, Moments]:
+    """The moments of every standardize argument on `train`; {} when the spec has none.
+    `columns`: the categories' vocabularies and fill means (runtime.vocab), fitted first."""
     model = prog.model(model_name)
     keys = standardized(model.features)
     stats: dict[str, Moments] = {}
     n = size(train)
     while len(stats) < len(keys):
-        probe = probe_features(prog, model_name, stats)
+        probe = probe_features(prog, model_name, {**(columns or {}), **stats})
         assert probe.ready, "the first unfitted standardize depends only on fitted ones"
         sess = ort.InferenceSession(probe.onnx.SerializeToString(), options(threads),
                                     providers=["CPUExecutionProvider"])
@@ -93,7 +94,7 @@ def _show(a: np.ndarray) -> str:
     return f"{float(a):.6g}" if a.ndim == 0 else "[" + ", ".join(f"{v:.6g}" for v in a.tolist()) + "]"
 
 
-def encode(stats: Stats) -> bytes:
+def encode(stats: Mapping[str, Moments]) -> bytes:
     """JSON floats round-trip exactly: the resumed graph gets the same constants."""
     text = json.dumps({k: {"mean": v.mean.tolist(), "std": v.std.tolist()} for k, v in stats.items()},
                       indent=1)
@@ -116,8 +117,10 @@ class RunStats:
 
 
 def for_run(prog: Program, model_name: str | None, train: Split, run_dir: Path, resume: bool,
-            threads: int | None, note: Callable[[str], None]) -> RunStats:
-    """A fresh run fits on its training split; a resumed run reads what it saved in run_dir."""
+            threads: int | None, note: Callable[[str], None],
+            columns: Mapping[str, Fitted] | None = None) -> RunStats:
+    """A fresh run fits on its training split; a resumed run reads what it saved in run_dir.
+    `columns`: as for fit."""
     keys = standardized(prog.model(model_name).features)
     path = run_dir / FILE
     if not keys:
@@ -128,7 +131,7 @@ def for_run(prog: Program, model_name: str | None, train: Split, run_dir: Path, 
             return RunStats(stats, fitted=False)
         note(f"{path} has statistics for {', '.join(sorted(stats)) or 'nothing'}, the spec standardizes "
              f"{', '.join(keys)}: fitting them again on the training split")
-    stats = fit(prog, model_name, train, threads, note=note)
+    stats = fit(prog, model_name, train, threads, note=note, columns=columns)
     shown = [f"{k} (mean {_show(v.mean)}, std {_show(v.std)})" if v.mean.ndim == 0
              else f"{k} ({v.mean.size} means and stds, one per column or channel)" for k, v in stats.items()]
     note(f"standardize: fitted on the {size(train)} training samples: {', '.join(shown)}")

@@ -14,21 +14,24 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dlspec import checkpoint, distributed, health, resume, standardize
+from dlspec import checkpoint, distributed, health, labels, resume, standardize, vocab
 from dlspec.compiler import Target, TrainingGraphs, compile_model, compile_training, with_weights
 from dlspec.data import Dataset, batch_count, batches, load_dataset, size
 from dlspec.data_parallel import DataParallelRunner
 from dlspec.files import OutputFolder, atomic_write
 from dlspec.metrics import prediction_metrics
+from dlspec.prefetch import Prefetch
 from dlspec.schedule import base_rate, learning_rate
 from dlspec.selection import Patience, read_records, val_score
 from dlspec.session import StepRunner, options, providers, threads_in_use
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError
 from dlspec.spec.loader import Program
+from dlspec.thread_choice import ThreadChoice, candidates
 from dlspec.transfer import load_into, renamed, source_weights
 
 LAST, BEST = "last.npz", "best.npz"
+EVAL_BYTES = 32 * 2**20  # the inputs of one evaluation batch; its activations are some multiple
 
 
 @dataclass
@@ -41,6 +44,7 @@ class FitOptions:
     resume: bool = False
     threads: int | None = None
     force: bool = False  # --resume even though the spec changed
+    pick_threads: bool = False  # no --threads: measure the first steps' speed at a few counts (thread_choice)
 
 
 @dataclass
@@ -62,6 +66,8 @@ def evaluate(tg: TrainingGraphs, weights: dict[str, np.ndarray], split: dict[str
         return {}
     names = [i.name for i in sess.get_inputs()]
     params = {k: weights[k] for k in names if k in weights}
+    per_sample = sum(math.prod(split[k].shape[1:]) * split[k].dtype.itemsize for k in names if k in split)
+    batch = max(1, min(batch, EVAL_BYTES // max(per_sample, 1)))  # large images: fewer at a time
     outputs = [o.name for o in sess.get_outputs()]  # the heads' outputs, the loss, each term's loss
     preds: list[list[np.ndarray]] = [[] for _ in heads]
     sums = [0.0] * (len(outputs) - len(heads))
@@ -116,20 +122,29 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
     bs = opts.batch or train.batch
     seed = opts.seed if opts.seed is not None else train.seed
     classes = compile_model(prog, model_name, opts.seed).classes()  # shapes only: no weights made
-    data = load_dataset(train, model, spec_path.parent, classes)
 
     def note(text: str) -> None:
         console.print(text, markup=False, highlight=False)
+
+    data = load_dataset(train, model, spec_path.parent, classes, note)
 
     has_val = size(data.val) > 0  # without a validation split nothing is selected: best = last
     patience = Patience(train.early_stop) if train.early_stop is not None else None
     if patience is not None and not has_val:
         raise RunError(f"early_stop watches the validation split, and val={train.data.val} leaves it "
                        "no samples: give the data a larger val share")
-    stats = standardize.for_run(prog, model_name, data.train, run_dir, opts.resume, opts.threads, note)
+    columns = vocab.for_run(model, data.train, run_dir, opts.resume, note)  # categories, fill means
+    stats = standardize.for_run(prog, model_name, data.train, run_dir, opts.resume, opts.threads, note,
+                                columns.fitted)
     threads = opts.threads or (distributed.threads_per_rank() if world.size > 1 else None)
     target = Target("cuda" if opts.device == "cuda" else "cpu", threads_in_use(threads))
-    tg = compile_training(prog, model_name, opts.seed, stats.moments, target)
+    tg = compile_training(prog, model_name, opts.seed, {**columns.fitted, **stats.moments}, target)
+    asked = train.precision.kind if train.precision else "fp32"
+    if tg.precision != asked:
+        note(f"precision {asked} is lowered for CUDA only: on the CPU this run trains in float32")
+    elif asked != "fp32" and world.size > 1:
+        note(f"precision {asked}: data-parallel steps compute in float32")
+    data = vocab.encoded(data, columns.fitted)  # the training graphs take the categories' indices
     if train.from_ and not opts.resume:
         # a run folder is usually relative to where training runs; a shipped file, to the spec
         origin = Path(train.from_) if Path(train.from_).exists() else spec_path.parent / train.from_
@@ -144,11 +159,12 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
         note(f"data-parallel on {world.size} ranks: each runs about {bs // world.size} samples of every "
              f"global batch of {bs}, and one all-reduce per step averages their gradients")
     else:
-        runner = StepRunner(tg.train_step, tg.init, opts.device, threads, bs)
+        # a thread count to be measured starts at all cores, the first candidate (thread_choice)
+        start = threads or (threads_in_use(None) if opts.pick_threads and opts.device == "cpu" else None)
+        runner = StepRunner(tg.train_step, tg.init, opts.device, start, bs)
     if runner.graph_blockers:
         note(f"the step runs node by node, not as a CUDA graph: {runner.graph_blockers[0]}")
-    eval_sess = ort.InferenceSession(tg.evaluate.SerializeToString(), options(threads),
-                                     providers=providers(opts.device))
+    eval_sess = _eval_session(tg, opts.device, threads)
     optimizer = train.optimizer
     lr0 = base_rate(optimizer.lr if optimizer else 1e-3, train.schedule, bs)
     step, start, best, lr = 0, 0, math.inf, lr0
@@ -174,23 +190,36 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
                    resume.SOURCE: resume.record(spec_path, model.name, tg.inference.spec_hash)}
     if stats.fitted:
         start_files[standardize.FILE] = standardize.encode(stats.moments)
+    if columns.fitted_now:
+        start_files[vocab.FILE] = vocab.encode(columns.fitted)
+    if data.class_names:
+        start_files[labels.CLASSES_FILE] = labels.encode_class_names(data.class_names)
     stopped = None
     if patience is not None and opts.resume and patience.replay(records, start):
         stopped = patience.reason(start)
         note(f"{stopped} (before this resume: nothing more to train)")
     last, end = start, epochs if stopped is None else start
     watch = health.Watch(note, history)
+    chooser = None
+    if opts.pick_threads and threads is None and isinstance(runner, StepRunner) and runner.device == "cpu":
+        kept = history[-1].get("threads") if history else None
+        if kept:  # the count the run chose when it began: a resume computes as the run would have
+            runner.use_threads(kept, keep=False)
+            threads, eval_sess = kept, _eval_session(tg, opts.device, kept)
+        else:
+            chooser = ThreadChoice(runner, candidates(threads_in_use(None)), note, time.perf_counter)
     for epoch in range(start, end):
         t0 = time.perf_counter()
         n_batches = batch_count(data.train, bs)
         sums: dict[str, float] = {}
         count = 0
-        with _progress(console) as bar:
+        # the next batch is gathered by a thread while this step runs; feed.waited is the time it did not
+        with _progress(console) as bar, Prefetch(batches(data.train, bs, epoch, seed)) as feed:
             task = bar.add_task(f"epoch {epoch + 1}/{epochs}", total=n_batches, info="")
-            for i, batch in enumerate(batches(data.train, bs, epoch, seed)):
+            for i, batch in enumerate(feed):
                 step += 1
                 lr = learning_rate(train.schedule, lr0, epoch + i / n_batches, epochs)
-                out = runner.run(batch, lr, step)
+                out = runner.run(batch, lr, step) if chooser is None else chooser.run(batch, lr, step)
                 if not math.isfinite(out["loss"]):
                     kept = (f"the last good checkpoint is {run_dir / LAST}" if opts.resume or epoch > start
                             else "before the first checkpoint, so nothing was written")
@@ -199,9 +228,14 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
-                rate = count * bs / (time.perf_counter() - t0)
+                elapsed = time.perf_counter() - t0
+                rate = count * bs / elapsed
                 shown = " ".join(f"{k} {v / count:.4f}" for k, v in sums.items() if not health.is_health(k))
-                bar.update(task, advance=1, info=f"{shown} lr {lr:.2e} {rate:,.0f} samples/s")
+                bar.update(task, advance=1, info=f"{shown} lr {lr:.2e} {rate:,.0f} samples/s, "
+                                                 f"{feed.waited / elapsed:.0%} waiting on data")
+        data_wait = feed.waited / max(time.perf_counter() - t0, 1e-9)  # of the epoch's step loop
+        if chooser is not None and chooser.chosen is not None and threads != chooser.chosen:
+            threads, eval_sess = chooser.chosen, _eval_session(tg, opts.device, chooser.chosen)
         weights = runner.weights()
         if not world.same(weights):
             raise RunError(f"the ranks' parameters differ after epoch {epoch + 1}: data-parallel training "
@@ -211,8 +245,9 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
         record = {"epoch": epoch + 1, "step": step, "lr": lr,
                   **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
                   **{f"val_{k}": v for k, v in val.items()},
-                  "seconds": round(time.perf_counter() - t0, 3),
-                  **({"ranks": world.size} if world.size > 1 else {})}
+                  "seconds": round(time.perf_counter() - t0, 3), "data_wait": round(data_wait, 4),
+                  **({"ranks": world.size} if world.size > 1 else {}),
+                  **({"threads": threads} if opts.pick_threads and threads is not None else {})}
         score = val_score(val, epoch)
         if patience is not None:
             if patience.update(val, epoch + 1) and epoch + 1 < epochs:
@@ -244,9 +279,16 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
     if not world.writes:  # rank 0 writes the model and measures it on the test split
         return FitResult(run_dir, done, step, {}, stopped)
     final, _, _, _ = checkpoint.load(run_dir / (BEST if (run_dir / BEST).exists() else LAST))
-    atomic_write(run_dir / "model.onnx", with_weights(tg.inference.onnx, final).SerializeToString())
+    names = labels.output_class_names(data.class_names, tg.inference.heads)
+    trained = labels.with_class_names(with_weights(tg.inference.onnx, final), names)
+    atomic_write(run_dir / "model.onnx", trained.SerializeToString())
     test = evaluate(tg, final, data.test, eval_sess)
     return FitResult(run_dir, done, step, test, stopped)
+
+
+def _eval_session(tg: TrainingGraphs, device: str, threads: int | None) -> ort.InferenceSession:
+    return ort.InferenceSession(tg.evaluate.SerializeToString(), options(threads),
+                                providers=providers(device))
 
 
 def _forget_after(records: Path, epochs: int) -> list[dict]:

@@ -310,7 +310,7 @@ def _check_extends_depth(stack: tuple[str, ...], span: Span) -> None:
 
 
 _POSITIONAL: dict[str, tuple[str, ...]] = {
-    "npz": ("path",), "csv": ("path",), "constant": ("value",), "normal": ("std",),
+    "npz": ("path",), "csv": ("path",), "images": ("path",), "constant": ("value",), "normal": ("std",),
     "uniform": ("limit",), "grad_norm": ("max_norm",), "grad_value": ("limit",),
     "early_stop": ("patience",),
 }
@@ -385,7 +385,8 @@ def _train_dict(item: Node, prog: Program) -> Node:
     if "data" in s:
         out["data"] = _static_call(s["data"], m.Data, "data set",
                                    extra_to="fields" if s["data"]["name"] == "npz" else None)
-    for key, union, what in (("optimizer", m.Optimizer, "optimizer"), ("clip", m.Clip, "clipping")):
+    for key, union, what in (("optimizer", m.Optimizer, "optimizer"), ("clip", m.Clip, "clipping"),
+                             ("precision", m.Precision, "precision")):
         if key in s:
             out[key] = _static_call(s[key], union, what)
     if "schedule" in s:

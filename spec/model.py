@@ -154,7 +154,7 @@ class BlockDef(Node):
 
 
 # ---- models ----
-DType = Literal["float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool"]
+DType = Literal["float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool", "string"]
 
 
 class TensorDecl(Node):
@@ -237,7 +237,16 @@ class Huber(Node):
     delta: PositiveFloat = 1.0
 
 
-LossKind = Annotated[Union[CrossEntropy, BceWithLogits, Mse, L1, Huber], Field(discriminator="kind")]
+class Dice(Node):
+    """`dice(smooth=1.0, ignore_index=255)`: 1 - the mean over classes of the soft Dice coefficient
+    of the softmax scores against the labels, for per-pixel classes."""
+
+    kind: Literal["dice"]
+    smooth: PositiveFloat = 1.0
+    ignore_index: int | None = None
+
+
+LossKind = Annotated[Union[CrossEntropy, BceWithLogits, Mse, L1, Huber, Dice], Field(discriminator="kind")]
 
 
 class LossTerm(Node):
@@ -331,7 +340,21 @@ class CsvData(Node):
     val: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-Data = Annotated[Union[Bundled, NpzData, CsvData], Field(discriminator="kind")]
+class ImagesData(Node):
+    """`images("photos", size=[32, 32], policy=center_crop, skip_bad=true, test=0.2)`: one subfolder
+    per class of PNG/JPEG/BMP/WebP files, or a .csv/.json manifest of file names and labels."""
+
+    kind: Literal["images"]
+    path: FilePath
+    size: list[Size] | None = Field(None, min_length=2, max_length=2)  # [H, W]; default: the input's
+    policy: Literal["resize", "center_crop", "pad"] = "resize"
+    skip_bad: bool = False  # corrupt or unreadable files are left out (and listed), not an error
+    cache: FilePath | None = None  # the decoded-pixel cache folder; default ~/.cache/dlspec/images
+    test: float = Field(0.2, ge=0.0, lt=1.0)
+    val: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+Data = Annotated[Union[Bundled, NpzData, CsvData, ImagesData], Field(discriminator="kind")]
 
 
 class Sgd(Node):
@@ -420,6 +443,26 @@ class EarlyStop(Node):
     min_delta: float = Field(0.0, ge=0.0)
 
 
+class Fp16(Node):
+    """`precision fp16(loss_scale=65536, growth_interval=2000)`: half precision on CUDA with dynamic
+    loss scaling: a step whose gradients overflow is skipped and halves the scale; `growth_interval`
+    good steps in a row double it."""
+
+    kind: Literal["fp16"]
+    loss_scale: float = Field(65536.0, gt=0.0, le=2.0 ** 64)
+    growth_interval: Count = 2000
+
+
+class PlainPrecision(Node):
+    """`precision fp32` (the default) or `precision bf16` (half precision on CUDA, no loss scaling:
+    bfloat16 has float32's range)."""
+
+    kind: Literal["fp32", "bf16"]
+
+
+Precision = Annotated[Union[Fp16, PlainPrecision], Field(discriminator="kind")]
+
+
 class LrRule(Node):
     target: str
     value: float = Field(ge=0.0)
@@ -449,5 +492,6 @@ class Train(Node):
     freeze: list[str] = []
     lr_mult: list[LrRule] = []
     early_stop: EarlyStop | None = None
+    precision: Precision | None = None  # None: fp32
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

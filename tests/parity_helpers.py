@@ -64,9 +64,9 @@ def randomize(c: Compiled, seed: int = 0) -> dict[str, np.ndarray]:
             new = rng.normal(0.0, 0.5, shape)
         elif kind == "bn" and suffix == "running_var":
             new = rng.uniform(0.3, 3.0, shape)
-        elif suffix == "bias":
-            new = rng.normal(0.0, 0.2, shape)
-        elif suffix == "weight":
+        elif suffix in ("bias", "token") or suffix.startswith("bias_") or suffix.endswith("_bias"):
+            new = rng.normal(0.0, 0.2, shape)  # also attention's in_proj_bias, nn.LSTM's bias_ih_l0
+        elif suffix == "weight" or suffix.startswith("weight_") or suffix.endswith("_weight"):
             fan_in = int(np.prod(shape[1:])) if old.ndim > 1 else 1
             new = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
         else:
@@ -104,12 +104,16 @@ def assert_parity(got: np.ndarray, want: Any, what: str = "") -> None:
 def example_inputs(example: str, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Plausible raw inputs for a model of examples/, batch n."""
     rng = np.random.default_rng(seed)
-    if example in ("digits", "digits_transfer"):  # raw pixels as the data set gives: 0 to 16
+    if example in ("digits", "digits_transfer", "vit_digits", "lstm_digits", "two_heads",
+                   "segment_digits"):  # raw pixels, 0-16
         return {"image": rng.integers(0, 17, (n, 1, 8, 8)).astype(np.float32)}
-    if example == "land_price":
+    if example == "land_price":  # district: names; compiled without data, every one is unknown
         return {"length": rng.uniform(5.0, 120.0, n).astype(np.float32),
                 "width": rng.uniform(5.0, 80.0, n).astype(np.float32),
-                "distance": rng.uniform(0.0, 90.0, n).astype(np.float32)}  # past the clip at 50
+                "distance": rng.uniform(0.0, 90.0, n).astype(np.float32),  # past the clip at 50
+                "district": rng.choice(["north", "south", ""], n).astype(object)}
+    if example == "digits_images":  # pixels as decoded from the PNG files, 0-255
+        return {"image": rng.integers(0, 256, (n, 3, 32, 32)).astype(np.float32)}
     if example in ("resnet18_cifar", "vgg11"):
         return {"image": rng.standard_normal((n, 3, 32, 32)).astype(np.float32)}
     raise KeyError(f"no inputs for example {example}; add them here")

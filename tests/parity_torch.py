@@ -308,3 +308,89 @@ def digits_map(model: DigitsNet) -> dict[str, str]:
         out.update(lin_keys(f"fpn.output.{i}", f"neck.output{i + 1}"))
     out.update(lin_keys("head.fc", "head.linear1"))
     return out
+
+
+# ---------------------------------------------------------------- transformers, sequences, two heads
+
+def encoder_layer(d: int, heads: int, mlp: int, activation: str = "gelu") -> nn.TransformerEncoderLayer:
+    """The standard library's transformer_block(d, heads, mlp=mlp, activation=...), dropout off."""
+    return nn.TransformerEncoderLayer(d, heads, dim_feedforward=d * mlp, dropout=0.0, activation=activation,
+                                      batch_first=True, norm_first=True)
+
+
+def encoder_keys(torch_prefix: str, dl_prefix: str) -> dict[str, str]:
+    """nn.TransformerEncoderLayer's names -> transformer_block's (stages attend and mix)."""
+    attend, mix = f"{dl_prefix}.attend", f"{dl_prefix}.mix"
+    keys = {"norm1": f"{attend}.layernorm1", "norm2": f"{mix}.layernorm1", "linear1": f"{mix}.linear1",
+            "linear2": f"{mix}.linear2", "self_attn.out_proj": f"{attend}.attention1.out_proj"}
+    out = {f"{torch_prefix}{k}.{s}": f"{v}.{s}" for k, v in keys.items() for s in ("weight", "bias")}
+    out.update({f"{torch_prefix}self_attn.in_proj_{s}": f"{attend}.attention1.in_proj_{s}"
+                for s in ("weight", "bias")})
+    return out
+
+
+class ViT(nn.Module):
+    """Dosovitskiy et al.: patches (F.unfold's order: channels, then the patch's rows and columns)
+    -> linear -> class token first -> learned positions -> pre-norm encoder -> layer norm -> token 0."""
+
+    def __init__(self, channels: int, patch: int, tokens: int, dim: int, depth: int, heads: int,
+                 mlp: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.embed = nn.Linear(channels * patch * patch, dim)
+        self.token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.zeros(tokens + 1, dim))
+        self.encoder = nn.TransformerEncoder(encoder_layer(dim, heads, mlp), depth,
+                                             enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(F.unfold(x, self.patch, stride=self.patch).transpose(1, 2))
+        t = torch.cat([self.token.expand(x.shape[0], -1, -1), t], dim=1) + self.pos
+        return self.norm(self.encoder(t))[:, 0]
+
+
+def vit_map(depth: int, prefix: str = "", dl_prefix: str = "backbone") -> dict[str, str]:
+    """ViT's names -> the standard library's vit (stages embed, blocks, norm) as a whole section."""
+    out = {f"{prefix}embed.{s}": f"{dl_prefix}.embed.linear1.{s}" for s in ("weight", "bias")}
+    out.update({f"{prefix}token": f"{dl_prefix}.embed.cls_token1.token",
+                f"{prefix}pos": f"{dl_prefix}.embed.pos_embedding1.weight",
+                **lin_keys(f"{prefix}norm", f"{dl_prefix}.norm.layernorm1")})
+    for i in range(depth):
+        out.update(encoder_keys(f"{prefix}encoder.layers.{i}.", f"{dl_prefix}.blocks.{i}"))
+    return out
+
+
+def rnn_keys(dl_prefix: str, layers: int, bidirectional: bool, prefix: str = "") -> dict[str, str]:
+    """nn.LSTM's and nn.GRU's parameter names, which dlspec's recurrent layers share."""
+    keys = [f"{w}_{kind}_l{k}{s}" for k in range(layers) for s in ["", "_reverse"][: 1 + bidirectional]
+            for w in ("weight", "bias") for kind in ("ih", "hh")]
+    return {prefix + k: f"{dl_prefix}.{k}" for k in keys}
+
+
+class TwoHeads(nn.Module):
+    """examples/two_heads.dlspec by hand: /16 scaling, a conv stem, two BasicBlock stages, global
+    average pooling; a linear classifier and a two-layer regressor of one value per sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.stage1 = nn.Sequential(BasicBlock(32, 32), BasicBlock(32, 32))
+        self.stage2 = nn.Sequential(BasicBlock(32, 64, stride=2), BasicBlock(64, 64))
+        self.cls = nn.Sequential(nn.Dropout(0.2), nn.Linear(64, 10))
+        self.mass = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.stage2(self.stage1(self.stem(image / 16))).mean((2, 3))
+        return self.cls(x), self.mass(x)[:, 0]
+
+
+def two_heads_map(model: TwoHeads) -> dict[str, str]:
+    out = {"stem.0.weight": "backbone.stem.conv1.weight", **bn_keys("stem.1", "backbone.stem.bn1")}
+    for key in model.state_dict():
+        if key.startswith("stage") and not key.endswith("num_batches_tracked"):
+            dl = key.replace("downsample.0.", "shortcut.conv.").replace("downsample.1.", "shortcut.bn.")
+            out[key] = "backbone." + dl
+    out.update({**lin_keys("cls.1", "head.cls.linear1"), **lin_keys("mass.0", "head.mass.linear1"),
+                **lin_keys("mass.2", "head.mass.linear2")})
+    return out

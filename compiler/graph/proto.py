@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from dlspec.compiler.graph.builder import Initial
 from dlspec.compiler.graph.opset import IR_VERSION, OPSET
 from dlspec.compiler.graph.value import DTYPES, Value
 from dlspec.spec.version import __version__
@@ -52,15 +53,10 @@ def model_proto(name: str, nodes: Sequence[onnx.NodeProto], inputs: Sequence[onn
     return proto
 
 
-def params_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same graph with its initializers turned into inputs, to run with the current weights."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    for t in g.initializer:
-        g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    del g.initializer[:]
-    return out
+def initial_info(name: str, initial: Initial) -> onnx.ValueInfoProto:
+    """A graph input for a parameter, to run with the current weights: typed by its initial value,
+    which is not drawn for it."""
+    return helper.make_tensor_value_info(name, DTYPES[initial.dtype], list(initial.shape))
 
 
 def with_weights(model: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:

@@ -7,26 +7,41 @@ Per-sample draws come from noise shaped [N, k]: sample n reads elements n*k .. n
 `p` (the chance to apply) is read by hflip, vflip and cutout; the others apply to every sample
 (their amount already spans "no change": offset 0, factor 1), and a `p=` written on them is an
 error rather than a silently ignored setting. Everything but noise needs an image [N, C, H, W].
+
+Geometric augmentations (flips, translate, crop) move pixels: a target laid out like the image
+(a mask [N, H, W] or [N, C, H, W] of its height and width) moves with it, by the same draws, and
+one with other spatial axes cannot, which is refused. The others change values where they are
+(cutout too, as torchvision's RandomErasing) and leave targets alone.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from dlspec.compiler.graph import Value, show
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.lower.random import stream_seed, uniform_like
 from dlspec.spec.errors import SpecError
-from dlspec.spec.model import Augment
+from dlspec.spec.model import Augment, TensorDecl
 
 _USES_P = ("hflip", "vflip", "cutout")
 _ANY_RANK = ("noise",)
+GEOMETRIC = ("hflip", "vflip", "translate", "crop")  # they move pixels; masks move with them
 
 
 def augment(x: Value, augs: list[Augment], seed: int, step: Value) -> Value:
     """Apply `augs` in order to the network input `x` (training graphs only)."""
+    return augment_with(x, [], augs, seed, step)[0]
+
+
+def augment_with(x: Value, targets: Sequence[Value], augs: list[Augment], seed: int,
+                 step: Value) -> tuple[Value, list[Value]]:
+    """Apply `augs` in order to the network input `x`, and the geometric ones to each of `targets`
+    ([N, H, W] or [N, C, H, W], of x's height and width) with the same draws, so that a target's
+    pixel goes where the image's pixel goes (training graphs only)."""
     g = x.graph
+    masks = [op.Unsqueeze(t, [1]).with_shape((None, 1, *t.dims[1:])) if t.rank == 3 else t for t in targets]
     for i, aug in enumerate(augs):
         hint = f"augment.{i}.{aug.kind}"
         if "p" in aug.arg_spans and aug.kind not in _USES_P:
@@ -36,20 +51,61 @@ def augment(x: Value, augs: list[Augment], seed: int, step: Value) -> Value:
             raise SpecError(f"augmentation {aug.kind} needs an image input [N, C, H, W]; the network "
                             f"input is {show(x.dims)}", aug.span)
         with g.at(hint, f"{aug.span} {hint}" if aug.span else hint):
-            y = _RULES[aug.kind](_Aug(x, aug, stream_seed(seed, hint), step))
-            if y.name != x.name and all(d is not None for d in x.dims[1:]):
-                # ONNX shape inference loses the static dims through the data-shaped draws; the
-                # gradient rules downstream need them, so restate them (a Reshape costs no copy)
-                y = op.Reshape(y, [-1, *(d for d in x.dims[1:] if isinstance(d, int))])
-        x = y.with_shape(x.shape)
-    return x
+            a = _Aug(x, aug, stream_seed(seed, hint), step)
+            x = _apply(a, x)
+            if aug.kind in GEOMETRIC:
+                masks = [_apply(a, mask) for mask in masks]
+    moved = [op.Squeeze(mk, [1]).with_shape(t.shape) if t.rank == 3 else mk
+             for mk, t in zip(masks, targets, strict=True)]
+    return x, moved
+
+
+def _apply(a: _Aug, x: Value) -> Value:
+    """One augmentation's rule on x (the image, or a mask moved by the image's draws)."""
+    a.x = x
+    y = _RULES[a.aug.kind](a)
+    if y.name != x.name and all(d is not None for d in x.dims[1:]):
+        # ONNX shape inference loses the static dims through the data-shaped draws; the
+        # gradient rules downstream need them, so restate them (a Reshape costs no copy)
+        y = op.Reshape(y, [-1, *(d for d in x.dims[1:] if isinstance(d, int))])
+    return y.with_shape(x.shape)
+
+
+def moving_targets(targets: Sequence[TensorDecl], images: Sequence[Value], augs: list[Augment]) -> list[str]:
+    """The targets that the geometric augmentations among `augs` move with the images: those laid
+    out like an image, [N, H, W] or [N, C, H, W] of its height and width. Targets without spatial
+    axes ([N], [N, k]: labels, values) stay as they are; a target with other spatial axes cannot
+    follow the image, and is refused at the augmentation (the data would no longer match)."""
+    geometric = [a for a in augs if a.kind in GEOMETRIC]
+    if not geometric:
+        return []
+    sizes = {tuple(v.dims[2:]) for v in images if v.rank == 4}
+    moving = []
+    for t in targets:
+        if len(t.shape) <= 2:
+            continue
+        if len(t.shape) in (3, 4) and tuple(t.shape[-2:]) in sizes:
+            moving.append(t.name)
+            continue
+        aug = geometric[0]
+        shape = "[" + ", ".join(str(d) for d in t.shape) + "]"
+        images_hw = " or ".join(sorted(f"{h}x{w}" for h, w in sizes)) or "none"
+        at = f" (declared at line {t.span.line})" if t.span is not None else ""
+        raise SpecError(f"{aug.kind} moves the pixels of the image, but target '{t.name}' {t.dtype}{shape}"
+                        f"{at} is not laid out like it (image height x width: {images_hw}): it cannot be "
+                        "moved along, and inputs and targets would no longer match; declare it "
+                        "[N, H, W] or [N, C, H, W] at the image's size, or leave out "
+                        f"{', '.join(dict.fromkeys(a.kind for a in geometric))}", aug.span)
+    return moving
 
 
 class _Aug:
-    """One augmentation being lowered: its input, its setting and its noise stream."""
+    """One augmentation being lowered: its input, its setting, its noise stream and its draws
+    (made once, so every tensor it moves moves alike)."""
 
     def __init__(self, x: Value, aug: Augment, seed: int, step: Value):
         self.x, self.aug, self.seed, self.step = x, aug, seed, step
+        self.draws: dict[int, list[Value]] = {}
 
     def whole(self, what: str, low: int) -> int:
         """`amount` as a whole number >= low (pixels)."""
@@ -70,11 +126,13 @@ class _Aug:
 
     def per_sample(self, k: int) -> list[Value]:
         """k independent U[0, 1) draws per sample, each shaped [N, 1, 1, 1]."""
-        shape = op.Concat([self.batch(), self.x.graph.ints([k])], axis=0)
-        u = uniform_like(op.ConstantOfShape(shape), self.step, self.seed)
-        u = op.Reshape(u, [-1, k])  # [N, k] for shape inference
-        cols = op.Split(u, axis=1, num_outputs=k) if k > 1 else [u]
-        return [op.Unsqueeze(c, [2, 3]) for c in cols]
+        if k not in self.draws:
+            shape = op.Concat([self.batch(), self.x.graph.ints([k])], axis=0)
+            u = uniform_like(op.ConstantOfShape(shape), self.step, self.seed)
+            u = op.Reshape(u, [-1, k])  # [N, k] for shape inference
+            cols = op.Split(u, axis=1, num_outputs=k) if k > 1 else [u]
+            self.draws[k] = [op.Unsqueeze(c, [2, 3]) for c in cols]
+        return self.draws[k]
 
     def integer(self, u: Value, n: int) -> Value:
         """floor(u * n) as float, in 0 .. n-1 (u may round up to 1.0 in float32, hence the Min)."""

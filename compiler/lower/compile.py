@@ -14,9 +14,10 @@ from dlspec.compiler.graph import Graph, Value, show
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.graph.memory import materialize
 from dlspec.compiler.graph.proto import model_proto, value_info
-from dlspec.compiler.lower.augment import augment
+from dlspec.compiler.lower.augment import augment_with, moving_targets
+from dlspec.compiler.lower.columns import FillMean, Vocab, unlearnt_notes
 from dlspec.compiler.lower.context import Compilation, LayerRecord, ParamInfo
-from dlspec.compiler.lower.features import Moments, lower_features
+from dlspec.compiler.lower.features import Fitted, Moments, lower_features
 from dlspec.compiler.lower.freeze import check_targets, lr_mult
 from dlspec.compiler.lower.freeze import frozen as is_frozen
 from dlspec.compiler.lower.heads import Bound, HeadInfo, bind, head_infos, term_names
@@ -68,8 +69,8 @@ class Compiled:
         else each cross_entropy target's head's width, by target name."""
         if self.heads and self.heads[0].name is not None:
             return dict(self.label_classes)
-        dims = self.output.dims
-        return dims[1] if len(dims) == 2 and isinstance(dims[1], int) else None
+        dims = self.output.dims  # [N, classes], or [N, classes, H, W] scored per pixel
+        return dims[1] if len(dims) >= 2 and isinstance(dims[1], int) else None
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Forward:
     unfitted: list[str] = field(default_factory=list)  # features whose standardize had no statistics
 
 
-Stats = Mapping[str, Moments]
+Stats = Mapping[str, Fitted]  # standardize's moments; categories' vocabularies, fill means (columns)
 
 
 def compile_model(prog: Program, name: str | None = None, seed: int | None = None,
@@ -107,9 +108,11 @@ def compile_model(prog: Program, name: str | None = None, seed: int | None = Non
         weights = materialize(g.initializers, INFERENCE_COPIES, f"model '{f.model.name}'", f.model.name_span)
         outputs = [value_info(v) for v in f.bound.outputs.values()]
         return model_proto(f.model.name, g.nodes, [value_info(t) for t in f.inputs], outputs,
-                           weights, f.spec_hash, {**_stats_props(stats, f.model), **_heads_props(f.model)})
+                           weights, f.spec_hash, {**_stats_props(stats, f.model), **_columns_props(stats),
+                                                  **_heads_props(f.model)})
 
-    return Compiled(f.model, f.comp.records, f.comp.params, f.output, f.spec_hash, unfitted_notes(f.unfitted),
+    notes = unfitted_notes(f.unfitted) + unlearnt_notes(f.model, stats)
+    return Compiled(f.model, f.comp.records, f.comp.params, f.output, f.spec_hash, notes,
                     frozen, g.nodes, build, heads=f.bound.heads, outputs=dict(f.bound.outputs),
                     label_classes=dict(f.bound.classes))
 
@@ -125,12 +128,20 @@ def unfitted_notes(features: Sequence[str]) -> list[str]:
 
 def _stats_props(stats: Stats | None, model: m.Model) -> dict[str, str]:
     """Model metadata `standardize`: {"feature": {"mean": ..., "std": ...}} of the constants used."""
-    used = {k: v for k, v in (stats or {}).items()
-            if model.features is not None and any(d.name == k for d in model.features.defs)}
+    used = {k: v for k, v in (stats or {}).items() if isinstance(v, Moments)
+            and model.features is not None and any(d.name == k for d in model.features.defs)}
     if not used:
         return {}
     return {"standardize": json.dumps({k: {"mean": v.mean.tolist(), "std": v.std.tolist()}
                                        for k, v in used.items()})}
+
+
+def _columns_props(stats: Stats | None) -> dict[str, str]:
+    """Model metadata `vocab` ({"district": ["east", ...]}: word i is index i + 1, 0 unknown) and
+    `fill` ({"income": mean}), as compiled in."""
+    vocab = {k.split(".", 1)[1]: list(v.words) for k, v in (stats or {}).items() if isinstance(v, Vocab)}
+    fill = {k.split(".", 1)[1]: v.value for k, v in (stats or {}).items() if isinstance(v, FillMean)}
+    return {**({"vocab": json.dumps(vocab)} if vocab else {}), **({"fill": json.dumps(fill)} if fill else {})}
 
 
 def _heads_props(model: m.Model) -> dict[str, str]:
@@ -143,30 +154,38 @@ def _heads_props(model: m.Model) -> dict[str, str]:
 
 def build_forward(prog: Program, name: str | None = None, seed: int | None = None,
                   training: bool = False, frozen: Sequence[str] = (), stats: Stats | None = None,
-                  target: Target | None = None) -> Forward:
+                  target: Target | None = None, encoded: bool = False) -> Forward:
     """Walk features, backbone, neck and head; `training` gives batch-statistics batch norm and
-    active dropout everywhere but under the `frozen` path prefixes. `target` picks the lowerings."""
+    active dropout everywhere but under the `frozen` path prefixes. `target` picks the lowerings.
+    `encoded`: string inputs arrive as their vocabulary indices (the training graphs')."""
     model = prog.model(name)
     train = prog.train(model.name)
     policy = InitPolicy(rules=train.init if train else (),
                         seed=seed if seed is not None else (train.seed if train else 0))
     comp = Compilation(Graph(term_names(model), target=target), policy, training=training, frozen=frozen)
-    inputs = [declared_tensor(comp.g, t) for t in model.inputs]
+    inputs = [declared_tensor(comp.g, t, encoded) for t in model.inputs]
     if not inputs:
         raise SpecError(f"model '{model.name}' declares no input (input x: float32[N, ...])",
                         model.name_span)
     values = {t.name: t for t in inputs}
     unfitted: list[str] = []
-    if model.features is not None:
-        low = lower_features(comp.g, model.features, values, stats)
+    if model.features is not None or any(t.dtype == "string" for t in model.inputs):
+        low = lower_features(comp.g, model.features, values, stats, model.inputs)
         values, unfitted = low.values, list(low.unfitted)
     xs, named, why = _network_input(comp.g, model, values)
-    if training and train is not None and train.augment:
-        if xs:
-            xs = [augment(xs[0], train.augment, policy.seed, comp.step)]
-            named = {k: xs[0] for k in named} if len(named) == 1 else named
-        else:
-            named = _augment_images(named, train.augment, policy.seed, comp.step)
+    comp.image_sizes = [(int(v.dims[2] or 0), int(v.dims[3] or 0)) for v in values.values() if v.rank == 4]
+    moved: dict[str, Value] = {}  # targets that augmentation moves with the image: the loss reads these
+    if train is not None and train.augment:
+        movable = moving_targets(model.targets, list(values.values()), train.augment)  # checked everywhere
+        if training:
+            masks = [declared_tensor(comp.g, t) for t in model.targets if t.name in movable]
+            if xs:
+                x, ms = augment_with(xs[0], masks, train.augment, policy.seed, comp.step)
+                xs = [x]
+                named = {k: x for k in named} if len(named) == 1 else named
+            else:
+                named, ms = _augment_images(named, masks, train.augment, policy.seed, comp.step)
+            moved = {t.name: v for t, v in zip(masks, ms, strict=True)}
     w = Walker(prog.blocks, comp, named, why)
     if model.backbone is None and model.head is None and not model.heads:
         raise SpecError(f"model '{model.name}' has no backbone and no head: nothing to compile",
@@ -183,7 +202,7 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
             xs = w.section(sec, xs)
     last = model.head or model.neck or model.backbone
     outs: dict[str | None, list[Value]] = {h.name: w.head(h, xs) for h in model.heads} or {None: xs}
-    bound = bind(comp.g, model, outs, last, declared_tensor)
+    bound = bind(comp.g, model, outs, last, declared_tensor, moved)
     policy.check_all_used([p.name for p in comp.params], [r.kind for r in comp.records])
     spec_hash = hashlib.sha256((model.model_dump_json() + (train.model_dump_json() if train else "")
                                 + str(policy.seed)).encode()).hexdigest()[:16]
@@ -191,8 +210,9 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
     return Forward(model, train, comp, inputs, out, spec_hash, bound, unfitted)
 
 
-def declared_tensor(g: Graph, t: m.TensorDecl) -> Value:
-    """A declared input or target as a graph tensor; its first dimension must be the batch."""
+def declared_tensor(g: Graph, t: m.TensorDecl, encoded: bool = False) -> Value:
+    """A declared input or target as a graph tensor; its first dimension must be the batch.
+    `encoded`: a string input is its vocabulary indices (int64)."""
     dims = t.shape
 
     def at(i: int) -> Span | None:
@@ -208,7 +228,13 @@ def declared_tensor(g: Graph, t: m.TensorDecl) -> Value:
         if d < 1:
             raise SpecError(f"dimension {i + 1} of '{t.name}' is {d}; it must be a whole number >= 1",
                             at(i))
-    return g.value(t.name, t.dtype, (None,) + tuple(int(d) for d in dims[1:]))
+    if t.dtype == "string" and (t.role == "target" or len(dims) != 1):
+        shown = "[" + ", ".join(map(str, dims)) + "]"
+        raise SpecError(f"'{t.name}' is string{shown}: strings are categories, one per sample, string[N] "
+                        "inputs (a target of class names is int64[N]: its csv column may hold the names)",
+                        t.dtype_span or t.span)
+    dtype = "int64" if encoded and t.dtype == "string" else t.dtype
+    return g.value(t.name, dtype, (None,) + tuple(int(d) for d in dims[1:]))
 
 
 def _network_input(g: Graph, model: m.Model,
@@ -236,13 +262,18 @@ def _network_input(g: Graph, model: m.Model,
         return [x.with_shape((None, width))], dict(values), ""
 
 
-def _augment_images(values: dict[str, Value], augs: list[m.Augment], seed: int,
-                    step: Value) -> dict[str, Value]:
+def _augment_images(values: dict[str, Value], masks: list[Value], augs: list[m.Augment], seed: int,
+                    step: Value) -> tuple[dict[str, Value], list[Value]]:
     """The train block's augmentations applied to each image input [N, C, H, W] (one draw for all,
-    so images of one sample move together); other inputs as they are."""
+    so images of one sample move together), and the geometric ones to `masks`; other inputs as
+    they are."""
     images = [k for k, v in values.items() if v.rank == 4]
     if not images:
         shown = ", ".join(f"{k} {show(v.dims)}" for k, v in values.items())
         raise SpecError(f"augmentation needs an image input [N, C, H, W]; the model's inputs are {shown}",
                         augs[0].span)
-    return {k: augment(v.cast("float32"), augs, seed, step) if k in images else v for k, v in values.items()}
+    out, moved = dict(values), masks
+    for i, k in enumerate(images):
+        out[k], ms = augment_with(values[k].cast("float32"), masks if i == 0 else [], augs, seed, step)
+        moved = ms if i == 0 else moved
+    return out, moved

@@ -44,6 +44,7 @@ class Compilation:
     records: list[LayerRecord] = field(default_factory=list)
     params: list[ParamInfo] = field(default_factory=list)
     state_updates: dict[str, Value] = field(default_factory=dict)  # running stat -> its next value
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # image inputs' H, W: segment's output
 
     @property
     def step(self) -> Value:

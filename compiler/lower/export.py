@@ -67,10 +67,10 @@ def add_probabilities(model: onnx.ModelProto) -> None:
     if isinstance(heads, dict):
         outputs = {o.name: o for o in g.output}
         for name, kind in heads.items():
-            if name in outputs and kind in ("classify", "binary"):
+            if name in outputs and kind in ("classify", "binary", "segment"):
                 dims = [d.dim_param or d.dim_value for d in outputs[name].type.tensor_type.shape.dim]
                 out = f"probabilities:{name}"
-                if kind == "classify":
+                if kind != "binary":  # softmax over the classes, of each pixel for segment
                     g.node.append(helper.make_node("Softmax", [name], [out], axis=1, name=f"{out}/Softmax"))
                 else:
                     g.node.append(helper.make_node("Sigmoid", [name], [out], name=f"{out}/Sigmoid"))
@@ -80,9 +80,9 @@ def add_probabilities(model: onnx.ModelProto) -> None:
     if logits is None:
         return
     dims = [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim]
-    if len(dims) != 2:
+    if len(dims) < 2:
         return
-    g.node.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1,
+    g.node.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1,  # [N, C] or [N, C, H, W]
                                    name="probabilities/Softmax"))
     g.output.append(helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, dims))
 

@@ -32,7 +32,7 @@ def probe_features(prog: Program, name: str | None = None, stats: Stats | None =
     inputs = [declared_tensor(g, t) for t in model.inputs]
     if model.features is None:
         return Probe(model_proto(model.name, [], [], [], {}, ""), [])
-    low = lower_features(g, model.features, {t.name: t for t in inputs}, stats)
+    low = lower_features(g, model.features, {t.name: t for t in inputs}, stats, model.inputs)
     producer = {o: n for n in g.nodes for o in n.output}
     pending = set(low.unfitted.values())
     ready = []

@@ -1,9 +1,14 @@
 """Lower the `features` block: derived inputs computed inside the graph from raw inputs.
 
-`standardize(x)` is the one fitted function: (x - mean) / std with the mean and std of x over
+`standardize(x)` is fitted: (x - mean) / std with the mean and std of x over
 the training split, which the runtime measures (through compiler.feature_probe)
 and passes in as `Moments` keyed by the name of the feature that calls it. Without them (a spec
 compiled with no data) it is the identity, and `Lowered.unfitted` says so.
+
+Tables (compiler.lower.columns): a `string[N]` input is a category, read through `one_hot(x)` or
+`index(x)` with the vocabulary learnt on the training split (`Vocab`); a numeric input with
+missing values (NaN) is read through `fill(x, mean)` or `fill(x, 0)`, and `missing(x)` is its
+indicator column.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import numpy as np
 
 from dlspec.compiler.graph import Dim, Graph, Shape, Value, show
 from dlspec.compiler.graph import ops as op
+from dlspec.compiler.lower import columns
+from dlspec.compiler.lower.columns import FillMean, Vocab
 from dlspec.spec import model as m
 from dlspec.spec.errors import CompileError, SpecError, did_you_mean
 
@@ -25,7 +32,7 @@ _UNARY: dict[str, Callable[[Value], Value]] = {
     "log": op.Log, "exp": op.Exp, "sqrt": op.Sqrt, "abs": op.Abs, "neg": op.Neg}
 _VARIADIC: dict[str, Callable[[Sequence[Value]], Value]] = {"min": op.Min, "max": op.Max}
 STANDARDIZE = "standardize"
-FUNCTIONS = sorted(list(_UNARY) + list(_VARIADIC) + ["pow", "clip", STANDARDIZE])
+FUNCTIONS = sorted(list(_UNARY) + list(_VARIADIC) + ["pow", "clip", STANDARDIZE, *columns.FUNCTIONS])
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,9 @@ class Moments:
 
     mean: np.ndarray
     std: np.ndarray
+
+
+Fitted = Moments | Vocab | FillMean  # Moments by feature name; Vocab and FillMean by columns.key
 
 
 @dataclass
@@ -64,17 +74,21 @@ def _walk(e: m.Expr) -> Iterator[m.Expr]:
         yield from _walk(a)
 
 
-def lower_features(g: Graph, feats: m.Features, values: dict[str, Value],
-                   stats: Mapping[str, Moments] | None = None) -> Lowered:
-    """Each definition adds a value (or replaces the input of the same name), in order."""
+def lower_features(g: Graph, feats: m.Features | None, values: dict[str, Value],
+                   stats: Mapping[str, Fitted] | None = None,
+                   decls: Sequence[m.TensorDecl] = ()) -> Lowered:
+    """Each definition adds a value (or replaces the input of the same name), in order. `decls`:
+    the model's inputs, whose `values` are the graph's raw inputs (columns reads them)."""
     standardized(feats)  # one standardize per feature, checked before any node is made
     low = Lowered(dict(values))
-    for d in feats.defs:
+    raw = columns.Raw(feats, decls, values, stats or {})
+    for d in feats.defs if feats is not None else []:
         g.where, g.hint = f"{d.span} features.{d.name}", f"features.{d.name}"
-        t = _expr(g, d.expr, low.values, _Standardize(d.name, stats, low))
+        t = _expr(g, d.expr, low.values, _Standardize(d.name, stats, low, raw))
         if isinstance(t, float):
             raise SpecError(f"feature '{d.name}' is a constant; it must use an input", d.span)
         low.values[d.name] = t
+    raw.check_replaced(low.values)
     return low
 
 
@@ -83,17 +97,18 @@ class _Standardize:
     """What standardize(...) inside the definition of `feature` lowers to."""
 
     feature: str
-    stats: Mapping[str, Moments] | None
+    stats: Mapping[str, Fitted] | None
     low: Lowered
+    raw: columns.Raw
 
     def apply(self, g: Graph, x: Value, e: m.Func) -> Value:
         self.low.arguments[self.feature] = x
         with g.at(f"{g.hint}.standardize"):
-            if self.stats is None or self.feature not in self.stats:
+            mo = (self.stats or {}).get(self.feature)
+            if not isinstance(mo, Moments):
                 out = op.Identity(x)  # a stand-in with its own name (probe_features)
                 self.low.unfitted[self.feature] = out.name
                 return out
-            mo = self.stats[self.feature]
             channels = () if x.rank == 1 else (x.dims[1],)
             if mo.mean.shape != channels or mo.std.shape != channels:
                 raise CompileError(f"the statistics of standardize in feature '{self.feature}' have shape "
@@ -136,6 +151,7 @@ def _expr(g: Graph, e: m.Expr, vals: dict[str, Value], st: _Standardize) -> Valu
         if e.id not in vals:
             raise SpecError(f"unknown input or feature '{e.id}'{did_you_mean(e.id, vals)}; "
                             f"known: {', '.join(vals)}", e.span)
+        st.raw.check_plain(e, vals[e.id])
         return vals[e.id].cast("float32")
     if isinstance(e, m.Op):
         args = [_expr(g, a, vals, st) for a in e.args]
@@ -191,6 +207,8 @@ def _constant(v: float, e: m.Expr) -> float:
 
 
 def _func(g: Graph, e: m.Func, vals: dict[str, Value], st: _Standardize) -> Value | float:
+    if e.name in columns.FUNCTIONS:  # they read a raw input by name, not a value
+        return st.raw.lower(g, e)
     args = [_expr(g, a, vals, st) for a in e.args]
     name = e.name
     if name in _FOLD and args and all(isinstance(a, float) for a in args):

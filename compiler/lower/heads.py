@@ -8,7 +8,7 @@ under its name and bound to at least one loss term (`cross_entropy(cls, label)`)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dlspec.compiler.graph import Graph, Value, show
@@ -17,8 +17,9 @@ from dlspec.compiler.lower.losses import metrics
 from dlspec.spec import model as m
 from dlspec.spec.errors import CompileError, SpecError, did_you_mean
 
-CLASSIFICATION_LOSSES = ("cross_entropy", "bce_with_logits")
-KINDS = {"cross_entropy": "classify", "bce_with_logits": "binary"}  # any other loss: regress
+CLASSIFICATION_LOSSES = ("cross_entropy", "bce_with_logits", "dice")
+CLASS_LOSSES = ("cross_entropy", "dice")  # read class scores [N, C, ...] against integer labels
+KINDS = {"cross_entropy": "classify", "bce_with_logits": "binary", "dice": "classify"}  # else regress
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,9 @@ class HeadInfo:
     name: str | None  # None: the model's one unnamed head
     output: str  # its output in model.onnx: logits, prediction or output; a named head's name
     target: str | None  # the target its metric reads: that of its first loss term
-    kind: str  # classify (cross_entropy), binary (bce_with_logits), regress, or "" (no loss)
+    # classify (cross_entropy, dice), segment (the same per pixel: a target [N, H, W]), binary
+    # (bce_with_logits), regress, or "" (no loss)
+    kind: str
 
     def key(self, metric: str) -> str:
         """A metric's name: `accuracy` for the unnamed head, `accuracy:cls` for head cls."""
@@ -36,7 +39,7 @@ class HeadInfo:
 
     @property
     def classifier(self) -> bool:
-        return self.kind in ("classify", "binary")
+        return self.kind in ("classify", "binary", "segment")
 
 
 @dataclass
@@ -46,8 +49,9 @@ class Term:
     spec: m.LossTerm
     head: str | None
     prediction: Value  # the head's output, squeezed where the target has one axis less
-    target: Value
+    target: Value  # what the loss reads: the target input, moved as the image was by augmentation
     label: str  # the term's own loss is logged as `loss:<label>` when the loss has several terms
+    source: Value  # the target's graph input
 
 
 @dataclass
@@ -76,28 +80,36 @@ def head_infos(model: m.Model) -> list[HeadInfo]:
     if not model.heads:  # a classifier if any term classifies (its output is then `logits`)
         first = next((t for t in terms if t.loss.kind in CLASSIFICATION_LOSSES), terms[0] if terms else None)
         return [HeadInfo(None, output_name(model), (first.target or only) if first else None,
-                         _kind(first))]
+                         _kind(first, model))]
     out = []
     for h in model.heads:
         mine = [t for t in terms if t.head == h.name or (t.head is None and len(model.heads) == 1)]
         first = mine[0] if mine else None
-        out.append(HeadInfo(h.name, h.name, (first.target or only) if first else None, _kind(first)))
+        out.append(HeadInfo(h.name, h.name, (first.target or only) if first else None, _kind(first, model)))
     return out
 
 
-def _kind(term: m.LossTerm | None) -> str:
-    return "" if term is None else KINDS.get(term.loss.kind, "regress")
+def _kind(term: m.LossTerm | None, model: m.Model) -> str:
+    if term is None:
+        return ""
+    name = term.target or (model.targets[0].name if len(model.targets) == 1 else None)
+    decl = next((t for t in model.targets if t.name == name), None)
+    if term.loss.kind in CLASS_LOSSES and decl is not None and len(decl.shape) > 1:
+        return "segment"  # a label per position
+    return KINDS.get(term.loss.kind, "regress")
 
 
 def bind(g: Graph, model: m.Model, outs: dict[str | None, list[Value]], last: m.Section | None,
-         declare: Callable[[Graph, m.TensorDecl], Value]) -> Bound:
+         declare: Callable[[Graph, m.TensorDecl], Value], moved: Mapping[str, Value] | None = None) -> Bound:
     """Name each head's output and bind the loss terms to heads and targets. `outs`: each head's
     tensors, by head name (None: the unnamed head, the output of section `last`); `declare`
-    makes a target's graph input."""
+    makes a target's graph input; `moved`: targets that augmentation moved with the image, by
+    name, which the loss reads instead."""
     targets = {t.name: t for t in model.targets}
     heads = {h.name: h for h in model.heads}
     ys = {name: _one(name, xs, heads, last) for name, xs in outs.items()}
     bound: list[tuple[m.LossTerm, str | None, bool, Value]] = []  # term, head, squeezed, target
+    moved = moved or {}
     for term in model.loss.terms if model.loss is not None else []:
         head = _head_of(term, model)
         t = declare(g, _target(targets, term, model))
@@ -123,9 +135,9 @@ def bind(g: Graph, model: m.Model, outs: dict[str | None, list[Value]], last: m.
     for (term, head, squeezed, t), label in zip(bound, _labels([(b[0], b[1]) for b in bound]), strict=True):
         if (head, squeezed) not in views:  # terms that read one head whole and squeezed
             views[(head, squeezed)] = _squeeze(views[(head, False)])
-        terms.append(Term(term, head, views[(head, squeezed)], t, label))
-    classes = {tm.target.name: _width(outputs[_output_of(infos, tm.head)]) for tm in terms
-               if tm.spec.loss.kind == "cross_entropy"}
+        terms.append(Term(term, head, views[(head, squeezed)], moved.get(t.name, t), label, t))
+    classes = {tm.source.name: _width(outputs[_output_of(infos, tm.head)]) for tm in terms
+               if tm.spec.loss.kind in CLASS_LOSSES}
     return Bound(outputs, infos, terms, classes)
 
 
@@ -149,7 +161,8 @@ def _output_of(infos: Sequence[HeadInfo], head: str | None) -> str:
 
 
 def _width(y: Value) -> int | None:
-    return y.dims[1] if len(y.dims) == 2 and isinstance(y.dims[1], int) else None
+    """The classes of scores [N, C] or [N, C, H, W]."""
+    return y.dims[1] if len(y.dims) >= 2 and isinstance(y.dims[1], int) else None
 
 
 def _one(name: str | None, xs: list[Value], heads: dict[str, m.NamedHead], last: m.Section | None) -> Value:
@@ -207,13 +220,20 @@ def _check_loss(term: m.LossTerm, y: Value, t: Value, what: str) -> bool:
     """Whether the term reads the head's output `y` squeezed (one output per sample against a target
     without that axis); a CompileError where the shapes or types cannot fit the loss."""
     kind = term.loss.kind
-    if kind == "cross_entropy":
-        if y.rank != 2 or t.rank != 1 or not (t.dtype or "").startswith("int"):
-            raise CompileError(f"cross_entropy needs [N, classes] scores and an integer [N] target; "
+    if kind in CLASS_LOSSES:
+        integer = (t.dtype or "").startswith("int")
+        if y.rank > 2:  # per position: [N, C, H, W] against [N, H, W] or [N, 1, H, W]
+            if not integer or t.dims[1:] not in (y.dims[2:], (1, *y.dims[2:])):
+                raise CompileError(f"{kind} needs per-position scores [N, classes, H, W] and an integer "
+                                   f"[N, H, W] (or [N, 1, H, W]) target of the same H and W; {what} gives "
+                                   f"{show(y.dims)} and target '{t.name}' is {t.dtype}{show(t.dims)}",
+                                   term.span)
+        elif y.rank != 2 or t.rank != 1 or not integer:
+            raise CompileError(f"{kind} needs [N, classes] scores and an integer [N] target; "
                                f"{what} gives {show(y.dims)} and target '{t.name}' is "
                                f"{t.dtype}{show(t.dims)}", term.span)
         if y.dims[1] == 1:
-            raise CompileError(f"cross_entropy over one class is 0 whatever the weights, and {what} gives "
+            raise CompileError(f"{kind} over one class is 0 whatever the weights, and {what} gives "
                                f"{show(y.dims)}: give it a score per class, or use bce_with_logits for "
                                "one logit", term.span)
         weights = getattr(term.loss, "weight", None)

@@ -206,6 +206,14 @@ class Relu(_Activation):
     fn = op.Relu
 
 
+@layer("relu6")
+class Relu6(Layer):
+    """`relu6`: min(max(x, 0), 6), MobileNet's activation"""
+
+    def build(self, ctx: LayerCtx, x: Value) -> Value:
+        return op.Clip(x, 0.0, 6.0)
+
+
 @layer("sigmoid")
 class Sigmoid(_Activation):
     """`sigmoid`"""
@@ -495,6 +503,7 @@ class Concat(Layer):
 
 # the layers of the other modules register themselves on import; every user of LAYERS imports this
 import dlspec.compiler.lower.layers_attention  # noqa: E402, F401
+import dlspec.compiler.lower.layers_dense  # noqa: E402, F401
 import dlspec.compiler.lower.layers_norm  # noqa: E402, F401
 import dlspec.compiler.lower.layers_recurrent  # noqa: E402, F401
 import dlspec.compiler.lower.layers_sequence  # noqa: E402, F401

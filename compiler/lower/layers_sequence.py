@@ -70,22 +70,24 @@ class Embedding(Layer):
 @layer("pos_embedding")
 class PosEmbedding(Layer):
     """`pos_embedding(max_len)`: a learned vector per position added to [N, T, D] (T <= max_len):
-    weight [max_len, D], rows 0 to T - 1 used."""
+    weight [max_len, D], rows 0 to T - 1 used. `pos_embedding` alone has one row per position of
+    the sequence it gets (max_len = T), as ViT's, whose T the image size fixes."""
 
     positional: ClassVar[tuple[str, ...]] = ("max_len",)
     maps: ClassVar[bool] = False
-    max_len: Size
+    max_len: Size | None = None
 
     def build(self, ctx: LayerCtx, x: Value) -> Value:
         if x.rank != 3:
             raise ctx.error(f"pos_embedding expects a sequence [N, T, features], got {show(x.dims)}")
         _, t, d = x.dims
         assert isinstance(t, int) and isinstance(d, int)
-        if t > self.max_len:
-            raise ctx.error(f"pos_embedding(max_len={self.max_len}) is shorter than the sequence "
+        rows_held = self.max_len or t
+        if t > rows_held:
+            raise ctx.error(f"pos_embedding(max_len={rows_held}) is shorter than the sequence "
                             f"{show(x.dims)}: max_len must be at least {t}")
-        weight = ctx.weight("weight", (self.max_len, d), d, d)
-        rows = weight if t == self.max_len else op.Slice(weight, [0], [t], [0])
+        weight = ctx.weight("weight", (rows_held, d), d, d)
+        rows = weight if t == rows_held else op.Slice(weight, [0], [t], [0])
         return (x + rows).with_shape(x.shape)
 
 

@@ -1,12 +1,16 @@
 """Losses in ONNX ops with gradient rules, written in their numerically stable forms.
 
-Each returns a scalar (mean over the batch, as PyTorch's default reduction).
+Each returns a scalar (mean over the batch, as PyTorch's default reduction). cross_entropy and
+dice read class scores on axis 1: [N, C] against labels [N], or per position (dense prediction)
+[N, C, H, W] against [N, H, W] (a [N, 1, H, W] target is read without its axis 1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from dlspec.compiler.graph import Value
 from dlspec.compiler.graph import ops as op
@@ -17,21 +21,35 @@ def _mean(x: Value) -> Value:
     return op.ReduceMean(x, keepdims=0)
 
 
+def labels(target: Value, scores: Value) -> Value:
+    """Integer labels shaped as `scores` [N, C, ...] without its class axis: a [N, 1, ...] target
+    of per-position scores loses its axis 1."""
+    y = target.cast("int64")
+    if scores.rank > 2 and target.rank == scores.rank:
+        y = op.Squeeze(y, [1]).with_shape((target.dims[0], *target.dims[2:]))
+    return y
+
+
+def _per_class(values: Sequence[float], scores: Value) -> Value:
+    """Per-class constants [C], shaped [C, 1, ...] to broadcast over scores' axes after the classes."""
+    return scores.graph.const(np.reshape(np.asarray(values, np.float32), [-1] + [1] * (scores.rank - 2)))
+
+
 def cross_entropy(logits: Value, target: Value, spec: m.CrossEntropy) -> Value:
     """-(1 - e) log p[y] - (e / C) sum_c log p_c, weighted per class, averaged over the weight
-    of the rows that are not ignored (PyTorch's CrossEntropyLoss)."""
+    of the rows (or positions) that are not ignored (PyTorch's CrossEntropyLoss)."""
     g = logits.graph
     classes = int(logits.dims[1] or 0)
     logp = op.LogSoftmax(logits, axis=1)  # log-sum-exp inside: stable
-    y = target.cast("int64")
+    y = labels(target, logits)
     valid = None
     if spec.ignore_index is not None:
         valid = op.Not(op.Equal(y, spec.ignore_index))
         y = op.Where(valid, y, 0)
-    onehot = op.OneHot(y, g.const(classes, "int64"), g.const([0.0, 1.0]), axis=-1)
+    onehot = op.OneHot(y, g.const(classes, "int64"), g.const([0.0, 1.0]), axis=1)
     w_rows = None
     if spec.weight is not None:
-        w = g.const(spec.weight)
+        w = _per_class(spec.weight, logits)
         w_rows = op.ReduceSum(onehot * w, [1], keepdims=0)
         picked_w, smooth_w = onehot * w, logp * w
     else:
@@ -49,6 +67,29 @@ def cross_entropy(logits: Value, target: Value, spec: m.CrossEntropy) -> Value:
     if weight is None:
         return _mean(per_row)
     return op.ReduceSum(per_row, keepdims=0) / op.ReduceSum(weight, keepdims=0)
+
+
+def dice(logits: Value, target: Value, spec: m.Dice) -> Value:
+    """1 - (1 / C) sum_c (2 sum p_c t_c + s) / (sum p_c + sum t_c + s): p = softmax over the
+    classes, t the one-hot labels, each sum over the batch and every position (so a class absent
+    from the batch and the prediction scores 1), s = smooth; ignored positions count nowhere."""
+    g = logits.graph
+    classes = int(logits.dims[1] or 0)
+    p = op.Softmax(logits, axis=1)
+    y = labels(target, logits)
+    keep = None
+    if spec.ignore_index is not None:
+        valid = op.Not(op.Equal(y, spec.ignore_index))
+        y = op.Where(valid, y, 0)
+        keep = op.Unsqueeze(valid.cast("float32"), [1])  # [N, 1, ...]
+    onehot = op.OneHot(y, g.const(classes, "int64"), g.const([0.0, 1.0]), axis=1)
+    if keep is not None:
+        p, onehot = p * keep, onehot * keep
+    axes = [0] + list(range(2, logits.rank))  # all but the classes
+    both = op.ReduceSum(p * onehot, axes, keepdims=0)
+    sizes = op.ReduceSum(p, axes, keepdims=0) + op.ReduceSum(onehot, axes, keepdims=0)
+    score = (both * 2.0 + spec.smooth) / (sizes + spec.smooth)
+    return 1.0 - _mean(score)
 
 
 def bce_with_logits(x: Value, target: Value, spec: m.BceWithLogits) -> Value:
@@ -83,7 +124,8 @@ def huber(y: Value, target: Value, spec: m.Huber) -> Value:
 
 
 LOSSES: dict[str, Callable[[Value, Value, Any], Value]] = {
-    "cross_entropy": cross_entropy, "bce_with_logits": bce_with_logits, "mse": mse, "l1": l1, "huber": huber}
+    "cross_entropy": cross_entropy, "bce_with_logits": bce_with_logits, "mse": mse, "l1": l1, "huber": huber,
+    "dice": dice}
 
 
 def total_loss(terms: Sequence[tuple[m.LossTerm, Value, Value]]) -> tuple[Value, list[Value]]:
@@ -98,12 +140,40 @@ def total_loss(terms: Sequence[tuple[m.LossTerm, Value, Value]]) -> tuple[Value,
 
 
 def metrics(y: Value, terms: list[tuple[m.LossTerm, Value]]) -> dict[str, Value]:
-    """Accuracy for classification (first classification term), MAE for regression."""
+    """Accuracy for classification (first classification term), MAE for regression; per-position
+    scores [N, C, H, W] get pixel accuracy and mean IoU."""
     term, target = terms[0]
-    if term.loss.kind == "cross_entropy":
+    if term.loss.kind in ("cross_entropy", "dice"):
+        if y.rank > 2:
+            return dense_metrics(y, target)
         hit = op.Equal(op.ArgMax(y, axis=1, keepdims=0), target.cast("int64"))
         return {"accuracy": _mean(hit.cast("float32"))}
     if term.loss.kind == "bce_with_logits":
         hit = op.Equal(y > 0.0, target.cast("float32") > 0.5)
         return {"accuracy": _mean(hit.cast("float32"))}
     return {"mae": _mean(op.Abs(_diff(y, target)))}
+
+
+def dense_metrics(scores: Value, target: Value) -> dict[str, Value]:
+    """Over the positions labelled with a class 0 .. C-1 (not an ignore_index): `accuracy`, the
+    share predicted right, and `mean_iou`, the mean over the classes present (in the labels or the
+    predictions) of |predicted c and labelled c| / |predicted c or labelled c|, as
+    sklearn.metrics.jaccard_score(average="macro") of the flattened labels."""
+    g = scores.graph
+    classes = int(scores.dims[1] or 0)
+    y = labels(target, scores)
+    valid = op.And(y >= 0, y < classes)
+    fvalid = valid.cast("float32")
+    pred = op.ArgMax(scores, axis=1, keepdims=0)
+    hits = op.ReduceSum(op.Equal(pred, y).cast("float32") * fvalid, keepdims=0)
+    accuracy = hits / op.Max([op.ReduceSum(fvalid, keepdims=0), 1.0])
+    depth, on_off = g.const(classes, "int64"), g.const([0.0, 1.0])
+    keep = op.Unsqueeze(fvalid, [1])
+    p = op.OneHot(pred, depth, on_off, axis=1) * keep  # [N, C, ...]
+    t = op.OneHot(op.Where(valid, y, 0), depth, on_off, axis=1) * keep
+    axes = [0] + list(range(2, scores.rank))
+    inter = op.ReduceSum(p * t, axes, keepdims=0)  # [C]
+    union = op.ReduceSum(p, axes, keepdims=0) + op.ReduceSum(t, axes, keepdims=0) - inter
+    present = (union > 0.5).cast("float32")
+    iou = op.ReduceSum(inter / op.Max([union, 1.0]), keepdims=0)
+    return {"accuracy": accuracy, "mean_iou": iou / op.Max([op.ReduceSum(present, keepdims=0), 1.0])}

@@ -29,10 +29,9 @@ from dlspec.spec.errors import CompileError, SpecError  # noqa: E402
 # ---------------------------------------------------------------- branching blocks anywhere
 
 SE = """
-block se(c, ratio=4) {
-  gate:  gap -> conv(c / ratio, k=1) -> relu -> conv(c, k=1) -> sigmoid
-  scale: mul(from=[in, gate])
-}
+# se(c, ratio=4) is the standard library's branching block:
+#   gate:  gap -> conv(c / ratio, k=1) -> relu -> conv(c, k=1) -> sigmoid
+#   scale: mul(from=[in, gate])
 block se_res(c) {
   body: conv(c) -> bn -> relu -> se(c)
   out:  add(from=[in, body]) -> relu

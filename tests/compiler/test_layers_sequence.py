@@ -50,6 +50,7 @@ def records(c: Compiled) -> dict[str, tuple[list[object], int, int]]:
      2 * 16 * (8 + 4 + 2) + 2 * 16 * (8 + 4 + 2), 2 * 5 * 2 * 16 * 12 + 2 * 5 * 2 * 16 * 12),
     ("gru(4)", "N, 5, 8", [None, 5, 4], 3 * 4 * (8 + 4 + 2), 2 * 5 * 12 * 12),
     ("pos_embedding(7)", "N, 5, 8", [None, 5, 8], 56, 0),
+    ("pos_embedding", "N, 5, 8", [None, 5, 8], 40, 0),  # one row per position: max_len = T
     ("sinusoidal", "N, 5, 8", [None, 5, 8], 0, 0),
     ("cls_token", "N, 5, 8", [None, 6, 8], 8, 0),
     ("pool(mean)", "N, 5, 8", [None, 8], 0, 0),

@@ -107,9 +107,9 @@ ERRORS = {
                  "standardize needs a value computed from the inputs, not a number"),
     "two arguments": ("u = standardize(t, x)", "main.dlspec:6:9", "standardize takes 1 argument(s)"),
     "normalize": ("u = normalize(t)", "main.dlspec:6:9",
-                  "unknown function 'normalize'; features can use: abs, clip, exp, log, max, min, neg, "
-                  "pow, sqrt, standardize; for (x - mean) / std with training-set statistics, "
-                  "use standardize(x)"),
+                  "unknown function 'normalize'; features can use: abs, clip, exp, fill, index, log, max, "
+                  "min, missing, neg, one_hot, pow, sqrt, standardize; for (x - mean) / std with "
+                  "training-set statistics, use standardize(x)"),
     "a typo": ("u = standardise(t)", "main.dlspec:6:9",
                "unknown function 'standardise' (did you mean 'standardize'?)"),
 }

@@ -77,7 +77,9 @@ def batch_for(tg: TrainingGraphs, n: int, seed: int) -> dict[str, np.ndarray]:
             continue
         t = vi.type.tensor_type
         shape = [n if d.dim_param else d.dim_value for d in t.shape.dim]
-        if t.elem_type == onnx.TensorProto.INT64:
+        if t.elem_type == onnx.TensorProto.INT64 and vi.name in {d.name for d in tg.inference.model.inputs}:
+            out[vi.name] = np.zeros(shape, np.int64)  # a category's index: without data all unknown
+        elif t.elem_type == onnx.TensorProto.INT64:
             classes = int(tg.inference.output.shape[1] or 2)
             out[vi.name] = rng.integers(0, classes, shape).astype(np.int64)
         else:
@@ -162,6 +164,10 @@ def test_example_training_graphs_are_standard_onnx(name: str) -> None:
 
 # ---------------------------------------------------------------- the conventions
 
+METRICS = {"classify": ["accuracy"], "binary": ["accuracy"], "segment": ["accuracy", "mean_iou"],
+           "regress": ["mae"]}  # a head's metrics in the training graphs, by its kind
+
+
 def _types(values: list[onnx.ValueInfoProto]) -> dict[str, tuple[int, list[int | str]]]:
     return {v.name: (v.type.tensor_type.elem_type,
                      [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values}
@@ -178,12 +184,15 @@ def test_train_step_and_gradients_inputs_and_outputs(name: str) -> None:
     assert input_names(tg.train_step)[: len(batch) + 2] == [*batch, "lr", "step"]
     assert set(input_names(tg.train_step)[len(batch) + 2:]) == set(tg.init)
     assert param_inputs(tg) == input_names(tg.train_step)[len(batch) + 2:]
-    metric = ["accuracy"] if model.loss and model.loss.terms[0].loss.kind == "cross_entropy" else ["mae"]
+    scores = [h.key(k) for h in tg.inference.heads for k in METRICS[h.kind]]
+    metric = [*tg.terms, *scores]  # each term's loss where there are several, then each head's metrics
+    first = 1 + len(metric)
     health = ["grad_norm", *sorted({f"grad_norm:{stage_of(p)}" for p in tg.trainable})]
-    assert output_names(tg.train_step)[:2] == ["loss", *metric] and tg.metrics == metric
-    assert sorted(tg.health) == sorted(health) and output_names(tg.train_step)[2:2 + len(health)] == tg.health
+    assert output_names(tg.train_step)[:first] == ["loss", *metric] and tg.metrics == scores
+    assert sorted(tg.health) == sorted(health)
+    assert output_names(tg.train_step)[first:first + len(health)] == tg.health
     live_stats = [n for n in stats if f"{n.rsplit('.', 1)[0]}.weight" not in tg.frozen]  # frozen bn: fixed
-    assert set(output_names(tg.train_step)[2 + len(health):]) == {
+    assert set(output_names(tg.train_step)[first + len(health):]) == {
         f"{n}.next" for n in tg.trainable + state + live_stats}
     assert all(s.rsplit(".", 1)[0] in tg.trainable for s in state)
     assert input_names(tg.gradients) == [*batch, "step", *[n for n in param_inputs(tg) if n not in state]]
@@ -316,7 +325,7 @@ def test_cli_compile_train_writes_the_artifacts(tmp_path: Path, capsys: pytest.C
     step = onnx.load(dest / "train_step.onnx")
     with np.load(dest / "init.npz") as npz:
         init = {k: npz[k] for k in npz.files}
-    batch_and_scalars = {"length", "width", "distance", "price", "lr", "step"}
+    batch_and_scalars = {"length", "width", "distance", "district", "price", "lr", "step"}
     assert sorted(init) == sorted(n for n in input_names(step) if n not in batch_and_scalars)
     tg = example("land_price")
     for k, v in tg.init.items():
@@ -324,7 +333,7 @@ def test_cli_compile_train_writes_the_artifacts(tmp_path: Path, capsys: pytest.C
     for name in ("model.onnx", "gradients.onnx"):
         onnx.checker.check_model(onnx.load(dest / name), full_check=True)
     # the written files run: one step from init.npz
-    raw = example_inputs("land_price", 4)
+    raw = {**example_inputs("land_price", 4), "district": np.zeros(4, np.int64)}  # training graphs: indices
     got = run(session(step), feeds_for(step, {**raw, "price": np.ones(4, np.float32)}, scalars(1e-3), init))
     assert np.isfinite(got["loss"])
 

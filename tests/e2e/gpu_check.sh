@@ -10,7 +10,9 @@
 # It checks where every train-step node runs, gradients against the CPU provider and CUDA-graph
 # replay against node-by-node steps (the digits example, then a depthwise model), trains the
 # digits example with --device cuda, evaluates it, benchmarks against PyTorch on the GPU and
-# lists resnet18's GPU kernels; logs go to $OUT.
+# lists resnet18's GPU kernels; then the same for mixed precision (precision fp16 / bf16):
+# placement, losses against float32 over an epoch, CUDA-graph replay, `dlspec train` with
+# `precision fp16`, and the step against PyTorch's autocast + GradScaler; logs go to $OUT.
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
@@ -33,3 +35,18 @@ echo "== 3. train step against PyTorch on the GPU"
 timeout 150 python3 bench/train_step_vs_torch.py --device cuda 2>&1 | tee "$out/bench.log"
 echo "== 4. resnet18's GPU kernels"
 timeout 100 python3 bench/gpu_kernels.py resnet18_cifar --rows 12 2>&1 | grep -v Warn | tee "$out/kernels.log"
+echo "== 5. mixed precision: placement, an epoch's losses against float32, CUDA graph"
+for p in fp16 bf16; do
+  timeout 150 python3 tests/e2e/cuda_train_check.py --device cuda --precision $p 2>&1 \
+    | tee "$out/check_$p.log" | grep -v '^\s*$'
+done
+echo "== 6. dlspec train --device cuda with precision fp16"
+sed 's/^  seed      0$/  seed      0\n  precision fp16/' examples/digits.dlspec > /tmp/digits_fp16.dlspec
+grep -q 'precision fp16' /tmp/digits_fp16.dlspec || echo "examples/digits.dlspec changed: no precision line added"
+( time timeout 150 python3 -m dlspec train /tmp/digits_fp16.dlspec --device cuda --out /tmp/runs/digits_fp16 ) \
+  > "$out/train_cuda_fp16.log" 2>&1
+tail -9 "$out/train_cuda_fp16.log"
+echo "== 7. the mixed-precision step against PyTorch AMP (autocast, GradScaler for fp16)"
+for p in fp16 bf16; do
+  timeout 200 python3 bench/train_step_vs_torch.py --device cuda --precision $p 2>&1 | tee "$out/bench_$p.log"
+done

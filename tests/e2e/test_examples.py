@@ -5,6 +5,7 @@ Parametrized over examples/*.dlspec, so a new example is tested as soon as it is
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -72,13 +73,17 @@ def test_the_batch_dimension_is_symbolic(example: tuple[Path, Compiled]) -> None
         dims = _dims(v)
         assert dims[0] == "N", (v.name, dims)
         assert all(isinstance(d, int) and d >= 1 for d in dims[1:]), (v.name, dims)
-    assert len(graph.output) == 1 and graph.output[0].name == c.output.name
-    assert _dims(graph.output[0])[1:] == list(c.output.shape[1:])
+    assert [o.name for o in graph.output] == list(c.outputs)  # one per head
+    assert graph.output[0].name == c.output.name
+    for o in graph.output:
+        assert _dims(o)[1:] == list(c.outputs[o.name].shape[1:])
 
 
 def test_metadata(example: tuple[Path, Compiled]) -> None:
     _, c = example
     props = {p.key: p.value for p in c.onnx.metadata_props}
+    if len(c.outputs) > 1:  # named heads: each output's kind
+        assert list(json.loads(props.pop("heads"))) == list(c.outputs)
     assert props == {"dlspec_version": __version__, "spec_hash": c.spec_hash, "opset": str(OPSET),
                      "model": c.model.name}
     assert re.fullmatch(r"[0-9a-f]{16}", c.spec_hash)
@@ -94,6 +99,8 @@ def _random_inputs(proto: onnx.ModelProto, rng: np.random.Generator) -> dict[str
             feeds[v.name] = rng.uniform(0.5, 16.0, shape).astype(np.float32)  # positive: log, sqrt, /
         elif elem == TensorProto.INT64:
             feeds[v.name] = rng.integers(0, 10, shape).astype(np.int64)
+        elif elem == TensorProto.STRING:  # a category: any names
+            feeds[v.name] = rng.choice(["a", "b", ""], shape).astype(object)
         else:
             pytest.fail(f"no random data for input {v.name} of type {TensorProto.DataType.Name(elem)}")
     return feeds
@@ -103,8 +110,10 @@ def test_it_runs_in_onnxruntime(example: tuple[Path, Compiled]) -> None:
     _, c = example
     sess = ort.InferenceSession(c.onnx.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = _random_inputs(c.onnx, np.random.default_rng(0))
-    (y,) = sess.run(None, feeds)
-    assert y.shape == (BATCH,) + tuple(d for d in c.output.shape[1:])
-    assert y.dtype == np.float32
-    assert np.all(np.isfinite(y))
-    assert np.ptp(y) > 0  # not a constant: the random inputs and weights reach the output
+    outputs = sess.run(None, feeds)
+    assert len(outputs) == len(c.outputs)
+    for y, want in zip(outputs, c.outputs.values()):
+        assert y.shape == (BATCH,) + tuple(d for d in want.shape[1:])
+        assert y.dtype == np.float32
+        assert np.all(np.isfinite(y))
+        assert np.ptp(y) > 0  # not a constant: the random inputs and weights reach the output

@@ -141,7 +141,7 @@ def test_compile_writes_a_valid_onnx_model(built: dict[str, Path]) -> None:
 def test_compile_prints_what_it_wrote(tmp_path: Path, capsys: Capture) -> None:
     code, out, _ = run(["compile", LAND, "-o", tmp_path / "lp.onnx"], capsys)
     assert code == 0
-    assert "wrote" in out and "lp.onnx" in out and "1,313 parameters" in out
+    assert "wrote" in out and "lp.onnx" in out and "1,377 parameters" in out
 
 
 def test_compile_is_byte_identical_for_one_spec_and_seed(tmp_path: Path, built: dict[str, Path]) -> None:
@@ -305,16 +305,18 @@ def test_predict_saves_an_npz(tmp_path: Path, built: dict[str, Path], capsys: Ca
 
 def test_predict_casts_float64_and_integer_inputs(tmp_path: Path, built: dict[str, Path]) -> None:
     cols = {k: np.array([10.0, 20.0, 5.5]) for k in ("length", "width")} | {"distance": np.array([1, 2, 30])}
-    savez(tmp_path / "in.npz", cols)
+    district = np.array(["north", "south", ""])  # a category: strings
+    savez(tmp_path / "in.npz", {**cols, "district": district})
     argv = ["predict", built["land_price"], tmp_path / "in.npz", "-o", tmp_path / "o.npz"]
     assert main([str(a) for a in argv]) == 0
-    feeds = {k: v.astype(np.float32) for k, v in cols.items()}
+    feeds = {k: v.astype(np.float32) for k, v in cols.items()} | {"district": district.astype(object)}
     with np.load(tmp_path / "o.npz") as saved:
         np.testing.assert_allclose(saved["prediction"], reference(built["land_price"], feeds), rtol=1e-6)
         assert saved["prediction"].shape == (3,)
 
 
 LAND_OK = {k: np.ones(4, np.float32) for k in ("length", "width", "distance")}
+LAND_OK["district"] = np.array(["north"] * 4)
 
 BAD_INPUTS: dict[str, tuple[str, dict[str, np.ndarray], list[str]]] = {
     "missing input": ("land_price", {"length": LAND_OK["length"], "width": LAND_OK["width"],

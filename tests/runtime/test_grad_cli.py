@@ -147,8 +147,9 @@ def test_grad_command_on_a_model_dlspec_compiled(tmp_path: Path) -> None:
     grad = onnx.load(tmp_path / "g.onnx")
     onnx.checker.check_model(grad, full_check=True)
     sess = ort.InferenceSession(grad.SerializeToString())
-    feeds = {i.name: np.random.default_rng(0).random(5).astype(np.float32) + 1
-             for i in sess.get_inputs() if i.name in ("length", "width", "distance")}
+    feeds: dict[str, np.ndarray] = {i.name: np.random.default_rng(0).random(5).astype(np.float32) + 1
+                                    for i in sess.get_inputs() if i.name in ("length", "width", "distance")}
+    feeds["district"] = np.array(["north", "south", "", "east", "x"], dtype=object)
     params = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     feeds.update({i.name: params[i.name] for i in sess.get_inputs() if i.name in params})
     out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))

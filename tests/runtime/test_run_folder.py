@@ -125,7 +125,8 @@ def test_a_full_disk_later_keeps_the_checkpoints_already_written(tmp_path: Path,
     run = tmp_path / "run"
     code, _, err = _run("train", _spec(tmp_path), "--out", run)
     assert code == 2 and "No space left on device" in err
-    assert _listing(run) == ["best.npz", "last.npz", "metrics.jsonl", "run.json", "spec.dlspec"]
+    assert _listing(run) == ["best.npz", "classes.json", "last.npz", "metrics.jsonl", "run.json",
+                             "spec.dlspec"]
     assert checkpoint.load(run / "last.npz")[2] == 0  # epoch 1's
     monkeypatch.undo()
     code, _, err = _run("train", _spec(tmp_path), "--out", run, "--resume")
