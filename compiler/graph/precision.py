@@ -20,12 +20,14 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     for vi in list(g.input) + list(g.output) + list(g.value_info):
         if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
             vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+    # Resize's roi and scales stay float32 whatever the data type; other readers of the same
+    # constant (a gradient reading the scales) get a float64 copy
+    keep = {name for node in g.node if node.op_type == "Resize" for name in node.input[1:3] if name}
+    _copy_for_others(g, keep)
     for i, t in enumerate(g.initializer):
-        if t.data_type == TensorProto.FLOAT:
+        if t.data_type == TensorProto.FLOAT and t.name not in keep:
             wide = numpy_helper.to_array(t).astype(np.float64)
             g.initializer[i].CopyFrom(numpy_helper.from_array(wide, t.name))
-    # Resize's roi and scales stay float32 whatever the data type
-    keep = {name for node in g.node if node.op_type == "Resize" for name in node.input[1:3]}
     for node in g.node:
         if node.op_type == "Constant" and node.output[0] in keep:
             continue
@@ -38,6 +40,27 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
             if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT:
                 a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
     return out
+
+
+def _copy_for_others(g: onnx.GraphProto, keep: set[str]) -> None:
+    """Nodes other than Resize that read a name of `keep` read `<name>/float64`, a Cast of it
+    (Cast's `to` is then widened with the others)."""
+    others = [(node, i) for node in g.node for i, name in enumerate(node.input)
+              if name in keep and not (node.op_type == "Resize" and i in (1, 2))]
+    for name in {node.input[i] for node, i in others}:
+        g.node.insert(0, helper.make_node("Cast", [name], [f"{name}/float64"], to=TensorProto.FLOAT,
+                                          name=f"{name}/float64"))
+    for node, i in others:
+        node.input[i] = f"{node.input[i]}/float64"
+    if others:  # the Casts first read constants that Constant nodes may only make later
+        _constants_first(g)
+
+
+def _constants_first(g: onnx.GraphProto) -> None:
+    nodes = list(g.node)
+    order = [n for n in nodes if n.op_type == "Constant"] + [n for n in nodes if n.op_type != "Constant"]
+    del g.node[:]
+    g.node.extend(order)
 
 
 # Mixed precision (as torch.autocast): matrix products and convolutions in half precision; the ops
