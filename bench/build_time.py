@@ -14,7 +14,7 @@ Prints nodes, the median total seconds over the runs and seconds per 1,000 nodes
 the graphs written (for --train: model, train_step, gradients and apply together; for grad: the
 gradients model, forward nodes included), and the load average (`uptime`) before and after.
 
-Targets (issue 18), on the total: compile of resnet50 under 1 s, compile --train of resnet50 under
+Targets, on the total: compile of resnet50 under 1 s, compile --train of resnet50 under
 5 s, grad of VGG-19 and of DenseNet-121 under 5 s each; marked met or MISSED. `--profile` runs
 each missed one once more under cProfile and prints its top functions (`--profile resnet50 vgg19`:
 those cases whatever their time).

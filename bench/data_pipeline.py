@@ -10,7 +10,7 @@ of training on an image cache larger than memory should allow.
 2. Peak memory: synthetic --size x --size RGB JPEG files in 10 class folders, as many as make a
    --cache-gb uint8 cache, trained on for one epoch by a tiny network twice: the first run decodes
    into the cache, the second reads it. Each run's peak resident set (ru_maxrss, mapped file pages
-   included) is measured in its own process. Target (issue 16): under 1 GB for a 2 GB cache.
+   included) is measured in its own process. Target: under 1 GB for a 2 GB cache.
 """
 
 from __future__ import annotations

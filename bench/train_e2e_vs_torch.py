@@ -14,7 +14,7 @@ Per side and pair: the process's wall time (interpreter start to exit), its peak
 the test accuracy of the best checkpoint, and the time from launch to the first epoch whose
 validation accuracy reaches --target (when its line appears on the process's stdout). Ratios per
 pair and their median: PyTorch / dlspec for times (above 1: dlspec is faster), dlspec / PyTorch for
-memory (below 1: dlspec takes less). Issue 18's targets at 2 threads: wall time >= 1.5, memory
+memory (below 1: dlspec takes less). Targets at 2 threads: wall time >= 1.5, memory
 <= 0.7.
 
 resnet18: `dlspec train` of examples/resnet18_cifar.dlspec on synthetic CIFAR-shaped data (a

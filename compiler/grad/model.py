@@ -11,7 +11,7 @@ from dlspec.compiler.grad.walk import backward
 from dlspec.compiler.graph import DTYPES, IR_VERSION, OPSET, Graph, Value
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.graph.fold import fold_constants
-from dlspec.compiler.graph.infer import Type, constants, value_types
+from dlspec.compiler.graph.infer import Constants, Type, skeleton, value_types, without_initializers
 from dlspec.compiler.graph.opsets import to_opset
 from dlspec.compiler.target import Target
 from dlspec.spec.errors import CompileError, did_you_mean
@@ -27,13 +27,20 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
     batch norm's running statistics; the model's metadata `not_differentiated` lists the others.
     A model of an older opset is converted to OPSET first; the result has opset OPSET and IR
     version IR_VERSION. `target` picks the lowerings, as for compile_training."""
-    model = fold_constants(to_opset(model))  # exporters leave shape arithmetic on constants unfolded
-    _check_ops(model)
-    src = model.graph
+    # The weights stay in `model` until the end: every copy of them (each conversion, shape
+    # inference, CopyFrom, to_array) costs a second per few hundred megabytes.
+    light, weights = skeleton(model)
+    converted = to_opset(light)
+    work = fold_constants(converted)  # exporters leave shape arithmetic on constants unfolded
+    # the initializers as the model lists them; after a conversion the weights come last
+    tensors = (list(model.graph.initializer) if converted is light
+               else [*converted.graph.initializer, *weights.values()])
+    _check_ops(work)
+    src = work.graph
     chosen = wrt is None
-    wrt = list(wrt) if wrt is not None else _parameters(model)
-    types = value_types(model)
-    _check_request(model, loss, wrt, types)
+    wrt = list(wrt) if wrt is not None else _parameters(src.node, tensors)
+    types = value_types(work)
+    _check_request(work, loss, wrt, types)
     taken = {v for node in src.node for v in list(node.input) + list(node.output)}
     taken |= {v.name for v in list(src.input) + list(src.initializer)} | {node.name for node in src.node}
     g = Graph(taken, target)  # the new nodes must not reuse a name of the model they extend
@@ -41,11 +48,16 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
         seed = g.value(loss, types[loss].dtype, types[loss].shape).scalar(1.0)
         if types[loss].shape == (1,):
             seed = op.Reshape(seed, [1])
-    grads = backward(g, list(src.node), loss, wrt, seed, types, constants(model))
+    grads = backward(g, list(src.node), loss, wrt, seed, types, Constants(tensors, src.node))
     missing = [n for n in wrt if n not in grads]
     if missing and not chosen:
         raise CompileError(f"the loss does not depend on: {', '.join(missing)}")
-    out = _with_gradients(model, g, loss, {n: grads[n] for n in wrt if n in grads}, types)
+    # the fields of the model as given (or as converted), the nodes and inputs of `work`
+    base = model if converted is light else converted
+    listed = {i.name for i in model.graph.input}  # before IR 4, initializers are listed as inputs too
+    inputs = [i for i in src.input if i.name not in weights or i.name in listed]
+    out = _with_gradients(base, list(src.node), inputs, tensors, g, loss,
+                          {n: grads[n] for n in wrt if n in grads}, types)
     if missing:
         helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
                                      "not_differentiated": ", ".join(missing)})
@@ -65,11 +77,11 @@ def _check_ops(model: onnx.ModelProto) -> None:
         raise CompileError(f"node {node.name or node.output[0]} uses {node.op_type}, {what}")
 
 
-def _parameters(model: onnx.ModelProto) -> list[str]:
+def _parameters(nodes: Sequence[onnx.NodeProto], tensors: Sequence[onnx.TensorProto]) -> list[str]:
     """The float initializers but batch norm's running statistics (its inputs 3 and 4)."""
-    stats = {n.input[i] for n in model.graph.node if n.op_type == "BatchNormalization"
+    stats = {n.input[i] for n in nodes if n.op_type == "BatchNormalization"
              for i in (3, 4) if i < len(n.input)}
-    return [t.name for t in model.graph.initializer if t.data_type in FLOATS and t.name not in stats]
+    return [t.name for t in tensors if t.data_type in FLOATS and t.name not in stats]
 
 
 def _check_request(model: onnx.ModelProto, loss: str, wrt: Sequence[str], types: dict[str, Type]) -> None:
@@ -91,21 +103,23 @@ def _check_request(model: onnx.ModelProto, loss: str, wrt: Sequence[str], types:
         raise CompileError(f"the loss '{loss}' must be a scalar, it has shape {list(shape)}")
 
 
-def _with_gradients(model: onnx.ModelProto, g: Graph, loss: str, grads: dict[str, Value],
+def _with_gradients(base: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+                    tensors: list[onnx.TensorProto], g: Graph, loss: str, grads: dict[str, Value],
                     types: dict[str, Type]) -> onnx.ModelProto:
-    """The model with the gradient nodes appended, the differentiated initializers as inputs and
-    the outputs `loss` and `grad.<name>`."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    """`base` with these nodes, inputs and initializers, the gradient nodes appended, the
+    differentiated initializers as inputs and the outputs `loss` and `grad.<name>`. Only the
+    initializers that stay are copied."""
+    out = without_initializers(base)
     graph = out.graph
-    moved = [t for t in graph.initializer if t.name in grads]
-    kept = [t for t in graph.initializer if t.name not in grads]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.input[:]
+    graph.input.extend(inputs)
+    graph.initializer.extend(t for t in tensors if t.name not in grads)
     listed = {i.name for i in graph.input}  # before IR 4, initializers are listed as inputs too
-    for t in moved:
-        if t.name not in listed:
-            graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for w in tensors:
+        if w.name in grads and w.name not in listed:
+            graph.input.append(helper.make_tensor_value_info(w.name, w.data_type, list(w.dims)))
     graph.node.extend(g.nodes)
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(loss, _elem_type(types[loss].dtype),

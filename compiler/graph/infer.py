@@ -4,10 +4,12 @@ ONNX shape inference), and the values of its constants."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from dlspec.compiler.graph.value import DTYPE_OF, Shape
@@ -71,11 +73,34 @@ def _typed(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Values known before the graph runs: initializers and Constant node outputs."""
-    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return out
+    return dict(Constants(model.graph.initializer, model.graph.node).items())
+
+
+class Constants(Mapping[str, np.ndarray]):
+    """Values known before the graph runs (initializers, then Constant node outputs), each read
+    from its proto when first asked for: gradient rules read a few axes and shapes, and reading
+    every weight copies hundreds of megabytes."""
+
+    def __init__(self, tensors: Iterable[onnx.TensorProto], nodes: Iterable[onnx.NodeProto]) -> None:
+        self._protos = {t.name: t for t in tensors}
+        for node in nodes:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                self._protos[node.output[0]] = node.attribute[0].t
+        self._values: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            self._values[name] = numpy_helper.to_array(self._protos[name])
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._protos
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._protos)
+
+    def __len__(self) -> int:
+        return len(self._protos)
 
 
 SKELETON_KEEPS = 1024  # initializers of at most this many values stay: shapes, axes, scales
@@ -104,6 +129,26 @@ def skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.Te
                    for name, t in moved.items() if name not in listed)
     out.ir_version = max(out.ir_version, 4)  # initializers need not be inputs too
     return out, moved
+
+
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` but for its graph's initializers, whose data CopyFrom would copy too."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    return out
+
+
+def _copy_fields(src: Message, dst: Message, skip: str) -> None:
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(dst, field.name).extend(value)
+        elif isinstance(value, Message):
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
 
 
 def with_weights_back(model: onnx.ModelProto, moved: dict[str, onnx.TensorProto],
