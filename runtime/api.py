@@ -25,11 +25,11 @@ from dlspec.compiler import compile_training as _compile_training
 from dlspec.compiler.grad.coverage import untrainable_notes
 from dlspec.compiler.lower.export import export as _export
 from dlspec.compiler.lower.heads import head_infos
-from dlspec.data import load_all, load_dataset
+from dlspec.data import Split, load_all, load_dataset
 from dlspec.files import load_model
 from dlspec.gradient_check import TensorCheck, gradcheck
 from dlspec.inference import check_inputs, run_model, session
-from dlspec.labels import target_class_names
+from dlspec.labels import Classes, target_class_names
 from dlspec.metrics import prediction_metrics
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError
@@ -113,11 +113,7 @@ def evaluate(model: str | Path, spec: Spec, data: str | Path | None = None, *,
         return _evaluate_heads(model, sess, prog, decl, data)
     out = sess.get_outputs()[0]
     classes = _width(out.shape)
-    if data is not None:
-        split = load_all(str(data), decl, classes, _class_names(sess, decl))
-    else:
-        split = load_dataset(prog.train(decl.name) or m.Train(), decl, Path(prog.root).parent, classes).test
-    where = data if data is not None else "the test split"
+    split, where = _samples(prog, decl, data, classes, sess)
     feeds = check_inputs(sess, {t.name: split[t.name] for t in decl.inputs}, where)
     pred = run_model(sess, feeds, model, where)[out.name]
     truth = split[decl.targets[0].name]
@@ -126,6 +122,15 @@ def evaluate(model: str | Path, spec: Spec, data: str | Path | None = None, *,
         raise RunError(f"{model}: output '{out.name}' has shape {list(pred.shape)} for target "
                        f"'{decl.targets[0].name}' of shape {list(truth.shape)}: is it a model of this spec?")
     return {**prediction_metrics(pred, truth, classifier), "samples": float(len(truth))}
+
+
+def _samples(prog: Program, decl: m.Model, data: str | Path | None, classes: Classes,
+             sess: Any) -> tuple[Split, str | Path]:
+    """Every sample of `data`, else the test split of the spec's data, and how to name it."""
+    if data is not None:
+        return load_all(str(data), decl, classes, _class_names(sess, decl)), data
+    train = prog.train(decl.name) or m.Train()
+    return load_dataset(train, decl, Path(prog.root).parent, classes).test, "the test split"
 
 
 def _evaluate_heads(model: str | Path, sess: Any, prog: Program, decl: m.Model,
@@ -140,11 +145,7 @@ def _evaluate_heads(model: str | Path, sess: Any, prog: Program, decl: m.Model,
                        "model of this spec?")
     classes = {h.target: _width(shapes[h.output]) for h in heads
                if h.kind in ("classify", "segment") and h.target}
-    if data is not None:
-        split = load_all(str(data), decl, classes, _class_names(sess, decl))
-    else:
-        split = load_dataset(prog.train(decl.name) or m.Train(), decl, Path(prog.root).parent, classes).test
-    where = data if data is not None else "the test split"
+    split, where = _samples(prog, decl, data, classes, sess)
     feeds = check_inputs(sess, {t.name: split[t.name] for t in decl.inputs}, where)
     outputs = run_model(sess, feeds, model, where)
     result: dict[str, float] = {}

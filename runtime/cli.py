@@ -8,7 +8,6 @@ dlspec (one line; --debug shows the traceback); 130 interrupted; 141 output to a
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from dlspec import api, distributed, eval_cli, export_cli, grad_cli, plot, predict_cli
+from dlspec.arg_types import positive, positive_float, whole_number
 from dlspec.artifacts import write_training
 from dlspec.compiler import Compiled, Target
 from dlspec.compiler.graph import show
@@ -171,37 +171,10 @@ def _si(n: int) -> str:
     return str(n)
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _seed(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
 def _threads(text: str) -> int:
-    value = _positive(text)
+    value = positive(text)
     if value > MAX_THREADS:
         raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} threads, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got '{text}'") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
 
 
@@ -215,7 +188,7 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help)
         s.add_argument("spec", help="the .dlspec file")
         s.add_argument("--model", help="which model, when the file defines several")
-        s.add_argument("--seed", type=_seed, help="initialisation seed (default: the train block's)")
+        s.add_argument("--seed", type=whole_number, help="initialisation seed (default: the train block's)")
         return s
 
     spec_cmd("check", "validate a spec and print its layers, shapes, parameters and FLOPs")
@@ -233,8 +206,8 @@ def parser() -> argparse.ArgumentParser:
     eval_cli.add_parser(sub)
     plot.add_parser(sub)
     t = spec_cmd("train", "train a spec on its data set with onnxruntime")
-    t.add_argument("--epochs", type=_positive, help="epochs (default: the train block's)")
-    t.add_argument("--batch", type=_positive, help="batch size (default: the train block's)")
+    t.add_argument("--epochs", type=positive, help="epochs (default: the train block's)")
+    t.add_argument("--batch", type=positive, help="batch size (default: the train block's)")
     t.add_argument("--out", help="run folder (default runs/MODEL)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     t.add_argument("--force", action="store_true",
@@ -243,14 +216,14 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=_threads,
                    help="onnxruntime intra-op threads (default: the fastest of all cores, half and a quarter "
                         "on the first steps; with several local ranks, the cores shared among them)")
-    t.add_argument("--workers", type=_positive, default=1,
+    t.add_argument("--workers", type=positive, default=1,
                    help="data-parallel ranks to start on this machine through mpiexec (the mpi extra); "
                         "under mpiexec, the ranks it started")
     gc = spec_cmd("gradcheck", "compare compiled gradients with finite differences (slow; debugging)")
-    gc.add_argument("--eps", type=_positive_float, default=1e-4, help="finite-difference step (default 1e-4)")
-    gc.add_argument("--tol", type=_positive_float, default=1e-4, help="largest relative error (default 1e-4)")
-    gc.add_argument("--batch", type=_positive, default=4, help="synthetic batch size (default 4)")
-    gc.add_argument("--directions", type=_positive, default=2,
+    gc.add_argument("--eps", type=positive_float, default=1e-4, help="finite-difference step (default 1e-4)")
+    gc.add_argument("--tol", type=positive_float, default=1e-4, help="largest relative error (default 1e-4)")
+    gc.add_argument("--batch", type=positive, default=4, help="synthetic batch size (default 4)")
+    gc.add_argument("--directions", type=positive, default=2,
                     help="random directions per large tensor (default 2)")
     return p
 

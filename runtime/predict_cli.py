@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from dlspec.arg_types import positive
 from dlspec.data import csv_rows
 from dlspec.files import atomic_write
 from dlspec.images import EXTENSIONS, layout_of, read_image
@@ -33,22 +34,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("model_file", help="the .onnx model, or a run folder (its model.onnx)")
     p.add_argument("inputs", nargs="+", help="an .npz file (one array per model input), a .csv file (a "
                    f"column per input, a row per sample), or image files ({', '.join(EXTENSIONS)})")
-    p.add_argument("--top", type=_top, help="classes shown per sample (default 3; for a model without "
+    p.add_argument("--top", type=positive, help="classes shown per sample (default 3; for a model without "
                    "class names, --top ranks its logits by class index)")
     p.add_argument("--json", action="store_true", help="print one JSON document, for programs")
     p.add_argument("--fit", choices=["resize", "center_crop", "pad"], default="resize",
                    help="how images are fitted to the model's input size (default resize)")
     p.add_argument("-o", "--output", help="save the outputs to this .npz instead of printing them")
-
-
-def _top(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
 
 
 @dataclass

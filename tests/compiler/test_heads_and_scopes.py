@@ -1,4 +1,4 @@
-"""Issue 15, items 3 and 4: branching blocks anywhere (block scopes, `in`), several inputs of
+"""Branching blocks anywhere (block scopes, `in`), several inputs of
 different kinds, named heads with losses bound to heads and targets."""
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def test_named_heads_are_named_outputs_and_each_term_is_an_output(tmp_path: Path
 
 
 def test_the_summed_loss_of_one_head_that_crashed_training_is_an_error_at_check(tmp_path: Path) -> None:
-    """Issue 15: one head [N, 1] read by cross_entropy and mse; mse's squeeze reached
+    """One head [N, 1] read by cross_entropy and mse; mse's squeeze reached
     cross_entropy, which then indexed a missing axis (IndexError in losses.py)."""
     text = """
 model one {

@@ -1,5 +1,5 @@
 """Training, evaluating and exporting a model with two heads, and a model with an image and a
-table input, each on an .npz written here (issue 15, items 3 and 4)."""
+table input, each on an .npz written here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""examples/segment_digits.dlspec trained briefly end to end (issue 15, item 5): `mask` derived
+"""examples/segment_digits.dlspec trained briefly end to end: `mask` derived
 from the bundled digits, the mask moved by translate, mean IoU picking best.npz, and `dlspec
 eval` reporting pixel accuracy and mean IoU as sklearn computes them from the model's outputs."""
 

@@ -1,4 +1,4 @@
-"""The fuzz test (issue 13): specs drawn from the grammar compile to ONNX models that pass
+"""The fuzz test: specs drawn from the grammar compile to ONNX models that pass
 onnx's full check; mutants of them either do too, or fail with dlspec's own located error, in
 bounded time. `--hypothesis-profile=long` runs 10,000 examples of each (tests/conftest.py)."""
 

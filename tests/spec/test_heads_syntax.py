@@ -1,4 +1,4 @@
-"""The language of issue 15 (items 3 and 4): named heads, losses bound to heads and targets by
+"""The language of several heads: named heads, losses bound to heads and targets by
 name, `;` between stages; and their errors, each at its file, line and column."""
 
 from __future__ import annotations

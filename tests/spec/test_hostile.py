@@ -1,4 +1,4 @@
-"""Hostile specs (issue 13): every class of bad input is a located SpecError, reached in bounded
+"""Hostile specs: every class of bad input is a located SpecError, reached in bounded
 time and memory, never a Python exception from deeper down."""
 
 from __future__ import annotations
