@@ -50,9 +50,7 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
     flops = sum(r.flops for r in c.records)
     table.add_section()
     table.add_row("total", "", _outputs(c), f"{params:,}", _si(flops))
-    if not out.is_terminal:
-        # Piped or captured: print whole rows (full layer paths) rather than wrap them at 80 columns.
-        out.width = max(out.width, Measurement.get(out, out.options.update_width(10_000), table).maximum)
+    whole_when_piped(out, table)
     out.print(table)
     ins = ", ".join(f"{t.name}: {t.dtype}{show(tuple(None if isinstance(d, str) else d for d in t.shape))}"
                     for t in c.model.inputs)
@@ -146,10 +144,18 @@ def cmd_train(args: argparse.Namespace, out: Console) -> int:
     for key in result.metrics:
         table.add_column(f"test {key}", justify="right")
     table.add_row(str(result.epochs), str(result.steps), *(f"{v:.4f}" for v in result.metrics.values()))
+    whole_when_piped(out, table)
     out.print(table)
     out.print(f"wrote {result.run_dir / 'model.onnx'} (best checkpoint), metrics.jsonl, last.npz, best.npz",
               markup=False)
     return 0
+
+
+def whole_when_piped(out: Console, table: Table) -> None:
+    """Piped or captured output gets whole rows and column names (full layer paths, "accuracy:cls")
+    rather than have them wrapped or cut at 80 columns."""
+    if not out.is_terminal:
+        out.width = max(out.width, Measurement.get(out, out.options.update_width(10_000), table).maximum)
 
 
 def _without_workers(argv: list[str]) -> list[str]:

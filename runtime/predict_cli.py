@@ -106,7 +106,8 @@ def read_rows(sess: Any, paths: list[Path], fit: str = "resize") -> Rows:
 
 def _csv_inputs(sess: Any, path: Path) -> Rows:
     """A row per sample, a column per model input (other columns, a target say, are ignored);
-    cells of a string input stay strings, an empty numeric cell is NaN (missing)."""
+    cells of a string input stay strings; an empty or NaN cell is a missing value, NaN, in an input
+    the model fills (fill(x, ...) in its features: metadata `filled`), else an error."""
     rows, lines = csv_rows(path)
     if len(rows) < 2:
         raise RunError(f"{path}: no samples (a header row of column names, then a row per sample)")
@@ -115,6 +116,9 @@ def _csv_inputs(sess: Any, path: Path) -> Rows:
     for line, r in body:
         if len(r) != len(header):
             raise RunError(f"{path}: line {line} has {len(r)} fields; the header has {len(header)}")
+    meta = sess.get_modelmeta().custom_metadata_map
+    # `fill` (the fitted means) also names filled inputs, in models compiled before `filled` was kept
+    nan_ok = set(json.loads(meta.get("filled", "[]"))) | set(json.loads(meta.get("fill", "{}")))
     data: dict[str, np.ndarray] = {}
     for inp in sess.get_inputs():
         if inp.name not in header:
@@ -135,6 +139,11 @@ def _csv_inputs(sess: Any, path: Path) -> Rows:
             except ValueError:
                 raise RunError(f"{path}: column '{inp.name}': value {cell!r} at line {line} is not "
                                "numeric") from None
+            if math.isnan(values[i]) and inp.name not in nan_ok:
+                what = "NaN" if cell else "missing value"
+                raise RunError(f"{path}: column '{inp.name}': {what} at line {line}; the model fills no "
+                               f"missing values of '{inp.name}' (its spec has no fill({inp.name}, ...)), so "
+                               "every row needs a number there")
         data[inp.name] = values
     return Rows(check_inputs(sess, data, path), [f"line {line}" for line, _ in body])
 

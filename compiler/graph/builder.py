@@ -58,6 +58,9 @@ class Graph:
         self.initializers: dict[str, Initial] = {}
         self.target = target or Target()
         self.custom_gradients: dict[str, CustomGradient] = {}  # by the value's name
+        # ids 0 to n - 1 that an index(x) value holds, and what it is ("index(district), which has ..."),
+        # by the value's name: embedding checks its table against them (lower.columns)
+        self.id_counts: dict[str, tuple[int, str]] = {}
         self.where = ""  # "file:line:col path" of what is being lowered, stamped on its nodes
         self.hint = "graph"  # the prefix of new node and value names
         self._counts: dict[str, int] = {}

@@ -93,6 +93,19 @@ def unlearnt_notes(model: m.Model, stats: Mapping[str, Any] | None) -> list[str]
     return notes
 
 
+def id_count(v: Value) -> tuple[int, str] | None:
+    """The ids an index(x) value holds (0 to n - 1) and what it is, where `v` is one, or a Cast of one
+    (a lone feature enters the network as float32); None where the vocabulary is not known."""
+    counts = v.graph.id_counts
+    name = v.name
+    while counts and name not in counts:
+        made = next((n for n in reversed(v.graph.nodes) if name in n.output), None)
+        if made is None or made.op_type != "Cast":
+            return None
+        name = made.input[0]
+    return counts.get(name)
+
+
 def _calls(feats: m.Features | None) -> Iterator[m.Func]:
     stack: list[Any] = [d.expr for d in feats.defs] if feats is not None else []
     while stack:
@@ -162,7 +175,14 @@ class Raw:
                                 "string[N] input", e.span)
             idx = self._category(g, x)
             if e.name == "index":  # [N, 1]: token ids for embedding(vocab, dim)
-                return op.Unsqueeze(idx, [1]).with_shape((None, 1))
+                ids = op.Unsqueeze(idx, [1]).with_shape((None, 1))
+                fitted = self.stats.get(key("vocab", x))
+                if isinstance(fitted, Vocab):  # without data (dlspec check) the count is not known yet
+                    n, kinds = len(fitted.words), "category" if len(fitted.words) == 1 else "categories"
+                    what = (f"index({x}), which has {fitted.width} ids ({n} {kinds} of {x} on the training "
+                            "split and the unknown slot, 0)")
+                    g.id_counts[ids.name] = (fitted.width, what)
+                return ids
             width = self._vocab(x).width
             hot = op.Equal(op.Unsqueeze(idx, [1]), g.const(np.arange(width), "int64"))
             return op.Cast(hot, "float32").with_shape((None, width))

@@ -15,7 +15,7 @@ from dlspec.compiler.graph import ops as op
 from dlspec.compiler.graph.memory import materialize
 from dlspec.compiler.graph.proto import model_proto, value_info
 from dlspec.compiler.lower.augment import augment_with, moving_targets
-from dlspec.compiler.lower.columns import FillMean, Vocab, unlearnt_notes
+from dlspec.compiler.lower.columns import FillMean, Vocab, filled, unlearnt_notes
 from dlspec.compiler.lower.context import Compilation, LayerRecord, ParamInfo
 from dlspec.compiler.lower.features import Fitted, Moments, lower_features
 from dlspec.compiler.lower.freeze import check_targets, lr_mult
@@ -108,8 +108,8 @@ def compile_model(prog: Program, name: str | None = None, seed: int | None = Non
         weights = materialize(g.initializers, INFERENCE_COPIES, f"model '{f.model.name}'", f.model.name_span)
         outputs = [value_info(v) for v in f.bound.outputs.values()]
         return model_proto(f.model.name, g.nodes, [value_info(t) for t in f.inputs], outputs,
-                           weights, f.spec_hash, {**_stats_props(stats, f.model), **_columns_props(stats),
-                                                  **_heads_props(f.model)})
+                           weights, f.spec_hash, {**_stats_props(stats, f.model),
+                                                  **_columns_props(stats, f.model), **_heads_props(f.model)})
 
     notes = unfitted_notes(f.unfitted) + unlearnt_notes(f.model, stats)
     return Compiled(f.model, f.comp.records, f.comp.params, f.output, f.spec_hash, notes,
@@ -136,12 +136,15 @@ def _stats_props(stats: Stats | None, model: m.Model) -> dict[str, str]:
                                        for k, v in used.items()})}
 
 
-def _columns_props(stats: Stats | None) -> dict[str, str]:
+def _columns_props(stats: Stats | None, model: m.Model) -> dict[str, str]:
     """Model metadata `vocab` ({"district": ["east", ...]}: word i is index i + 1, 0 unknown) and
-    `fill` ({"income": mean}), as compiled in."""
+    `fill` ({"income": mean}), as compiled in, and `filled` (["income"]): the inputs that fill(x, ...)
+    reads, whose missing values the model fills (predict takes empty cells in them, no others)."""
     vocab = {k.split(".", 1)[1]: list(v.words) for k, v in (stats or {}).items() if isinstance(v, Vocab)}
     fill = {k.split(".", 1)[1]: v.value for k, v in (stats or {}).items() if isinstance(v, FillMean)}
-    return {**({"vocab": json.dumps(vocab)} if vocab else {}), **({"fill": json.dumps(fill)} if fill else {})}
+    nan = sorted(filled(model.features))
+    return {**({"vocab": json.dumps(vocab)} if vocab else {}), **({"fill": json.dumps(fill)} if fill else {}),
+            **({"filled": json.dumps(nan)} if nan else {})}
 
 
 def _heads_props(model: m.Model) -> dict[str, str]:

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from dlspec.compiler.graph import Value, show
 from dlspec.compiler.graph import ops as op
+from dlspec.compiler.lower.columns import id_count
 from dlspec.compiler.lower.layers import Layer, layer
 from dlspec.compiler.lower.layers_ops import ReduceMax
 from dlspec.spec.model import Size
@@ -51,7 +52,8 @@ class Embedding(Layer):
     """`embedding(vocab, dim)`: token ids [N, T] (int64, or whole floats) -> rows of a learned
     table [vocab, dim]: [N, T, dim]. An id outside [0, vocab) is clamped to the nearest valid one
     (0 or vocab - 1) inside the graph, so it never reads past the table on any device; check ids
-    at data load where a bad one must be an error."""
+    at data load where a bad one must be an error. Fed by index(x) of a category whose vocabulary
+    is known (`dlspec train`), a table with fewer rows than its ids is a compile error."""
 
     positional: ClassVar[tuple[str, ...]] = ("vocab", "dim")
     maps: ClassVar[bool] = False
@@ -61,6 +63,11 @@ class Embedding(Layer):
     def build(self, ctx: LayerCtx, x: Value) -> Value:
         if x.rank < 2:
             raise ctx.error(f"embedding expects token ids [N, T], got {show(x.dims)}")
+        known = id_count(x)
+        if known is not None and known[0] > self.vocab:  # the ids past the table would all read its last row
+            needed, what = known
+            raise ctx.error(f"embedding({self.vocab}, {self.dim}) reads {what}: use embedding({needed}, "
+                            f"{self.dim}) or more")
         weight = ctx.weight("weight", (self.vocab, self.dim), self.dim, self.vocab)
         # a float id is truncated to a whole number first (the network input arrives as float32)
         ids = op.Clip(x.cast("int64"), 0, self.vocab - 1)

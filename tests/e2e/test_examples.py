@@ -18,6 +18,7 @@ from onnx import TensorProto
 from dlspec.cli import main
 from dlspec.compiler import Compiled, compile_model
 from dlspec.compiler.graph import IR_VERSION, OPSET
+from dlspec.compiler.lower.columns import filled
 from dlspec.spec.loader import load
 from dlspec.spec.version import __version__
 
@@ -84,6 +85,7 @@ def test_metadata(example: tuple[Path, Compiled]) -> None:
     props = {p.key: p.value for p in c.onnx.metadata_props}
     if len(c.outputs) > 1:  # named heads: each output's kind
         assert list(json.loads(props.pop("heads"))) == list(c.outputs)
+    assert json.loads(props.pop("filled", "[]")) == sorted(filled(c.model.features))  # fill(x, ...) reads x
     assert props == {"dlspec_version": __version__, "spec_hash": c.spec_hash, "opset": str(OPSET),
                      "model": c.model.name}
     assert re.fullmatch(r"[0-9a-f]{16}", c.spec_hash)

@@ -249,3 +249,59 @@ def test_without_data_every_category_is_unknown(tmp_path: Path) -> None:
     out = [sess.run(None, {"district": np.array([d], object), "income": np.array([1.0], np.float32)})[0]
            for d in ("north", "south", "")]
     assert out[0] == out[1] == out[2]
+
+
+EMBEDDED = """
+model shop {
+  input  district: string[N]
+  target price:    float32[N]
+  features {
+    district = index(district)
+  }
+  backbone {
+    emb: embedding(ROWS, 4) -> flatten
+  }
+  head regress(hidden=[8])
+  loss mse
+}
+train {
+  data      csv("shop.csv", target=price, test=0.25)
+  batch     16
+  epochs    1
+  optimizer adam(lr=0.01)
+  seed      0
+}
+"""
+
+
+def test_an_embedding_smaller_than_its_vocabulary_is_refused_before_training(tmp_path: Path) -> None:
+    """index(district) holds 0 (unknown) to 4 (the training split's 4 districts): embedding(4, ...)
+    would clamp id 4 onto id 3's row, so training stops at compilation, naming the layer's place
+    and the size needed; without data (dlspec check) the vocabulary is unknown and nothing is."""
+    _table(tmp_path)
+    spec = tmp_path / "shop.dlspec"
+    spec.write_text(EMBEDDED.replace("ROWS", "4"))
+    with pytest.raises(SpecError) as err:
+        _train(spec, tmp_path / "run")
+    assert ("shop.dlspec:9:10: error: backbone.emb.embedding1: embedding(4, 4) reads index(district), which "
+            "has 5 ids (4 categories of district on the training split and the unknown slot, 0): use "
+            "embedding(5, 4) or more") in str(err.value)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not (tmp_path / "run" / "model.onnx").exists()
+    compile_model(load(spec))  # dlspec check, compile: no vocabulary to check against
+    spec.write_text(EMBEDDED.replace("ROWS", "5"))
+    _train(spec, tmp_path / "run")
+
+
+def test_an_unseen_category_reads_the_unknown_row_of_the_embedding(tmp_path: Path) -> None:
+    """The deployed model looks strings up in the training split's vocabulary: a district it never
+    saw, and an empty cell, both read row 0, so no id can pass the table at predict time."""
+    _table(tmp_path)
+    spec = tmp_path / "shop.dlspec"
+    spec.write_text(EMBEDDED.replace("ROWS", "5"))
+    _train(spec, tmp_path / "run")
+    sess = ort.InferenceSession(str(tmp_path / "run" / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = ["harbour", "", "atlantis", *DISTRICTS]
+    out = sess.run(None, {"district": np.array(names, object)})[0]
+    assert out[0] == out[1] == out[2]
+    assert len(np.unique(out[2:])) == len(DISTRICTS) + 1  # every known district has a row of its own

@@ -403,6 +403,20 @@ def test_train_validates_the_spec_first(tmp_path: Path, capsys: Capture) -> None
     assert code == 2 and "batch" in err and "not supported yet" not in err
 
 
+def test_the_training_summary_prints_whole_column_names_when_piped(tmp_path: Path, capsys: Capture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Piped at 80 columns, named heads' metrics ("test accuracy:cls") stay whole, not "accurac…"."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run(["train", REPO / "examples" / "two_heads.dlspec", "--epochs", "1", "--threads", "1",
+                          "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if "epochs" in line and "steps" in line)
+    names = ["test loss", "test loss:cls", "test loss:mass", "test accuracy:cls", "test mae:mass",
+             "test rmse:mass"]
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == ["epochs", "steps", *names]
+    assert len(header) > 80 and "…" not in out
+
+
 # ---------------------------------------------------------------- the installed console script
 
 

@@ -190,3 +190,36 @@ def test_predict_without_class_names_prints_the_outputs(tmp_path: Path,
     assert out.startswith("logits [2, 3] float32:")
     out = _out(capsys, ["predict", tmp_path / "f.onnx", tmp_path / "rows.csv", "--top", "1"])
     assert out.startswith("line 2: ") and len(out.strip().splitlines()) == 2
+
+
+FILLED = """
+model filled {
+  input  a: float32[N]
+  input  b: float32[N]
+  features {
+    a = fill(a, 7)
+  }
+  head linear(2)
+}
+"""
+
+
+def test_predict_takes_empty_cells_only_in_the_inputs_the_model_fills(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fill(a, 7) puts 7 in an empty cell of a; b the model does not fill, so an empty or NaN cell there
+    is an error naming the file, the column and the line, not a NaN prediction."""
+    (tmp_path / "filled.dlspec").write_text(FILLED)
+    assert main(["compile", str(tmp_path / "filled.dlspec"), "-o", str(tmp_path / "f.onnx")]) == 0
+    (tmp_path / "rows.csv").write_text("a,b\n,1.5\n7,1.5\n2,1.5\n")
+    _out(capsys, ["predict", tmp_path / "f.onnx", tmp_path / "rows.csv", "-o", tmp_path / "out.npz"])
+    out = np.load(tmp_path / "out.npz")["output"]
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[0], out[1])  # the empty cell is 7
+    assert not np.array_equal(out[1], out[2])
+    for cell, what in (("", "missing value"), ("nan", "NaN")):
+        (tmp_path / "holes.csv").write_text(f"a,b\n1,2\n2,{cell}\n")
+        code = main(["predict", str(tmp_path / "f.onnx"), str(tmp_path / "holes.csv")])
+        out_text, err = capsys.readouterr()
+        assert code == 2 and out_text == "" and "Traceback" not in err
+        assert f"holes.csv: column 'b': {what} at line 3; the model fills no missing values of 'b'" in err
+        assert "fill(b, ...)" in err
