@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import onnx
 from onnx import TensorProto, helper
 
+from dlspec.compiler.grad.newer_ops import REWRITES, rewrite_newer_ops
 from dlspec.compiler.grad.walk import backward
 from dlspec.compiler.graph import DTYPES, IR_VERSION, OPSET, Graph, Value
 from dlspec.compiler.graph import ops as op
@@ -25,7 +26,8 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
     initializers become graph inputs, so the caller feeds the current parameters (no constant
     folding of weights). By default `wrt` is every float initializer the loss depends on, but
     batch norm's running statistics; the model's metadata `not_differentiated` lists the others.
-    A model of an older opset is converted to OPSET first; the result has opset OPSET and IR
+    A model of an older opset is converted to OPSET first, and the newer ops that have an exact
+    opset-OPSET form (newer_ops.REWRITES) are rewritten to it; the result has opset OPSET and IR
     version IR_VERSION. `target` picks the lowerings, as for compile_training."""
     # The weights stay in `model` until the end: every copy of them (each conversion, shape
     # inference, CopyFrom, to_array) costs a second per few hundred megabytes.
@@ -36,6 +38,7 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
     tensors = (list(model.graph.initializer) if converted is light
                else [*converted.graph.initializer, *weights.values()])
     _check_ops(work)
+    work = rewrite_newer_ops(work)  # Swish, RMSNormalization, ... as the opset-OPSET ops they compute
     src = work.graph
     chosen = wrt is None
     wrt = list(wrt) if wrt is not None else _parameters(src.node, tensors)
@@ -65,10 +68,12 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
 
 
 def _check_ops(model: onnx.ModelProto) -> None:
-    """Every node of the standard domain is an ONNX op at OPSET: a model that imports opset OPSET
-    but uses a newer op (Swish, RMSNormalization) would otherwise fail later, and less clearly."""
+    """Every node of the standard domain is an ONNX op at OPSET or one that rewrite_newer_ops rewrites
+    into such ops: a model that imports opset OPSET but uses another newer op (Attention) would
+    otherwise fail later, and less clearly."""
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx") or onnx.defs.has(node.op_type, OPSET, ""):
+        if node.domain not in ("", "ai.onnx") or onnx.defs.has(node.op_type, OPSET, "") or \
+                node.op_type in REWRITES:
             continue
         added = [s.since_version for s in onnx.defs.get_all_schemas_with_history()
                  if s.name == node.op_type and s.domain == ""]

@@ -11,6 +11,12 @@ check: no float input or output, values that are not finite, a configuration the
 a CompileError (that message is the reason), or a point where the op is not differentiable (the
 one-sided derivatives differ, or the loss jumps).
 
+Ops that ONNX added after OPSET and the gradient builder rewrites into opset-OPSET ops (Swish,
+RMSNormalization, RotaryEmbedding, SwiGLU: REWRITTEN_OPS) are checked in a model of opset OPSET
+that uses them, as a model from elsewhere would: the central differences are of onnx's reference
+implementation of the op, the gradients of the rewrite; the rewrite's forward values are compared
+with the reference's too, in float64.
+
 Run with -s to print how many cases were checked per op.
 """
 
@@ -32,6 +38,7 @@ from onnx import helper, numpy_helper
 
 from dlspec.compiler import gradient_model
 from dlspec.compiler.grad import RULES
+from dlspec.compiler.grad.newer_ops import REWRITES, rewrite_newer_ops
 from dlspec.compiler.graph import OPSET
 from dlspec.spec.errors import CompileError
 
@@ -40,14 +47,17 @@ from grad_reference import reference  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # cases at the edge of a domain
 
-MIN_CHECKED = 600  # cases actually compared (614 at onnx 1.23); fails if the table goes empty
-MIN_OPS = 112  # distinct ops among them (116 at onnx 1.23, Upsample and Scatter through conversion)
+MIN_CHECKED = 630  # cases actually compared (645 at onnx 1.23); fails if the table goes empty
+MIN_OPS = 116  # distinct ops among them (120 at onnx 1.23: Upsample and Scatter through conversion,
+# Swish, RMSNormalization, RotaryEmbedding and SwiGLU through rewriting)
 FLOATS = (np.float16, np.float32, np.float64)
 # ops deprecated before OPSET (Upsample, Scatter): the gradient builder converts a model that uses
 # them to OPSET first, to ops with rules (Resize, ScatterElements), and their cases check that
 CONVERTED_OPS = sorted({s.name for s in onnx.defs.get_all_schemas_with_history()
                         if s.domain == "" and s.deprecated and s.since_version <= OPSET} - set(RULES))
-RULE_OPS = sorted([*RULES, *CONVERTED_OPS])
+# ops newer than OPSET that the gradient builder rewrites into ops with rules
+REWRITTEN_OPS = sorted(REWRITES)
+RULE_OPS = sorted([*RULES, *CONVERTED_OPS, *REWRITTEN_OPS])
 # ops that onnx's checker or strict shape inference refuses at a type that their schema allows:
 # MeanVarianceNormalization's function body adds float32 constants to x; the checker refuses every
 # node of opset 18's GroupNormalization (deprecated), which dlspec writes and onnxruntime runs.
@@ -123,6 +133,8 @@ def check_case(model: onnx.ModelProto, arrays: list[object], name: str) -> None:
     else:
         raise Skip(f"the op does not validate at opset {OPSET} in float64 or float32")
     ys = reference(forward).run(float_outs, {n: x[n] for n in floats})
+    if nodes[0].op_type in REWRITTEN_OPS:
+        _check_rewrite(nodes, model, feeds, floats, float_outs, name)
     if not all(np.all(np.isfinite(y)) for y in ys):
         raise Skip("an output is not finite")
     rng = np.random.default_rng(zlib.crc32(name.encode()))
@@ -186,9 +198,9 @@ def _at_opset(node: onnx.NodeProto, version: int, feeds: dict[str, object]
 
 
 def _forward(nodes: list[onnx.NodeProto], model: onnx.ModelProto, x: dict[str, object], floats: list[str],
-             float_outs: list[str], code: int, version: int) -> onnx.ModelProto | None:
+             float_outs: list[str], code: int, version: int, validate: bool = True) -> onnx.ModelProto | None:
     """The case's nodes with their float values typed `code`, other inputs as initializers; None when
-    the op does not allow that type (or does not validate at `version`)."""
+    the op does not allow that type (or does not validate at `version`), unless not `validate`."""
     inputs = [helper.make_tensor_value_info(n, code, list(np.shape(x[n]))) for n in floats]
     inits = [numpy_helper.from_array(np.asarray(a), n) for n, a in x.items() if n not in floats]
     outputs = []
@@ -200,6 +212,11 @@ def _forward(nodes: list[onnx.NodeProto], model: onnx.ModelProto, x: dict[str, o
     graph = helper.make_graph(nodes, "case", inputs, outputs, initializer=inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", version)])
     m.ir_version = 9
+    if not validate:
+        return m
+    if nodes[0].op_type in REWRITTEN_OPS:  # not an op at OPSET: the checker refuses it
+        return m if _schema_allows(nodes[0].op_type, onnx.defs.get_schema(nodes[0].op_type).since_version,
+                                   code) else None
     if nodes[0].op_type in UNCHECKABLE:
         return m if _schema_allows(nodes[0].op_type, version, code) else None
     try:
@@ -208,6 +225,29 @@ def _forward(nodes: list[onnx.NodeProto], model: onnx.ModelProto, x: dict[str, o
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
         return None
     return m
+
+
+def _check_rewrite(nodes: list[onnx.NodeProto], model: onnx.ModelProto, feeds: dict[str, object],
+                   floats: list[str], float_outs: list[str], name: str) -> None:
+    """The rewritten nodes compute what onnx's reference implementation of the op does, in float64
+    (whether the op's schema takes it or not), to float32 precision where the op computes in
+    float32 (RMSNormalization's stash_type 1)."""
+    x = {n: (np.asarray(a).astype(np.float64) if n in floats else a) for n, a in feeds.items()}
+    original = _forward(nodes, model, x, floats, float_outs, TP.DOUBLE, OPSET, validate=False)
+    assert original is not None
+    rewritten = rewrite_newer_ops(original)
+    assert all(n.op_type not in REWRITES for n in rewritten.graph.node), f"{name}: not rewritten"
+    onnx.checker.check_model(rewritten)  # opset-OPSET ops only
+    stage = TP.DOUBLE if nodes[0].op_type != "RMSNormalization" else \
+        next((a.i for a in nodes[0].attribute if a.name == "stash_type"), TP.FLOAT)
+    tol = 1e-12 if stage == TP.DOUBLE else 1e-6
+    inputs = {n: x[n] for n in floats}
+    for out, want, got in zip(float_outs, reference(original).run(float_outs, inputs),
+                              reference(rewritten).run(float_outs, inputs)):
+        assert got.shape == want.shape, \
+            f"{name}: {out} of the rewrite has shape {got.shape}, not {want.shape}"
+        err = np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want)), initial=0.0)
+        assert err <= tol, f"{name}: {out} of the rewrite is off the reference by {err:.3g} (> {tol:g})"
 
 
 def _schema_allows(op: str, version: int, code: int) -> bool:
@@ -249,8 +289,10 @@ def _freeze(model: onnx.ModelProto, names: list[str], x: dict[str, object]) -> o
 
 def _compare(model: onnx.ModelProto, grads_model: onnx.ModelProto, x: dict[str, np.ndarray],
              rng: np.random.Generator, dtype: type, name: str) -> None:
-    f0, *grads = reference(grads_model).run(None, x)  # the loss at x, then the gradients
+    _, *grads = reference(grads_model).run(None, x)  # the loss at x, then the gradients
     forward = reference(model)
+    f0 = float(forward.run(None, x)[0])  # the loss as the differences see it (a rewritten op, such as
+    # RMSNormalization's float32 stage, may round it apart from the reference's)
     double = dtype is np.float64
     eps, tol, kink = (1e-6, 1e-5, 1e-3) if double else (1e-3, 2e-2, 5e-2)
     for (n, value), grad in zip(x.items(), grads):
@@ -300,3 +342,51 @@ def test_enough_onnx_cases_are_checked() -> None:
     ops = sum(bool(r.checked) for r in results.values())
     print(f"  total: {checked} cases of {ops} ops checked")
     assert checked >= MIN_CHECKED and ops >= MIN_OPS, (checked, ops)
+
+
+def _chain(num_heads: int | None) -> onnx.ModelProto:
+    """x -> RMSNormalization -> Swish -> RotaryEmbedding (3-D, positions) -> sum(y * R): each
+    rewrite needs the rank that only the rewrite before it lets shape inference tell."""
+    rng = np.random.default_rng(0)
+    heads = {"num_heads": num_heads} if num_heads else {}
+    nodes = [helper.make_node("RMSNormalization", ["x", "w"], ["n"], axis=1),
+             helper.make_node("Swish", ["n"], ["s"], alpha=0.7),
+             helper.make_node("RotaryEmbedding", ["s", "cos", "sin", "pos"], ["y"], **heads),
+             helper.make_node("Mul", ["y", "r"], ["yr"]),
+             helper.make_node("ReduceSum", ["yr"], [LOSS], keepdims=0)]
+    inits = {"w": rng.standard_normal(8), "cos": rng.standard_normal((5, 2)),
+             "sin": rng.standard_normal((5, 2)), "pos": np.array([[4, 0, 2], [1, 1, 3]]),
+             "r": rng.standard_normal((2, 3, 8))}
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TP.DOUBLE, [2, 3, 8])],
+                              [helper.make_tensor_value_info(LOSS, TP.DOUBLE, [])],
+                              initializer=[numpy_helper.from_array(v, n) for n, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def test_newer_ops_in_a_chain_are_rewritten_and_differentiated() -> None:
+    model = _chain(num_heads=2)
+    grads = gradient_model(model, LOSS, ["x", "w", "cos", "sin"])
+    assert not {n.op_type for n in grads.graph.node} & set(REWRITES)
+    rng = np.random.default_rng(1)
+    x = {"x": rng.standard_normal((2, 3, 8))}
+    x.update({t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+              if t.name in ("w", "cos", "sin")})
+    _compare(_freeze_all_but(model, list(x)), grads, x, rng, np.float64, "chain")
+
+
+def test_rotary_embedding_of_3d_input_needs_num_heads() -> None:
+    with pytest.raises(CompileError, match="node y .RotaryEmbedding.: a 3-D input needs the num_heads"):
+        gradient_model(_chain(num_heads=None), LOSS, ["x"])
+
+
+def _freeze_all_but(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """`model` with these initializers as its inputs, in this order (as gradient_model lists them)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {t.name: t for t in m.graph.initializer}
+    keep = [t for t in m.graph.initializer if t.name not in names]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    m.graph.input.extend(helper.make_tensor_value_info(n, inits[n].data_type, list(inits[n].dims))
+                         for n in names if n in inits)
+    return m
