@@ -7,12 +7,12 @@ from collections.abc import Sequence
 import onnx
 from onnx import TensorProto, helper
 
-from dlspec.compiler.grad.newer_ops import REWRITES, rewrite_newer_ops
 from dlspec.compiler.grad.walk import backward
 from dlspec.compiler.graph import DTYPES, IR_VERSION, OPSET, Graph, Value
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.graph.fold import fold_constants
 from dlspec.compiler.graph.infer import Constants, Type, skeleton, value_types, without_initializers
+from dlspec.compiler.graph.newer_ops import REWRITES, rewrite_newer_ops
 from dlspec.compiler.graph.opsets import to_opset
 from dlspec.compiler.target import Target
 from dlspec.spec.errors import CompileError, did_you_mean

@@ -21,6 +21,7 @@ from onnx import helper
 from dlspec.compiler.graph import Value, show
 from dlspec.compiler.graph.fold import fold_constants
 from dlspec.compiler.graph.infer import Type, constants, value_types
+from dlspec.compiler.graph.newer_ops import rewrite_newer_ops
 from dlspec.compiler.graph.opsets import to_opset
 from dlspec.compiler.lower.imported_groups import group_records
 from dlspec.compiler.lower.layers import Layer, batch_norm_train, layer
@@ -110,8 +111,9 @@ def read_model(path: Path, ctx: LayerCtx) -> onnx.ModelProto:
 
 
 def to_opset_at(model: onnx.ModelProto, ctx: LayerCtx) -> onnx.ModelProto:
+    """`model` at OPSET, its newer ops (Swish, RMSNormalization, ...) as the ops they compute."""
     try:
-        return to_opset(model)
+        return rewrite_newer_ops(to_opset(model))
     except CompileError as err:
         raise ctx.error(err.message) from None
 

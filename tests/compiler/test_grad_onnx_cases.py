@@ -38,8 +38,8 @@ from onnx import helper, numpy_helper
 
 from dlspec.compiler import gradient_model
 from dlspec.compiler.grad import RULES
-from dlspec.compiler.grad.newer_ops import REWRITES, rewrite_newer_ops
 from dlspec.compiler.graph import OPSET
+from dlspec.compiler.graph.newer_ops import REWRITES, rewrite_newer_ops
 from dlspec.spec.errors import CompileError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -470,7 +470,7 @@ def test_missing_rule_names_the_op_and_why() -> None:
     (OPSET, "node attention uses Attention, which ONNX added at opset 23, newer than opset 20"),
 ])
 def test_newer_ops_are_refused_naming_the_opset(opset: int, message: str) -> None:
-    # Attention is not rewritten into opset-20 ops (Swish and others are: compiler/grad/newer_ops.py)
+    # Attention is not rewritten into opset-20 ops (Swish and others are: compiler/graph/newer_ops.py)
     nodes = [helper.make_node("Attention", ["x", "x", "x"], ["y"], name="attention"),
              helper.make_node("ReduceSum", ["y"], ["loss"], keepdims=0)]
     graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TP.FLOAT, [2, 3])],

@@ -151,6 +151,34 @@ def test_float_constants_on_weight_inputs_are_parameters(tmp_path: Path) -> None
     assert not np.array_equal(step[f"{weights[0]}.next"], tg.init[weights[0]])
 
 
+def test_newer_ops_in_an_imported_graph_train_as_the_ops_they_compute(tmp_path: Path) -> None:
+    """Swish and RMSNormalization (ONNX opsets 24 and 23) in a graph that imports OPSET: the
+    layer computes them (against numpy) and their gradients pass central differences."""
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "w")
+    scale = numpy_helper.from_array((1 + 0.1 * rng.standard_normal(5)).astype(np.float32), "scale")
+    nodes = [helper.make_node("Conv", ["in", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Swish", ["c"], ["s"], alpha=0.7),
+             helper.make_node("RMSNormalization", ["s", "scale"], ["out"], axis=-1, epsilon=1e-5)]
+    model = _model(nodes, [w, scale], "out", ["batch", 3, 5, 5])
+    prog = _spec(tmp_path, model, 'onnx("m.onnx", output="out")')
+    compiled = dlspec.compile(prog)
+    assert not {"Swish", "RMSNormalization"} & {n.op_type for n in compiled.onnx.graph.node}
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    torch = pytest.importorskip("torch")
+    weight = torch.from_numpy(numpy_helper.to_array(w).copy())
+    c = torch.nn.functional.conv2d(torch.from_numpy(x), weight, padding=1)
+    swish = (c * torch.sigmoid(0.7 * c)).numpy()
+    want = swish / np.sqrt((swish ** 2).mean(-1, keepdims=True) + 1e-5) * numpy_helper.to_array(scale)
+    name = next(o for n in compiled.onnx.graph.node for o in n.output if o.endswith("out"))
+    compiled.onnx.graph.output.append(helper.make_tensor_value_info(name, TP.FLOAT, None))
+    got = session(compiled.onnx).run([name], {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    report = dlspec.api.gradcheck_spec(prog, batch=2)
+    failed = {r.name: r.worst for r in report if not r.worst <= 1e-5}
+    assert report and not failed, failed
+
+
 def test_dropout_follows_the_train_mode(tmp_path: Path) -> None:
     ratio = numpy_helper.from_array(np.array(0.5, np.float32), "ratio")
     nodes = [helper.make_node("Dropout", ["in", "ratio"], ["out"])]
