@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlspec import shards
+from dlspec import bundled, shards
 from dlspec.compiler.lower.columns import filled
 from dlspec.digits_targets import DERIVED, mask_like
 from dlspec.digits_targets import derived as digits_target
@@ -213,11 +213,8 @@ def _same_count(arrays: dict[str, tuple[str, np.ndarray]], source: str) -> None:
 # ---- bundled scikit-learn sets ----
 def _bundled(kind: str, model: m.Model) -> Split:
     """digits, iris, wine, breast_cancer or diabetes from sklearn.datasets, raw (unscaled) values."""
-    from sklearn import datasets
-
-    loader = getattr(datasets, f"load_{kind}")
-    bunch = loader(scaled=False) if kind == "diabetes" else loader()
-    x = np.asarray(bunch.data)
+    bunch = bundled.load(kind)
+    x = bunch.data
     names = [str(n) for n in bunch.feature_names]
     source = f"bundled data set {kind}"
     out = _bundled_inputs(x, names, model, source)
@@ -238,11 +235,9 @@ def _bundled(kind: str, model: m.Model) -> Split:
 def bundled_class_names(kind: str, model: m.Model) -> dict[str, list[str]]:
     """The class names of a bundled classification set's target (scikit-learn's target_names;
     digits: "0" to "9"), for an integer target; {} for diabetes, a regression."""
-    from sklearn import datasets
-
     if kind == "diabetes":
         return {}
-    names = [str(n) for n in getattr(datasets, f"load_{kind}")().target_names]
+    names = bundled.class_names(kind)
     return {d.name: names for d in model.targets
             if d.name not in DERIVED and np.dtype(d.dtype).kind in "iu" and len(d.shape) == 1}
 

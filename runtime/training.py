@@ -276,6 +276,7 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
             note(stopped)
             break
     done = last if stopped else epochs
+    del runner, chooser  # their sessions' arenas go before the test split's evaluation adds its own
     if not world.writes:  # rank 0 writes the model and measures it on the test split
         return FitResult(run_dir, done, step, {}, stopped)
     final, _, _, _ = checkpoint.load(run_dir / (BEST if (run_dir / BEST).exists() else LAST))
@@ -287,7 +288,7 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
 
 
 def _eval_session(tg: TrainingGraphs, device: str, threads: int | None) -> ort.InferenceSession:
-    return ort.InferenceSession(tg.evaluate.SerializeToString(), options(threads),
+    return ort.InferenceSession(tg.evaluate.SerializeToString(), options(threads, device),
                                 providers=providers(device))
 
 

@@ -11,9 +11,10 @@ import pytest
 
 from dlspec.compiler import Target, compile_training
 from dlspec.cuda_graph import capture_blockers
-from dlspec.session import StepRunner
+from dlspec.session import StepRunner, options
 from dlspec.spec import load
 from dlspec.spec.errors import RunError
+from dlspec.training import _eval_session
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -88,3 +89,16 @@ def test_the_cuda_lowering_trains_as_the_cpu_one() -> None:
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
     for k, w in runs[0][1].items():
         np.testing.assert_allclose(w, runs[1][1][k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_cpu_training_sessions_plan_no_memory_pattern() -> None:
+    # a pattern is allocated beside the arena blocks of the run that planned it, which the arena
+    # keeps: tens of MB more at the peak of a digits run, for steps no faster
+    tg = compile_training(load(EXAMPLES / "digits.dlspec"))
+    runner = StepRunner(tg.train_step, tg.init, threads=1, batch=32)
+    runner.use_threads(2)
+    runner.run(digit_batches([32])[0], 1e-2, 1)
+    sessions = [*runner.sessions.values(), *runner._pools[1][0].values(), _eval_session(tg, "cpu", 1)]
+    assert len(sessions) == 3
+    assert not any(s.get_session_options().enable_mem_pattern for s in sessions)
+    assert options(1).enable_mem_pattern  # other callers (standardize, data-parallel) keep the default
