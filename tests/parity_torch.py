@@ -7,6 +7,8 @@ reports as such. Import this module only after `pytest.importorskip("torch")`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -394,3 +396,22 @@ def two_heads_map(model: TwoHeads) -> dict[str, str]:
     out.update({**lin_keys("cls.1", "head.cls.linear1"), **lin_keys("mass.0", "head.mass.linear1"),
                 **lin_keys("mass.2", "head.mass.linear2")})
     return out
+
+
+def check_gradients_and_adamw_step(check: Any, trainable: list[str], params: dict[str, torch.Tensor],
+                                   grads: dict[str, np.ndarray], step: dict[str, np.ndarray],
+                                   values: dict[str, np.ndarray], lr: float, decay: float) -> None:
+    """Every trainable tensor's gradient against torch autograd's (already run on `params`), then
+    one torch AdamW step against the step graph's update and moments: the update itself, not the
+    parameter it is small beside. `check(what, got, want)` compares."""
+    assert sorted(trainable) == sorted(params)
+    for k, p in params.items():
+        assert p.grad is not None
+        check(f"grad.{k}", grads[f"grad.{k}"], p.grad)
+    opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=decay)
+    opt.step()
+    for k, p in params.items():
+        update = step[f"{k}.next"].astype(np.float64) - values[k]
+        check(f"{k} after one adamw step", update, p.detach().numpy() - values[k].astype(np.float64))
+        check(f"{k}.m", step[f"{k}.m.next"], opt.state[p]["exp_avg"])
+        check(f"{k}.v", step[f"{k}.v.next"], opt.state[p]["exp_avg_sq"])

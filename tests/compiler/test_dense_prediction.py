@@ -103,6 +103,7 @@ def sklearn_metrics(scores: np.ndarray, mask: np.ndarray) -> tuple[float, float]
 def test_segment_losses_gradients_and_an_adamw_step_match_torch(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     import torch.nn.functional as F
+    from parity_torch import check_gradients_and_adamw_step
 
     tg = compile_training(load_text(tmp_path, SEGMENT))
     assert tg.metrics == ["accuracy", "mean_iou"]
@@ -130,17 +131,7 @@ def test_segment_losses_gradients_and_an_adamw_step_match_torch(tmp_path: Path) 
         check("loss:dice", out["loss:dice"], dice)
         check("accuracy", out["accuracy"], accuracy)
         check("mean_iou", out["mean_iou"], mean_iou)
-    assert sorted(tg.trainable) == sorted(params)
-    for k, p in params.items():
-        assert p.grad is not None
-        check(f"grad.{k}", grads[f"grad.{k}"], p.grad)
-
-    opt = torch.optim.AdamW(list(params.values()), lr=LR, weight_decay=DECAY)
-    opt.step()
-    for k, p in params.items():  # the update itself, not the parameter it is small beside
-        update = step[f"{k}.next"].astype(np.float64) - values[k]
-        check(f"{k} after one adamw step", update, p.detach().numpy() - values[k].astype(np.float64))
-        check(f"{k}.m", step[f"{k}.m.next"], opt.state[p]["exp_avg"])
+    check_gradients_and_adamw_step(check, tg.trainable, params, grads, step, values, LR, DECAY)
 
 
 def test_segment_resizes_a_level_of_another_shape_as_torch_bilinear(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch.nn.functional as F  # noqa: E402
 from parity_helpers import randomize  # noqa: E402
+from parity_torch import check_gradients_and_adamw_step  # noqa: E402
 from train_helpers import feeds_for, load_text, rel_err, run, scalars, session  # noqa: E402
 
 from dlspec.compiler import compile_training  # noqa: E402
@@ -76,15 +77,4 @@ def test_two_head_loss_gradients_and_an_adamw_step_match_torch(tmp_path: Path) -
         check("loss:box", out["loss:box"], hub)
         check("accuracy:cls", out["accuracy:cls"], (cls.argmax(1) == label).double().mean())
         check("mae:box", out["mae:box"], (box - size).abs().mean())
-    assert sorted(tg.trainable) == sorted(params)
-    for k, p in params.items():
-        assert p.grad is not None
-        check(f"grad.{k}", grads[f"grad.{k}"], p.grad)
-
-    opt = torch.optim.AdamW(list(params.values()), lr=LR, weight_decay=DECAY)
-    opt.step()
-    for k, p in params.items():  # the update itself, not the parameter it is small beside
-        update = step[f"{k}.next"].astype(np.float64) - values[k]
-        check(f"{k} after one adamw step", update, p.detach().numpy() - values[k].astype(np.float64))
-        check(f"{k}.m", step[f"{k}.m.next"], opt.state[p]["exp_avg"])
-        check(f"{k}.v", step[f"{k}.v.next"], opt.state[p]["exp_avg_sq"])
+    check_gradients_and_adamw_step(check, tg.trainable, params, grads, step, values, LR, DECAY)
