@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from dlspec.thread_choice import ThreadChoice, candidates
 from dlspec.transfer import load_into, renamed, source_weights
 
 LAST, BEST = "last.npz", "best.npz"
+RECORDS = "metrics.jsonl"  # one line per epoch
 EVAL_BYTES = 32 * 2**20  # the inputs of one evaluation batch; its activations are some multiple
 
 
@@ -112,20 +114,92 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
         raise
 
 
+@dataclass
+class _SetUp:
+    """A run's data and graphs, ready to train: what the epochs read and never change."""
+    model: m.Model
+    train: m.Train
+    epochs: int
+    bs: int
+    seed: int
+    data: Dataset
+    has_val: bool
+    patience: Patience | None
+    columns: vocab.RunColumns
+    stats: standardize.RunStats
+    threads: int | None
+    tg: TrainingGraphs
+
+
+@dataclass
+class _Loop:
+    """The fixed context of the epoch loop."""
+    setup: _SetUp
+    opts: FitOptions
+    console: Console
+    folder: OutputFolder
+    world: distributed.World
+    runner: StepRunner | DataParallelRunner
+    chooser: ThreadChoice | None
+    lr0: float
+    start: int  # the first epoch this run trains, 0-based
+    watch: health.Watch
+    note: Callable[[str], None]
+
+
+@dataclass
+class _State:
+    """What the epochs carry from one to the next."""
+    step: int
+    best: float
+    lr: float
+    threads: int | None
+    eval_sess: ort.InferenceSession
+    history: list[dict]
+    start_files: dict[str, bytes]  # written with the first checkpoint, then emptied
+    stopped: str | None  # why early_stop ended the run
+
+
 def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions, console: Console,
          folder: OutputFolder, world: distributed.World) -> FitResult:
-    model = prog.model(model_name)
-    run_dir = folder.path
-    train = prog.train(model.name) or m.Train()
-    assert train.data is not None
-    epochs = opts.epochs or train.epochs
-    bs = opts.batch or train.batch
-    seed = opts.seed if opts.seed is not None else train.seed
-    classes = compile_model(prog, model_name, opts.seed).classes()  # shapes only: no weights made
-
     def note(text: str) -> None:
         console.print(text, markup=False, highlight=False)
 
+    run_dir = folder.path
+    setup = _set_up(prog, spec_path, model_name, opts, run_dir, world, note)
+    tg, train = setup.tg, setup.train
+    if train.from_ and not opts.resume:
+        _init_from(train, tg, spec_path, console)
+    runner = _step_runner(setup, opts, world, note)
+    eval_sess = _eval_session(tg, opts.device, setup.threads)
+    optimizer = train.optimizer
+    lr0 = base_rate(optimizer.lr if optimizer else 1e-3, train.schedule, setup.bs)
+    step, start, best = 0, 0, math.inf
+    history: list[dict] = []
+    if opts.resume:
+        step, start, best, history = _resume(run_dir, spec_path, tg, runner, opts.force, world, note, console)
+    state = _State(step, best, lr0, setup.threads, eval_sess, history, _start_files(spec_path, setup), None)
+    if setup.patience is not None and opts.resume and setup.patience.replay(run_dir / RECORDS, start):
+        state.stopped = setup.patience.reason(start)
+        note(f"{state.stopped} (before this resume: nothing more to train)")
+    watch = health.Watch(note, history)
+    chooser = _thread_chooser(runner, state, tg, opts, note)
+    loop = _Loop(setup, opts, console, folder, world, runner, chooser, lr0, start, watch, note)
+    done = _train_epochs(loop, state)
+    del runner, chooser, loop  # their sessions' arenas go before the test split's evaluation adds its own
+    if not world.writes:  # rank 0 writes the model and measures it on the test split
+        return FitResult(run_dir, done, state.step, {}, state.stopped)
+    return FitResult(run_dir, done, state.step, _save_model(setup, run_dir, state.eval_sess), state.stopped)
+
+
+def _set_up(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions, run_dir: Path,
+            world: distributed.World, note: Callable[[str], None]) -> _SetUp:
+    """Load the data, fit or reload its categories and moments, and compile the training graphs."""
+    model = prog.model(model_name)
+    train = prog.train(model.name) or m.Train()
+    assert train.data is not None
+    seed = opts.seed if opts.seed is not None else train.seed
+    classes = compile_model(prog, model_name, opts.seed).classes()  # shapes only: no weights made
     data = load_dataset(train, model, spec_path.parent, classes, note)
 
     has_val = size(data.val) > 0  # without a validation split nothing is selected: best = last
@@ -145,146 +219,209 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
     elif asked != "fp32" and world.size > 1:
         note(f"precision {asked}: data-parallel steps compute in float32")
     data = vocab.encoded(data, columns.fitted)  # the training graphs take the categories' indices
-    if train.from_ and not opts.resume:
-        # a run folder is usually relative to where training runs; a shipped file, to the spec
-        origin = Path(train.from_) if Path(train.from_).exists() else spec_path.parent / train.from_
-        params = [p.name for p in tg.inference.params]
-        source = renamed(source_weights(origin), train.from_map, origin)
-        loaded = load_into(tg.init, params, source, origin, train.from_except)
-        console.print(f"initialised {len(loaded)} of {len(params)} parameter tensors from {origin}",
-                      markup=False)
+    return _SetUp(model, train, opts.epochs or train.epochs, opts.batch or train.batch, seed, data,
+                  has_val, patience, columns, stats, threads, tg)
+
+
+def _init_from(train: m.Train, tg: TrainingGraphs, spec_path: Path, console: Console) -> None:
+    """Start from the weights of the `from` file, in place of the initial ones."""
+    assert train.from_ is not None
+    # a run folder is usually relative to where training runs; a shipped file, to the spec
+    origin = Path(train.from_) if Path(train.from_).exists() else spec_path.parent / train.from_
+    params = [p.name for p in tg.inference.params]
+    source = renamed(source_weights(origin), train.from_map, origin)
+    loaded = load_into(tg.init, params, source, origin, train.from_except)
+    console.print(f"initialised {len(loaded)} of {len(params)} parameter tensors from {origin}",
+                  markup=False)
+
+
+def _step_runner(setup: _SetUp, opts: FitOptions, world: distributed.World,
+                 note: Callable[[str], None]) -> StepRunner | DataParallelRunner:
+    """What runs the train step: data-parallel over the ranks, or one session."""
     runner: StepRunner | DataParallelRunner
+    threads, bs = setup.threads, setup.bs
     if world.size > 1:
-        runner = DataParallelRunner(tg, world, opts.device, threads)
+        runner = DataParallelRunner(setup.tg, world, opts.device, threads)
         note(f"data-parallel on {world.size} ranks: each runs about {bs // world.size} samples of every "
              f"global batch of {bs}, and one all-reduce per step averages their gradients")
     else:
         # a thread count to be measured starts at all cores, the first candidate (thread_choice)
         start = threads or (threads_in_use(None) if opts.pick_threads and opts.device == "cpu" else None)
-        runner = StepRunner(tg.train_step, tg.init, opts.device, start, bs)
+        runner = StepRunner(setup.tg.train_step, setup.tg.init, opts.device, start, bs)
     if runner.graph_blockers:
         note(f"the step runs node by node, not as a CUDA graph: {runner.graph_blockers[0]}")
-    eval_sess = _eval_session(tg, opts.device, threads)
-    optimizer = train.optimizer
-    lr0 = base_rate(optimizer.lr if optimizer else 1e-3, train.schedule, bs)
-    step, start, best, lr = 0, 0, math.inf, lr0
-    records = run_dir / "metrics.jsonl"
-    history: list[dict] = []
-    if opts.resume:
-        state, step, done, best = checkpoint.load(run_dir / LAST)
-        expected = {n: tg.init[n] for n in (*runner.carried, *runner.fixed)}
-        runner.load(resume.resumable(run_dir, spec_path, tg.inference.spec_hash, state, expected,
-                                     opts.force, note))
-        start = done + 1
-        history = _forget_after(records, start) if world.writes else read_records(records)[:start]
-        ranks = history[-1].get("ranks", 1) if history else world.size
-        if ranks != world.size:
-            note(f"resuming with {world.size} rank(s) a run trained on {ranks}: the same parameters, "
-                 "the global batches sliced anew among the ranks")
-        for leftover in run_dir.glob(".*.tmp") if world.writes else ():  # a write that a kill cut short
-            leftover.unlink()
-        console.print(f"resuming {run_dir} after epoch {done + 1} (step {step})", markup=False)
+    return runner
+
+
+def _resume(run_dir: Path, spec_path: Path, tg: TrainingGraphs, runner: StepRunner | DataParallelRunner,
+            force: bool, world: distributed.World, note: Callable[[str], None],
+            console: Console) -> tuple[int, int, float, list[dict]]:
+    """Load the last checkpoint into the runner; the step, first epoch, best score and records to
+    go on from."""
+    state, step, done, best = checkpoint.load(run_dir / LAST)
+    expected = {n: tg.init[n] for n in (*runner.carried, *runner.fixed)}
+    runner.load(resume.resumable(run_dir, spec_path, tg.inference.spec_hash, state, expected,
+                                 force, note))
+    start = done + 1
+    records = run_dir / RECORDS
+    history = _forget_after(records, start) if world.writes else read_records(records)[:start]
+    ranks = history[-1].get("ranks", 1) if history else world.size
+    if ranks != world.size:
+        note(f"resuming with {world.size} rank(s) a run trained on {ranks}: the same parameters, "
+             "the global batches sliced anew among the ranks")
+    for leftover in run_dir.glob(".*.tmp") if world.writes else ():  # a write that a kill cut short
+        leftover.unlink()
+    console.print(f"resuming {run_dir} after epoch {done + 1} (step {step})", markup=False)
+    return step, start, best, history
+
+
+def _start_files(spec_path: Path, setup: _SetUp) -> dict[str, bytes]:
     # spec.dlspec, run.json and standardize.json are written with this run's first checkpoint: a
     # run that stops before it leaves the folder as it found it
     start_files = {resume.COPY: spec_path.read_bytes(),  # what was trained, as a record
-                   resume.SOURCE: resume.record(spec_path, model.name, tg.inference.spec_hash)}
-    if stats.fitted:
-        start_files[standardize.FILE] = standardize.encode(stats.moments)
-    if columns.fitted_now:
-        start_files[vocab.FILE] = vocab.encode(columns.fitted)
-    if data.class_names:
-        start_files[labels.CLASSES_FILE] = labels.encode_class_names(data.class_names)
-    stopped = None
-    if patience is not None and opts.resume and patience.replay(records, start):
-        stopped = patience.reason(start)
-        note(f"{stopped} (before this resume: nothing more to train)")
-    last, end = start, epochs if stopped is None else start
-    watch = health.Watch(note, history)
-    chooser = None
-    if opts.pick_threads and threads is None and isinstance(runner, StepRunner) and runner.device == "cpu":
-        kept = history[-1].get("threads") if history else None
-        if kept:  # the count the run chose when it began: a resume computes as the run would have
-            runner.use_threads(kept, keep=False)
-            threads, eval_sess = kept, _eval_session(tg, opts.device, kept)
-        else:
-            chooser = ThreadChoice(runner, candidates(threads_in_use(None)), note, time.perf_counter)
-    for epoch in range(start, end):
-        t0 = time.perf_counter()
-        n_batches = batch_count(data.train, bs)
-        sums: dict[str, float] = {}
-        count = 0
-        # the next batch is gathered by a thread while this step runs; feed.waited is the time it did not
-        with _progress(console) as bar, Prefetch(batches(data.train, bs, epoch, seed)) as feed:
-            task = bar.add_task(f"epoch {epoch + 1}/{epochs}", total=n_batches, info="")
-            for i, batch in enumerate(feed):
-                step += 1
-                lr = learning_rate(train.schedule, lr0, epoch + i / n_batches, epochs)
-                out = runner.run(batch, lr, step) if chooser is None else chooser.run(batch, lr, step)
-                if not math.isfinite(out["loss"]):
-                    kept = (f"the last good checkpoint is {run_dir / LAST}" if opts.resume or epoch > start
-                            else "before the first checkpoint, so nothing was written")
-                    raise RunError(f"the loss became {out['loss']} at step {step} (epoch {epoch + 1}); "
-                                   f"training stopped, {kept}")
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                elapsed = time.perf_counter() - t0
-                rate = count * bs / elapsed
-                shown = " ".join(f"{k} {v / count:.4f}" for k, v in sums.items() if not health.is_health(k))
-                bar.update(task, advance=1, info=f"{shown} lr {lr:.2e} {rate:,.0f} samples/s, "
-                                                 f"{feed.waited / elapsed:.0%} waiting on data")
-        data_wait = feed.waited / max(time.perf_counter() - t0, 1e-9)  # of the epoch's step loop
-        if chooser is not None and chooser.chosen is not None and threads != chooser.chosen:
-            threads, eval_sess = chooser.chosen, _eval_session(tg, opts.device, chooser.chosen)
-        weights = runner.weights()
-        if not world.same(weights):
-            raise RunError(f"the ranks' parameters differ after epoch {epoch + 1}: data-parallel training "
-                           "keeps them bit-identical, so a rank computed something else (a different "
-                           "onnxruntime, device or thread count?)")
-        val = evaluate(tg, weights, data.val, eval_sess) if has_val else {}
-        record = {"epoch": epoch + 1, "step": step, "lr": lr,
-                  **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
-                  **{f"val_{k}": v for k, v in val.items()},
-                  "seconds": round(time.perf_counter() - t0, 3), "data_wait": round(data_wait, 4),
-                  **({"ranks": world.size} if world.size > 1 else {}),
-                  **({"threads": threads} if opts.pick_threads and threads is not None else {})}
-        score = val_score(val, epoch)
-        if patience is not None:
-            if patience.update(val, epoch + 1) and epoch + 1 < epochs:
-                stopped = patience.reason(epoch + 1)
-            record["stale_epochs"] = patience.stale
-            if stopped is not None:
-                record["early_stop"] = True
-        history.append(record)
-        improved = score <= best
-        best = min(best, score)
-        if world.writes:
-            for name, blob in start_files.items():
-                folder.write(name, blob)
-            folder.write(records.name, "".join(json.dumps(r) + "\n" for r in history).encode())
-            if improved:
-                checkpoint.save(folder.track(run_dir / BEST), weights, step, epoch, best)
-            checkpoint.save(folder.track(run_dir / LAST), weights, step, epoch, best)
-            folder.keep()
-        start_files = {}
-        console.print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                               for k, v in record.items() if not k.startswith(health.PREFIX)),
-                      markup=False, highlight=False)
-        watch.epoch(record)
-        last = epoch + 1
-        if stopped is not None:
-            note(stopped)
-            break
-    done = last if stopped else epochs
-    del runner, chooser  # their sessions' arenas go before the test split's evaluation adds its own
-    if not world.writes:  # rank 0 writes the model and measures it on the test split
-        return FitResult(run_dir, done, step, {}, stopped)
+                   resume.SOURCE: resume.record(spec_path, setup.model.name, setup.tg.inference.spec_hash)}
+    if setup.stats.fitted:
+        start_files[standardize.FILE] = standardize.encode(setup.stats.moments)
+    if setup.columns.fitted_now:
+        start_files[vocab.FILE] = vocab.encode(setup.columns.fitted)
+    if setup.data.class_names:
+        start_files[labels.CLASSES_FILE] = labels.encode_class_names(setup.data.class_names)
+    return start_files
+
+
+def _thread_chooser(runner: StepRunner | DataParallelRunner, state: _State, tg: TrainingGraphs,
+                    opts: FitOptions, note: Callable[[str], None]) -> ThreadChoice | None:
+    """With no --threads: the chooser that measures the first steps' speed at a few counts, or none
+    where a resumed run takes the count it chose."""
+    if not (opts.pick_threads and state.threads is None and isinstance(runner, StepRunner)
+            and runner.device == "cpu"):
+        return None
+    kept = state.history[-1].get("threads") if state.history else None
+    if kept:  # the count the run chose when it began: a resume computes as the run would have
+        runner.use_threads(kept, keep=False)
+        state.threads, state.eval_sess = kept, _eval_session(tg, opts.device, kept)
+        return None
+    return ThreadChoice(runner, candidates(threads_in_use(None)), note, time.perf_counter)
+
+
+def _train_epochs(loop: _Loop, state: _State) -> int:
+    """Train the epochs left; the number done, fewer than asked when early_stop ends the run."""
+    if state.stopped is not None:
+        return loop.start
+    for epoch in range(loop.start, loop.setup.epochs):
+        _train_epoch(loop, state, epoch)
+        if state.stopped is not None:
+            loop.note(state.stopped)
+            return epoch + 1
+    return loop.setup.epochs
+
+
+def _train_epoch(loop: _Loop, state: _State, epoch: int) -> None:
+    """One epoch: its steps, the validation, its record and checkpoints."""
+    setup, opts = loop.setup, loop.opts
+    t0 = time.perf_counter()
+    sums, count, data_wait = _train_steps(loop, state, epoch, t0)
+    chooser = loop.chooser
+    if chooser is not None and chooser.chosen is not None and state.threads != chooser.chosen:
+        state.threads, state.eval_sess = chooser.chosen, _eval_session(setup.tg, opts.device, chooser.chosen)
+    weights = loop.runner.weights()
+    if not loop.world.same(weights):
+        raise RunError(f"the ranks' parameters differ after epoch {epoch + 1}: data-parallel training "
+                       "keeps them bit-identical, so a rank computed something else (a different "
+                       "onnxruntime, device or thread count?)")
+    val = evaluate(setup.tg, weights, setup.data.val, state.eval_sess) if setup.has_val else {}
+    record = _epoch_record(loop, state, epoch, sums, count, val, t0, data_wait)
+    score = val_score(val, epoch)
+    patience = setup.patience
+    if patience is not None:
+        if patience.update(val, epoch + 1) and epoch + 1 < setup.epochs:
+            state.stopped = patience.reason(epoch + 1)
+        record["stale_epochs"] = patience.stale
+        if state.stopped is not None:
+            record["early_stop"] = True
+    state.history.append(record)
+    improved = score <= state.best
+    state.best = min(state.best, score)
+    if loop.world.writes:
+        _write_epoch(loop, state, epoch, weights, improved)
+    state.start_files = {}
+    loop.console.print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in record.items() if not k.startswith(health.PREFIX)),
+                       markup=False, highlight=False)
+    loop.watch.epoch(record)
+
+
+def _train_steps(loop: _Loop, state: _State, epoch: int,
+                 t0: float) -> tuple[dict[str, float], int, float]:
+    """One epoch's step loop: the sums of the steps' outputs, their count and the share of the
+    loop's time spent waiting on data."""
+    setup = loop.setup
+    bs = setup.bs
+    n_batches = batch_count(setup.data.train, bs)
+    sums: dict[str, float] = {}
+    count = 0
+    # the next batch is gathered by a thread while this step runs; feed.waited is the time it did not
+    with _progress(loop.console) as bar, Prefetch(batches(setup.data.train, bs, epoch, setup.seed)) as feed:
+        task = bar.add_task(f"epoch {epoch + 1}/{setup.epochs}", total=n_batches, info="")
+        for i, batch in enumerate(feed):
+            state.step += 1
+            state.lr = lr = learning_rate(setup.train.schedule, loop.lr0, epoch + i / n_batches, setup.epochs)
+            step = state.step
+            runs = loop.runner if loop.chooser is None else loop.chooser
+            out = runs.run(batch, lr, step)
+            if not math.isfinite(out["loss"]):
+                raise _loss_error(loop, out["loss"], step, epoch)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            elapsed = time.perf_counter() - t0
+            rate = count * bs / elapsed
+            shown = " ".join(f"{k} {v / count:.4f}" for k, v in sums.items() if not health.is_health(k))
+            bar.update(task, advance=1, info=f"{shown} lr {lr:.2e} {rate:,.0f} samples/s, "
+                                             f"{feed.waited / elapsed:.0%} waiting on data")
+    data_wait = feed.waited / max(time.perf_counter() - t0, 1e-9)  # of the epoch's step loop
+    return sums, count, data_wait
+
+
+def _loss_error(loop: _Loop, loss: float, step: int, epoch: int) -> RunError:
+    kept = (f"the last good checkpoint is {loop.folder.path / LAST}" if loop.opts.resume or epoch > loop.start
+            else "before the first checkpoint, so nothing was written")
+    return RunError(f"the loss became {loss} at step {step} (epoch {epoch + 1}); "
+                    f"training stopped, {kept}")
+
+
+def _epoch_record(loop: _Loop, state: _State, epoch: int, sums: dict[str, float], count: int,
+                  val: dict[str, float], t0: float, data_wait: float) -> dict:
+    """The line of metrics.jsonl for this epoch, before early_stop's fields."""
+    world, opts = loop.world, loop.opts
+    return {"epoch": epoch + 1, "step": state.step, "lr": state.lr,
+            **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            "seconds": round(time.perf_counter() - t0, 3), "data_wait": round(data_wait, 4),
+            **({"ranks": world.size} if world.size > 1 else {}),
+            **({"threads": state.threads} if opts.pick_threads and state.threads is not None else {})}
+
+
+def _write_epoch(loop: _Loop, state: _State, epoch: int, weights: dict[str, np.ndarray],
+                 improved: bool) -> None:
+    """Rank 0's writes after an epoch: the start files (the first time), the records, the checkpoints."""
+    folder, run_dir = loop.folder, loop.folder.path
+    for name, blob in state.start_files.items():
+        folder.write(name, blob)
+    folder.write(RECORDS, "".join(json.dumps(r) + "\n" for r in state.history).encode())
+    if improved:
+        checkpoint.save(folder.track(run_dir / BEST), weights, state.step, epoch, state.best)
+    checkpoint.save(folder.track(run_dir / LAST), weights, state.step, epoch, state.best)
+    folder.keep()
+
+
+def _save_model(setup: _SetUp, run_dir: Path, eval_sess: ort.InferenceSession) -> dict[str, float]:
+    """Write model.onnx with the best checkpoint's weights; its metrics on the test split."""
     final, _, _, _ = checkpoint.load(run_dir / (BEST if (run_dir / BEST).exists() else LAST))
-    names = labels.output_class_names(data.class_names, tg.inference.heads)
-    trained = labels.with_class_names(with_weights(tg.inference.onnx, final), names)
+    names = labels.output_class_names(setup.data.class_names, setup.tg.inference.heads)
+    trained = labels.with_class_names(with_weights(setup.tg.inference.onnx, final), names)
     atomic_write(run_dir / "model.onnx", trained.SerializeToString())
-    test = evaluate(tg, final, data.test, eval_sess)
-    return FitResult(run_dir, done, step, test, stopped)
+    return evaluate(setup.tg, final, setup.data.test, eval_sess)
 
 
 def _eval_session(tg: TrainingGraphs, device: str, threads: int | None) -> ort.InferenceSession:
