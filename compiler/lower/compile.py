@@ -148,11 +148,13 @@ def _columns_props(stats: Stats | None, model: m.Model) -> dict[str, str]:
 
 
 def _heads_props(model: m.Model) -> dict[str, str]:
-    """Model metadata `heads`: {"cls": "classify", "box": "regress"}, for named heads only (export
-    reads it to add each classifier's probabilities)."""
+    """Model metadata `heads`: {"cls": "classify", "box": "regress"}, which export reads to add each
+    classifier's probabilities. For named heads; of the unnamed head, only a bce_with_logits one
+    (`logits` then takes a sigmoid, not the softmax that export gives other unnamed classifiers)."""
+    infos = head_infos(model)
     if not model.heads:
-        return {}
-    return {"heads": json.dumps({h.output: h.kind for h in head_infos(model)})}
+        infos = [h for h in infos if h.kind == "binary"]
+    return {"heads": json.dumps({h.output: h.kind for h in infos})} if infos else {}
 
 
 def build_forward(prog: Program, name: str | None = None, seed: int | None = None,

@@ -59,9 +59,9 @@ def fold_batch_norm(model: onnx.ModelProto) -> int:
 
 
 def add_probabilities(model: onnx.ModelProto) -> None:
-    """Classifiers also output `probabilities` = softmax(logits) over the classes; a model with
-    named heads, `probabilities:<head>` for each classifying head (softmax over its classes, or
-    the sigmoid of a bce_with_logits head's logits), as its metadata `heads` says."""
+    """Classifiers also output `probabilities` = softmax(logits) over the classes (a bce_with_logits
+    head: sigmoid(logits)); a model with named heads, `probabilities:<head>` for each classifying
+    head, as its metadata `heads` says."""
     g = model.graph
     heads = next((json.loads(p.value) for p in model.metadata_props if p.key == "heads"), None)
     if isinstance(heads, dict):
@@ -69,7 +69,7 @@ def add_probabilities(model: onnx.ModelProto) -> None:
         for name, kind in heads.items():
             if name in outputs and kind in ("classify", "binary", "segment"):
                 dims = [d.dim_param or d.dim_value for d in outputs[name].type.tensor_type.shape.dim]
-                out = f"probabilities:{name}"
+                out = "probabilities" if name == "logits" else f"probabilities:{name}"  # the unnamed head
                 if kind != "binary":  # softmax over the classes, of each pixel for segment
                     g.node.append(helper.make_node("Softmax", [name], [out], axis=1, name=f"{out}/Softmax"))
                 else:
