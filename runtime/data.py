@@ -133,7 +133,7 @@ def _resolve(spec_dir: Path, path: str, folder_ok: bool = False) -> Path:
 
 
 def _take(arrays: Split, idx: np.ndarray) -> Split:
-    return {k: v.take(idx) if isinstance(v, shards.Rows) else v[idx] for k, v in arrays.items()}
+    return {k: v.take(idx, axis=0) for k, v in arrays.items()}  # a mapped array's Rows stay unread
 
 
 # ---- checking one array against its declaration ----
@@ -392,19 +392,20 @@ def _csv(path: Path, target: str, model: m.Model, rules: dict[str, Labels],
             out[decl.name], class_names[decl.name] = _class_indices(cells, lines, given, where)
         else:
             missing_ok = decl.name in may_miss and decl.dtype.startswith("float")
-            values = _csv_numbers(cells, lines, where, decl.name, missing_ok)
+            values = csv_numbers(cells, lines, where, decl.name, missing_ok)
             out[decl.name] = _conform(values, decl, where, missing_ok)
         if decl.name in rules:
             check_labels(out[decl.name], rules[decl.name], where, lambda i: f"line {lines[i]}")
     return out, class_names
 
 
-def _csv_numbers(cells: list[str], lines: list[int], where: str, name: str, missing_ok: bool) -> np.ndarray:
+def csv_numbers(cells: list[str], lines: list[int], where: str, name: str, missing_ok: bool,
+                fill: str | None = None) -> np.ndarray:
     """The cells as float64; an empty or NaN cell is NaN when the spec fills `name` (missing_ok),
-    else a RunError naming the line."""
+    else a RunError naming the line, followed by `fill`, how to fill it."""
     values = np.empty(len(cells), np.float64)
-    fill = (f"; a spec fills missing values in its features: `{name} = fill({name}, mean)` (or "
-            f"fill({name}, 0)), with missing({name}) as an indicator column")
+    fill = fill or (f"; a spec fills missing values in its features: `{name} = fill({name}, mean)` (or "
+                    f"fill({name}, 0)), with missing({name}) as an indicator column")
     for i, (line, cell) in enumerate(zip(lines, cells)):
         if not cell:
             if not missing_ok:

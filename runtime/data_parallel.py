@@ -50,8 +50,15 @@ class DataParallelRunner:
         self.fixed = [n for n in tg.init if n not in self.carried]
         self.apply_out = [o.name for o in self.apply.get_outputs()]
         self.apply_values = [i.name for i in self.apply.get_inputs() if i.name in tg.init]
-        self.trainable = list(tg.trainable)
+        self.stages = {p: stage_of(p) for p in tg.trainable}
         self.graph_blockers: list[str] = []
+        # each output's place in the one buffer that is summed across ranks; the last slot: samples
+        self.layout, at = [], 0
+        for name in self.outputs:
+            shape = self._shape(name)
+            self.layout.append((name, shape, at, at + math.prod(shape)))
+            at += math.prod(shape)
+        self.send = np.zeros(at + 1, np.float32)
 
     def run(self, batch: dict[str, np.ndarray], lr: float, step: int) -> dict[str, float]:
         """One step on the global `batch`: this rank's slice, the sum across ranks, the update."""
@@ -63,15 +70,14 @@ class DataParallelRunner:
         counter = np.array(step * self.world.size + self.world.rank, np.int64)
         outs = self.grads.run(self.outputs, {**feeds, **{k: self.values[k] for k in self.param_inputs},
                                              "step": counter}) if mine else None
-        parts = [np.asarray(o, np.float32).ravel() * mine for o in outs] if outs is not None else \
-            [np.zeros(math.prod(self._shape(o)), np.float32) for o in self.outputs]
-        total = self.world.sum(np.concatenate([*parts, np.array([mine], np.float32)]))
+        for (_, _, lo, hi), out in zip(self.layout, outs or []):  # summed weighted by samples
+            np.multiply(np.asarray(out, np.float32).ravel(), mine, out=self.send[lo:hi])
+        if outs is None:
+            self.send[:-1] = 0.0
+        self.send[-1] = mine
+        total = self.world.sum(self.send)
         mean = total[:-1] / total[-1]
-        averaged, at = {}, 0
-        for name in self.outputs:
-            shape = self._shape(name)
-            averaged[name] = mean[at:at + math.prod(shape)].reshape(shape)
-            at += math.prod(shape)
+        averaged = {name: mean[lo:hi].reshape(shape) for name, shape, lo, hi in self.layout}
         nexts = self.apply.run(self.apply_out, {
             "lr": np.array(lr, np.float32), "step": np.array(step, np.int64),
             **{k: self.values[k] for k in self.apply_values},
@@ -93,9 +99,8 @@ class DataParallelRunner:
     def _norms(self, averaged: dict[str, np.ndarray]) -> dict[str, float]:
         """grad_norm and grad_norm:<stage> of the averaged gradients, as train_step reports them."""
         squares: dict[str, float] = {}
-        for p in self.trainable:
+        for p, stage in self.stages.items():
             g = averaged[f"grad.{p}"].astype(np.float64)
-            stage = stage_of(p)
             squares[stage] = squares.get(stage, 0.0) + float(np.sum(g * g))
         if not squares:
             return {}

@@ -48,10 +48,6 @@ class World:
         """Whether every rank holds the same `values` (compared through a digest)."""
         return True
 
-    def broadcast_flag(self, flag: bool) -> bool:
-        """Rank 0's `flag`, on every rank."""
-        return flag
-
 
 class MpiWorld(World):
     def __init__(self, comm: Any, timeout: float):
@@ -71,11 +67,6 @@ class MpiWorld(World):
         every = np.empty(self.size, np.uint32)
         self._wait(self.comm.Iallgather(digest, every), "the parameter check")
         return bool((every == every[0]).all())
-
-    def broadcast_flag(self, flag: bool) -> bool:
-        value = np.array([1 if flag else 0], np.int32)
-        self._wait(self.comm.Ibcast(value, root=0), "a decision of rank 0")
-        return bool(value[0])
 
     def _wait(self, request: Any, what: str) -> None:
         deadline = time.monotonic() + self.timeout

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 from rich.console import Console
 
 from dlspec.arg_types import positive
-from dlspec.data import csv_rows
+from dlspec.data import csv_numbers, csv_rows
 from dlspec.files import atomic_write
 from dlspec.images import EXTENSIONS, layout_of, read_image
 from dlspec.inference import check_inputs, load_inputs, run_model, session
@@ -132,18 +131,10 @@ def _csv_inputs(sess: Any, path: Path) -> Rows:
         if inp.type == "tensor(string)":
             data[inp.name] = np.array(cells, dtype=object)
             continue
-        values = np.empty(len(cells))
-        for i, ((line, _), cell) in enumerate(zip(body, cells)):
-            try:
-                values[i] = float(cell) if cell else math.nan
-            except ValueError:
-                raise RunError(f"{path}: column '{inp.name}': value {cell!r} at line {line} is not "
-                               "numeric") from None
-            if math.isnan(values[i]) and inp.name not in nan_ok:
-                what = "NaN" if cell else "missing value"
-                raise RunError(f"{path}: column '{inp.name}': {what} at line {line}; the model fills no "
-                               f"missing values of '{inp.name}' (its spec has no fill({inp.name}, ...)), so "
-                               "every row needs a number there")
+        hint = (f"; the model fills no missing values of '{inp.name}' (its spec has no "
+                f"fill({inp.name}, ...)), so every row needs a number there")
+        values = csv_numbers(cells, [line for line, _ in body], f"{path}: column '{inp.name}'", inp.name,
+                             inp.name in nan_ok, hint)
         data[inp.name] = values
     return Rows(check_inputs(sess, data, path), [f"line {line}" for line, _ in body])
 

@@ -77,8 +77,9 @@ class Rows:
             return self.source.gather(np.array([rows]), self.dtype)[0]
         return self.source.gather(rows, self.dtype)
 
-    def take(self, idx: np.ndarray) -> Rows:
-        """These rows' `idx`-th, still unread."""
+    def take(self, idx: np.ndarray, axis: int = 0) -> Rows:
+        """These rows' `idx`-th, still unread (ndarray.take's signature, samples on axis 0)."""
+        assert axis == 0
         return Rows(self.source, self.index[idx], self.dtype)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

@@ -408,7 +408,7 @@ def _write_epoch(loop: _Loop, state: _State, epoch: int, weights: dict[str, np.n
     folder, run_dir = loop.folder, loop.folder.path
     for name, blob in state.start_files.items():
         folder.write(name, blob)
-    folder.write(RECORDS, "".join(json.dumps(r) + "\n" for r in state.history).encode())
+    folder.write(RECORDS, _records_bytes(state.history))
     if improved:
         checkpoint.save(folder.track(run_dir / BEST), weights, state.step, epoch, state.best)
     checkpoint.save(folder.track(run_dir / LAST), weights, state.step, epoch, state.best)
@@ -433,7 +433,7 @@ def _forget_after(records: Path, epochs: int) -> list[dict]:
     """Drop the records of epochs after the checkpoint's (1-based `epochs`): a kill between an
     epoch's record and its checkpoint means the resumed run trains that epoch again."""
     kept = [r for r in read_records(records) if r["epoch"] <= epochs]
-    atomic_write(records, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    atomic_write(records, _records_bytes(kept))
     return kept
 
 
@@ -445,3 +445,8 @@ def _progress(console: Console) -> Progress:
 
 
 __all__ = ["Dataset", "FitOptions", "FitResult", "fit"]
+
+
+def _records_bytes(records: list[dict]) -> bytes:
+    """metrics.jsonl's bytes: one JSON record per line."""
+    return "".join(json.dumps(r) + "\n" for r in records).encode()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlspec.compiler.lower.columns import FillMean, Vocab, categorical, filled, key
+from dlspec.compiler.lower.columns import FillMean, Vocab, categorical, column_of, filled, key
 from dlspec.compiler.lower.features import Fitted
 from dlspec.data import Dataset, Split, size
 from dlspec.spec import model as m
@@ -49,7 +49,7 @@ def encode_split(split: Split, fitted: Mapping[str, Fitted]) -> Split:
     compiled lookup gives them."""
     out = dict(split)
     for k, v in fitted.items():
-        name = k.split(".", 1)[1]
+        name = column_of(k)
         if isinstance(v, Vocab) and name in out:
             index = {w: i for i, w in enumerate(v.words, start=1)}
             words = out[name].tolist()
@@ -67,8 +67,8 @@ def encoded(data: Dataset, fitted: Mapping[str, Fitted]) -> Dataset:
 
 def encode(fitted: Mapping[str, Fitted]) -> bytes:
     """JSON: {"vocab": {input: [words]}, "fill": {input: mean}}; floats round-trip exactly."""
-    vocab = {k.split(".", 1)[1]: list(v.words) for k, v in fitted.items() if isinstance(v, Vocab)}
-    fill = {k.split(".", 1)[1]: v.value for k, v in fitted.items() if isinstance(v, FillMean)}
+    vocab = {column_of(k): list(v.words) for k, v in fitted.items() if isinstance(v, Vocab)}
+    fill = {column_of(k): v.value for k, v in fitted.items() if isinstance(v, FillMean)}
     return (json.dumps({"vocab": vocab, "fill": fill}, indent=1, ensure_ascii=False) + "\n").encode()
 
 
@@ -110,7 +110,7 @@ def for_run(model: m.Model, train: Split, run_dir: Path, resume: bool,
              "fitting them again on the training split")
     fitted = fit(model, train)
     for k, v in fitted.items():
-        name = k.split(".", 1)[1]
+        name = column_of(k)
         if isinstance(v, Vocab):
             shown = ", ".join(v.words[:8]) + (", ..." if len(v.words) > 8 else "")
             note(f"categories of {name}: {len(v.words)} on the {size(train)} training samples ({shown}) and "

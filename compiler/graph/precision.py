@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from dlspec.compiler.graph.infer import constants, value_types
+from dlspec.compiler.graph.infer import Constants, value_types
 
 
 def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -94,7 +94,7 @@ def to_mixed(model: onnx.ModelProto, half: str, float32_nodes: Callable[[onnx.No
     g = out.graph
     types = value_types(model)
     is_float = {n for n, t in types.items() if t.dtype == "float32"}
-    consts = constants(model)
+    consts = Constants(model.graph.initializer, model.graph.node)  # read only where a cast is weighed
     exact = set(exact)
     graph_inputs = {i.name for i in g.input} - exact
     outputs = {o.name for o in g.output}

@@ -62,6 +62,11 @@ def key(kind: str, name: str) -> str:
     return f"{kind}.{name}"
 
 
+def column_of(fitted_key: str) -> str:
+    """The column a key of `key` names: `vocab.district` -> `district`."""
+    return fitted_key.split(".", 1)[1]
+
+
 def categorical(decls: Sequence[m.TensorDecl]) -> list[str]:
     """The string inputs: categories."""
     return [d.name for d in decls if d.dtype == "string"]
