@@ -68,23 +68,29 @@ def add_probabilities(model: onnx.ModelProto) -> None:
         outputs = {o.name: o for o in g.output}
         for name, kind in heads.items():
             if name in outputs and kind in ("classify", "binary", "segment"):
-                dims = [d.dim_param or d.dim_value for d in outputs[name].type.tensor_type.shape.dim]
                 out = "probabilities" if name == "logits" else f"probabilities:{name}"  # the unnamed head
                 if kind != "binary":  # softmax over the classes, of each pixel for segment
                     g.node.append(helper.make_node("Softmax", [name], [out], axis=1, name=f"{out}/Softmax"))
                 else:
                     g.node.append(helper.make_node("Sigmoid", [name], [out], name=f"{out}/Sigmoid"))
-                g.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, dims))
+                _output_like(g, outputs[name], out)
         return
     logits = next((o for o in g.output if o.name == "logits"), None)
     if logits is None:
         return
-    dims = [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim]
-    if len(dims) < 2:
+    if len(logits.type.tensor_type.shape.dim) < 2:
         return
     g.node.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1,  # [N, C] or [N, C, H, W]
                                    name="probabilities/Softmax"))
-    g.output.append(helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, dims))
+    _output_like(g, logits, "probabilities")
+
+
+def _output_like(g: onnx.GraphProto, source: onnx.ValueInfoProto, name: str) -> None:
+    """A graph output `name` of the type and shape of `source` (softmax and sigmoid keep both),
+    copied whole: a dimension known by neither size nor name stays unknown."""
+    out = g.output.add()
+    out.type.CopyFrom(source.type)
+    out.name = name
 
 
 def export(model: onnx.ModelProto, props: dict[str, str]) -> tuple[onnx.ModelProto, int]:

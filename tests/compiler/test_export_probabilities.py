@@ -43,3 +43,16 @@ def test_a_classifier_gets_the_softmax_over_its_classes(tmp_path: Path) -> None:
     logits, probabilities = _probabilities(tmp_path, "int64[N]", 4, "cross_entropy")
     e = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(probabilities, e / e.sum(1, keepdims=True), rtol=1e-5)
+
+
+def test_probabilities_keep_a_dimension_the_model_leaves_unknown(tmp_path: Path) -> None:
+    """A logits dimension with neither size nor name (a damaged or hand-edited file) stays unknown
+    in `probabilities`: written as size 0 it contradicted shape inference, and export failed."""
+    path = tmp_path / "m.dlspec"
+    path.write_text(SPEC.replace("TARGET", "int64[N]").replace("WIDTH", "4").replace("LOSS", "cross_entropy"))
+    model = dlspec.compile(dlspec.load(path)).onnx
+    logits = next(o for o in model.graph.output if o.name == "logits")
+    logits.type.tensor_type.shape.dim[1].Clear()
+    exported, _ = export(model, {})
+    probabilities = next(o for o in exported.graph.output if o.name == "probabilities")
+    assert probabilities.type == logits.type
