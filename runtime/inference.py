@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dlspec.files import Npz, load_model
+from dlspec.session import options
 from dlspec.spec.errors import RunError
 
 _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
@@ -24,10 +25,9 @@ def _first_line(err: BaseException) -> str:
 
 def session(model_path: str | Path, device: str = "cpu") -> ort.InferenceSession:
     model = load_model(model_path)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), options(None),
+                                    providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own (pybind) exception types
         raise RunError(f"{model_path}: onnxruntime cannot load the model: {_first_line(err)}") from None
 

@@ -47,7 +47,7 @@ def options(threads: int | None, device: str | None = None) -> ort.SessionOption
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # failures come back as exceptions, reported in one line
     if device == "cpu":
         # the pattern is planned on a session's first run (per input shape) and then allocated
         # beside the arena blocks that run took, which the arena keeps: 26 to 36 MB more at the

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +157,23 @@ def test_bit_flips_of_a_real_model_give_a_result_or_a_clean_error(base: Path, tm
                 codes[code] = codes.get(code, 0) + 1
                 assert code in (0, 2) and "Traceback" not in err and "internal error" not in err, (argv, err)
     assert codes.get(2, 0) > 10, codes  # the flips did hit the structure
+
+
+def test_a_model_that_fails_as_it_runs_prints_one_line(tmp_path: Path) -> None:
+    """A valid model whose run fails on these inputs (8 numbers cannot be rows of 3): the one
+    error line, and no log line of onnxruntime's own on the process's stderr."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TP.FLOAT, [3, None])],
+        [helper.make_tensor("shape", TP.INT64, [2], [3, -1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 4), np.float32))
+    run = subprocess.run([sys.executable, "-m", "dlspec", "predict", str(tmp_path / "m.onnx"),
+                          str(tmp_path / "in.npz")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "Reshape" in run.stderr, run.stderr
 
 
 def test_a_train_blocks_from_reads_through_the_same_checks(tmp_path: Path) -> None:
