@@ -10,8 +10,16 @@ from onnx import TensorProto, helper
 from dlspec.compiler.grad.walk import backward
 from dlspec.compiler.graph import DTYPES, IR_VERSION, OPSET, Graph, Value
 from dlspec.compiler.graph import ops as op
+from dlspec.compiler.graph.builder import output_node
 from dlspec.compiler.graph.fold import fold_constants
-from dlspec.compiler.graph.infer import Constants, Type, skeleton, value_types, without_initializers
+from dlspec.compiler.graph.infer import (
+    Constants,
+    Type,
+    original_inputs,
+    skeleton,
+    value_types,
+    without_initializers,
+)
 from dlspec.compiler.graph.newer_ops import REWRITES, rewrite_newer_ops
 from dlspec.compiler.graph.opsets import to_opset
 from dlspec.compiler.target import Target
@@ -57,9 +65,7 @@ def gradient_model(model: onnx.ModelProto, loss: str, wrt: Sequence[str] | None 
         raise CompileError(f"the loss does not depend on: {', '.join(missing)}")
     # the fields of the model as given (or as converted), the nodes and inputs of `work`
     base = model if converted is light else converted
-    listed = {i.name for i in model.graph.input}  # before IR 4, initializers are listed as inputs too
-    inputs = [i for i in src.input if i.name not in weights or i.name in listed]
-    out = _with_gradients(base, list(src.node), inputs, tensors, g, loss,
+    out = _with_gradients(base, list(src.node), original_inputs(src.input, weights, model), tensors, g, loss,
                           {n: grads[n] for n in wrt if n in grads}, types)
     if missing:
         helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
@@ -131,7 +137,7 @@ def _with_gradients(base: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: 
                                                       list(types[loss].shape or ())))
     for name, grad in grads.items():
         gname = f"grad.{name}"
-        graph.node.append(helper.make_node("Identity", [grad.name], [gname], name=f"{gname}/Identity"))
+        graph.node.append(output_node(grad.name, gname))
         t = types.get(name)
         graph.output.append(helper.make_tensor_value_info(gname, _elem_type(t.dtype if t else None),
                                                           list(t.shape or ()) or None if t else None))

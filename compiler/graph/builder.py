@@ -49,6 +49,13 @@ class CustomGradient:
     rule: Callable[[Value], Sequence[Value | None]]
 
 
+def output_node(value: str, name: str, where: str = "") -> onnx.NodeProto:
+    """An Identity that gives `value` the graph output name `name`: a value may feed several outputs,
+    or be read under a name of its own beside the one it has."""
+    return helper.make_node("Identity", [value], [name], name=f"{name}/Identity", domain=DOMAIN,
+                            doc_string=where or None)
+
+
 class Graph:
     """Collects nodes and initializers; every name it hands out is unique."""
 
@@ -103,6 +110,11 @@ class Graph:
                                  **{k: v for k, v in attrs.items() if v is not None})
         self.nodes.append(proto)
         return outs
+
+    def output(self, v: Value, name: str) -> Value:
+        """`v` as the graph output `name` (output_node)."""
+        self.nodes.append(output_node(v.name, name, self.where))
+        return Value(self, name, v.dtype, v.shape)
 
     def value(self, name: str, dtype: str | None = None, shape: Shape | None = None) -> Value:
         """A value this graph already has (an input, or a node output) by name."""

@@ -151,11 +151,19 @@ def _copy_fields(src: Message, dst: Message, skip: str) -> None:
             setattr(dst, field.name, value)
 
 
+def original_inputs(inputs: Iterable[onnx.ValueInfoProto], moved: Mapping[str, onnx.TensorProto],
+                    original: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The inputs of a graph made from a skeleton of `original` but those that stood for its moved
+    initializers, unless `original` lists them as inputs too (before IR 4, initializers are)."""
+    listed = {i.name for i in original.graph.input}
+    return [i for i in inputs if i.name not in moved or i.name in listed]
+
+
 def with_weights_back(model: onnx.ModelProto, moved: dict[str, onnx.TensorProto],
-                      listed: set[str]) -> onnx.ModelProto:
-    """A skeleton's initializers put back (after a conversion): the inputs that stood for them go,
-    but those that the original model listed (`listed`) as inputs too."""
-    inputs = [i for i in model.graph.input if i.name not in moved or i.name in listed]
+                      original: onnx.ModelProto) -> onnx.ModelProto:
+    """A skeleton's initializers put back (after a conversion), and its inputs as `original` had
+    them (original_inputs)."""
+    inputs = original_inputs(model.graph.input, moved, original)
     del model.graph.input[:]
     model.graph.input.extend(inputs)
     model.graph.initializer.extend(moved.values())

@@ -545,6 +545,10 @@ def ReduceL2(x: Value, axes: Ints | None = None, keepdims: int = 1, noop_with_em
     return _reduce("ReduceL2", x, axes, keepdims, noop_with_empty_axes)
 
 
+def ReduceMax(x: Value, axes: Ints | None = None, keepdims: int = 1, noop_with_empty_axes: int = 0) -> Value:
+    return _reduce("ReduceMax", x, axes, keepdims, noop_with_empty_axes)
+
+
 # ---- networks ----
 def _window(size: Dim, k: int, s: int, d: int, p0: int, p1: int, ceil: bool = False) -> Dim:
     if not isinstance(size, int):
@@ -620,6 +624,25 @@ def BatchNormalization(x: Value, scale: Value, bias: Value, mean: Value, var: Va
                 momentum=momentum)
 
 
+def LayerNormalization(x: Value, scale: Value, bias: Value | None, axis: int = -1,
+                       epsilon: float = 1e-5) -> Value:
+    return _one("LayerNormalization", [x, scale, bias], x.dtype, x.shape, axis=axis, epsilon=epsilon)
+
+
+def InstanceNormalization(x: Value, scale: Value, bias: Value, epsilon: float = 1e-5) -> Value:
+    return _one("InstanceNormalization", [x, scale, bias], x.dtype, x.shape, epsilon=epsilon)
+
+
+def Recurrent(op_type: str, x: Value, w: Value, r: Value, b: Value | None, sequence_lens: Value | None,
+              hidden_size: int, direction: str, **attrs: Any) -> Value:
+    """An RNN, GRU or LSTM node in layout 0, X [T, N, F]; its output Y alone: [T, directions, N, H]
+    (onnxruntime's CPU kernels refuse layout 1)."""
+    dirs = 2 if direction == "bidirectional" else 1
+    shape = None if x.shape is None else (x.shape[0], dirs, x.shape[1], hidden_size)
+    return _one(op_type, [x, w, r, b, sequence_lens], x.dtype, shape, hidden_size=hidden_size,
+                direction=direction, **attrs)
+
+
 def Softmax(x: Value, axis: int = -1) -> Value:
     return _same("Softmax", x, axis=axis)
 
@@ -628,9 +651,20 @@ def LogSoftmax(x: Value, axis: int = -1) -> Value:
     return _same("LogSoftmax", x, axis=axis)
 
 
-def Resize(x: Value, scales: Value, mode: str = "nearest", coordinate_transformation_mode: str = "half_pixel",
-           nearest_mode: str = "round_prefer_floor") -> Value:
-    return _one("Resize", [x, None, scales], x.dtype, None, mode=mode,
+def Resize(x: Value, scales: Value | None = None, sizes: Ints | None = None,
+           axes: Sequence[int] | None = None, mode: str = "nearest",
+           coordinate_transformation_mode: str = "half_pixel", nearest_mode: str | None = None) -> Value:
+    """By `scales` or by output `sizes`, of every axis or of `axes` alone; `nearest_mode` unset is
+    ONNX's round_prefer_floor."""
+    shape = None
+    known = _known(sizes)
+    if x.shape is not None and known is not None:
+        dims = list(x.shape)
+        for a, d in zip(axes if axes is not None else range(len(dims)), known):
+            dims[_axis(a, len(dims))] = d
+        shape = tuple(dims)
+    return _one("Resize", [x, None, scales, _ints(x.graph, sizes)], x.dtype, shape,
+                axes=None if axes is None else list(axes), mode=mode,
                 coordinate_transformation_mode=coordinate_transformation_mode, nearest_mode=nearest_mode)
 
 

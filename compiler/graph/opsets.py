@@ -45,7 +45,7 @@ def to_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         raise CompileError(f"cannot convert the model from ONNX opset {version} to {OPSET}{where}: "
                            f"{str(err).strip().splitlines()[-1][:200]}") from None
     converted.ir_version = model.ir_version if model.ir_version >= 4 else converted.ir_version
-    return with_weights_back(converted, moved, {i.name for i in model.graph.input})
+    return with_weights_back(converted, moved, model)
 
 
 def _unconvertible(model: onnx.ModelProto, version: int) -> onnx.NodeProto | None:

@@ -42,7 +42,7 @@ def probe_features(prog: Program, name: str | None = None, stats: Stats | None =
             continue
         ready.append(feature)
         out = f"standardize.{feature}"
-        g.node("Identity", [arg], outputs=[out], name=f"{out}/Identity")
+        g.output(arg, out)
         outputs.append(value_info(g.value(out, "float32", arg.shape)))
     proto = model_proto(model.name, g.nodes, [value_info(t) for t in inputs], outputs, {}, "")
     return Probe(proto, ready)

@@ -64,7 +64,4 @@ def resize(x: Value, h: int, w: int) -> Value:
     mode="bilinear", align_corners=False): half-pixel centres, edges clamped. The output's size is
     given on axes 2 and 3 (opset 18's `axes`): scales would round h0 * (h / h0) below h for some
     sizes, and the gradient's interpolation matrices are then constants."""
-    g = x.graph
-    name = g.node("Resize", [x, None, None, g.ints([h, w])], axes=[2, 3], mode="linear",
-                  coordinate_transformation_mode="half_pixel")[0]
-    return Value(g, name, x.dtype, (None, x.dims[1], h, w))
+    return op.Resize(x, sizes=[h, w], axes=[2, 3], mode="linear", coordinate_transformation_mode="half_pixel")

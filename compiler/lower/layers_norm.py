@@ -15,7 +15,6 @@ from dlspec.compiler.graph import Value, show
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.graph.composite import per_channel
 from dlspec.compiler.lower.layers import Layer, layer, static
-from dlspec.compiler.lower.layers_ops import InstanceNormalization, LayerNormalization
 from dlspec.spec.model import Size
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ class LayerNorm(Layer):
         assert isinstance(d, int)
         weight, bias = ctx.ones("weight", (d,)), ctx.zeros("bias", (d,))
         # one fused kernel on onnxruntime's CPU and CUDA providers (opset 17)
-        return LayerNormalization(x, weight, bias, axis=-1, epsilon=self.eps)
+        return op.LayerNormalization(x, weight, bias, axis=-1, epsilon=self.eps)
 
 
 @layer("groupnorm")
@@ -66,7 +65,7 @@ class GroupNorm(Layer):
         g = x.graph
         view = op.Reshape(x, [0, self.groups, -1])
         ones, zeros = g.const(np.ones(self.groups)), g.const(np.zeros(self.groups))
-        normed = InstanceNormalization(view, ones, zeros, epsilon=self.eps)
+        normed = op.InstanceNormalization(view, ones, zeros, epsilon=self.eps)
         y = op.Reshape(normed, [0, *static(x.dims[1:])])
         return (y * per_channel(weight, x.rank) + per_channel(bias, x.rank)).with_shape(x.shape)
 

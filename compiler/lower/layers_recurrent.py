@@ -17,7 +17,6 @@ from dlspec.compiler.graph import Value
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.lower.layers import Layer
 from dlspec.compiler.lower.layers import layer as register
-from dlspec.compiler.lower.layers_ops import Recurrent
 from dlspec.compiler.lower.layers_sequence import sequence_and_lengths
 from dlspec.spec.limits import MAX_REPEAT
 from dlspec.spec.model import Size
@@ -48,8 +47,8 @@ class _Recurrent(Layer):
             fin = f if k == 0 else dirs * h
             w, r, b = self._weights(ctx, k, fin, dirs)
             ctx.flops += 2 * t * dirs * len(self.order) * h * (fin + h)
-            y = Recurrent(self.op_type, seq, w, r, b, seq_lens, h,
-                          "bidirectional" if dirs == 2 else "forward", **self.attrs)
+            y = op.Recurrent(self.op_type, seq, w, r, b, seq_lens, h,
+                             "bidirectional" if dirs == 2 else "forward", **self.attrs)
             if k + 1 < self.layers:  # [T, dirs, N, H] -> the next layer's [T, N, dirs * H]
                 seq = op.Reshape(op.Transpose(y, [0, 2, 1, 3]), [t, -1, dirs * h])
         out = op.Reshape(op.Transpose(y, [2, 0, 1, 3]), [-1, t, dirs * h])  # [N, T, dirs * H]

@@ -13,7 +13,6 @@ from dlspec.compiler.graph import Value, show
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.lower.columns import id_count
 from dlspec.compiler.lower.layers import Layer, layer
-from dlspec.compiler.lower.layers_ops import ReduceMax
 from dlspec.spec.model import Size
 
 if TYPE_CHECKING:
@@ -162,10 +161,10 @@ class Pool(Layer):
             return [op.Squeeze(op.Slice(x, [0], [1], [1]), [1]).with_shape(out)]
         if lens is None:
             if self.mode == "max":
-                return [ReduceMax(x, [1], keepdims=0).with_shape(out)]
+                return [op.ReduceMax(x, [1], keepdims=0).with_shape(out)]
             return [op.ReduceMean(x, [1], keepdims=0).with_shape(out)]
         valid = op.Unsqueeze(valid_positions(lens, t), [2])  # [N, T, 1]
         if self.mode == "max":
-            return [ReduceMax(op.Where(valid, x, float("-inf")), [1], keepdims=0).with_shape(out)]
+            return [op.ReduceMax(op.Where(valid, x, float("-inf")), [1], keepdims=0).with_shape(out)]
         total = op.ReduceSum(x * valid.cast_like(x), [1], keepdims=0)
         return [(total / op.Unsqueeze(lens.cast_like(x), [1])).with_shape(out)]

@@ -30,6 +30,23 @@ def labels(target: Value, scores: Value) -> Value:
     return y
 
 
+def _one_hot(y: Value, scores: Value, valid: Value | None = None) -> Value:
+    """Labels y [N, ...] as float rows on the class axis of scores [N, C, ...]; where `valid` is
+    false, class 0's row, for the caller to mask out."""
+    g = y.graph
+    if valid is not None:
+        y = op.Where(valid, y, 0)
+    return op.OneHot(y, g.const(int(scores.dims[1] or 0), "int64"), g.const([0.0, 1.0]), axis=1)
+
+
+def _class_targets(target: Value, scores: Value, ignore_index: int | None) -> tuple[Value, Value | None]:
+    """target's labels one-hot as scores, and the positions that count (None: all of them), those
+    not labelled ignore_index."""
+    y = labels(target, scores)
+    valid = None if ignore_index is None else op.Not(op.Equal(y, ignore_index))
+    return _one_hot(y, scores, valid), valid
+
+
 def _per_class(values: Sequence[float], scores: Value) -> Value:
     """Per-class constants [C], shaped [C, 1, ...] to broadcast over scores' axes after the classes."""
     return scores.graph.const(np.reshape(np.asarray(values, np.float32), [-1] + [1] * (scores.rank - 2)))
@@ -38,15 +55,9 @@ def _per_class(values: Sequence[float], scores: Value) -> Value:
 def cross_entropy(logits: Value, target: Value, spec: m.CrossEntropy) -> Value:
     """-(1 - e) log p[y] - (e / C) sum_c log p_c, weighted per class, averaged over the weight
     of the rows (or positions) that are not ignored (PyTorch's CrossEntropyLoss)."""
-    g = logits.graph
     classes = int(logits.dims[1] or 0)
     logp = op.LogSoftmax(logits, axis=1)  # log-sum-exp inside: stable
-    y = labels(target, logits)
-    valid = None
-    if spec.ignore_index is not None:
-        valid = op.Not(op.Equal(y, spec.ignore_index))
-        y = op.Where(valid, y, 0)
-    onehot = op.OneHot(y, g.const(classes, "int64"), g.const([0.0, 1.0]), axis=1)
+    onehot, valid = _class_targets(target, logits, spec.ignore_index)
     w_rows = None
     if spec.weight is not None:
         w = _per_class(spec.weight, logits)
@@ -73,17 +84,10 @@ def dice(logits: Value, target: Value, spec: m.Dice) -> Value:
     """1 - (1 / C) sum_c (2 sum p_c t_c + s) / (sum p_c + sum t_c + s): p = softmax over the
     classes, t the one-hot labels, each sum over the batch and every position (so a class absent
     from the batch and the prediction scores 1), s = smooth; ignored positions count nowhere."""
-    g = logits.graph
-    classes = int(logits.dims[1] or 0)
     p = op.Softmax(logits, axis=1)
-    y = labels(target, logits)
-    keep = None
-    if spec.ignore_index is not None:
-        valid = op.Not(op.Equal(y, spec.ignore_index))
-        y = op.Where(valid, y, 0)
+    onehot, valid = _class_targets(target, logits, spec.ignore_index)
+    if valid is not None:
         keep = op.Unsqueeze(valid.cast("float32"), [1])  # [N, 1, ...]
-    onehot = op.OneHot(y, g.const(classes, "int64"), g.const([0.0, 1.0]), axis=1)
-    if keep is not None:
         p, onehot = p * keep, onehot * keep
     axes = [0] + list(range(2, logits.rank))  # all but the classes
     both = op.ReduceSum(p * onehot, axes, keepdims=0)
@@ -159,7 +163,6 @@ def dense_metrics(scores: Value, target: Value) -> dict[str, Value]:
     share predicted right, and `mean_iou`, the mean over the classes present (in the labels or the
     predictions) of |predicted c and labelled c| / |predicted c or labelled c|, as
     sklearn.metrics.jaccard_score(average="macro") of the flattened labels."""
-    g = scores.graph
     classes = int(scores.dims[1] or 0)
     y = labels(target, scores)
     valid = op.And(y >= 0, y < classes)
@@ -167,10 +170,9 @@ def dense_metrics(scores: Value, target: Value) -> dict[str, Value]:
     pred = op.ArgMax(scores, axis=1, keepdims=0)
     hits = op.ReduceSum(op.Equal(pred, y).cast("float32") * fvalid, keepdims=0)
     accuracy = hits / op.Max([op.ReduceSum(fvalid, keepdims=0), 1.0])
-    depth, on_off = g.const(classes, "int64"), g.const([0.0, 1.0])
     keep = op.Unsqueeze(fvalid, [1])
-    p = op.OneHot(pred, depth, on_off, axis=1) * keep  # [N, C, ...]
-    t = op.OneHot(op.Where(valid, y, 0), depth, on_off, axis=1) * keep
+    p = _one_hot(pred, scores) * keep  # [N, C, ...]
+    t = _one_hot(y, scores, valid) * keep
     axes = [0] + list(range(2, scores.rank))
     inter = op.ReduceSum(p * t, axes, keepdims=0)  # [C]
     union = op.ReduceSum(p, axes, keepdims=0) + op.ReduceSum(t, axes, keepdims=0) - inter

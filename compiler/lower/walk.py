@@ -190,9 +190,7 @@ class Walker:
 
     def _expand(self, n: int, el: m.Element) -> None:
         """Count `n` more expanded elements; past MAX_EXPANDED, stop at `el`."""
-        if self.expanded + n > MAX_EXPANDED:
-            raise SpecError(f"the model expands to more than {MAX_EXPANDED:,} layers, block calls, loop "
-                            "passes and repeat copies, the limit; this is where it passes it", el.span)
+        self._check_budget(n, el, "; this is where it passes it")
         self.expanded += n
 
     def _element(self, el: m.Element, xs: list[Value], scope: Scope, env: Env, sole: bool,
@@ -222,12 +220,13 @@ class Walker:
                               next_kind=next_kind if i == times - 1 else first, stages=None)
         return xs
 
-    def _check_budget(self, least: int, el: m.Element) -> None:
-        """Refuse a repeat or loop before its work when what it expands cannot fit the limit."""
+    def _check_budget(self, least: int, el: m.Element, where: str | None = None) -> None:
+        """Refuse `el` when `least` more expanded elements would pass MAX_EXPANDED: a repeat or loop
+        before its work, when what it expands cannot fit. `where`: what the message says of `el`."""
         if self.expanded + least > MAX_EXPANDED:
             raise SpecError(f"the model expands to more than {MAX_EXPANDED:,} layers, block calls, loop "
-                            f"passes and repeat copies, the limit: this alone expands to {least:,} or more",
-                            el.span)
+                            "passes and repeat copies, the limit"
+                            f"{where or f': this alone expands to {least:,} or more'}", el.span)
 
     # ---- calls: layers and blocks ----
     def call(self, call: m.Call, xs: list[Value], scope: Scope, env: Env, sole: bool,

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dlspec.compiler.grad import backward
 from dlspec.compiler.graph import Graph, Value
+from dlspec.compiler.graph.builder import output_node
 from dlspec.compiler.graph.infer import constants, value_types
 from dlspec.compiler.graph.memory import materialize
 from dlspec.compiler.graph.precision import to_mixed
@@ -157,8 +158,7 @@ def _apply_model(name: str, spec_hash: str, optimizer: m.Optimizer, clip: m.Clip
     states = [n for s in slots for n in state_names(optimizer, s.name)]
     inputs = SCALARS + [array_info(n, values[n]) for n in [s.name for s in slots] + states]
     inputs += [array_info(f"grad.{s.name}", values[s.name]) for s in slots]
-    nodes = list(g.nodes) + [helper.make_node("Identity", [v.name], [f"{k}.next"], name=f"{k}.next/Identity")
-                             for k, v in nexts.items()]
+    nodes = list(g.nodes) + [output_node(v.name, f"{k}.next") for k, v in nexts.items()]
     outputs = [array_info(f"{k}.next", values[k]) for k in nexts]
     return model_proto(name, nodes, inputs, outputs, {}, spec_hash)
 
@@ -183,9 +183,7 @@ def _model(f: Forward, inputs: list[onnx.ValueInfoProto], outputs: dict[str, Val
            values: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The graph built so far, with `outputs` exposed under their names (each by an Identity: a
     value may feed several outputs)."""
-    nodes = list(f.comp.g.nodes)
-    for name, v in outputs.items():
-        nodes.append(helper.make_node("Identity", [v.name], [name], name=f"{name}/Identity"))
+    nodes = list(f.comp.g.nodes) + [output_node(v.name, name) for name, v in outputs.items()]
     return model_proto(f.model.name, nodes, inputs, [_out(n, values) for n in outputs], {}, f.spec_hash)
 
 
@@ -200,7 +198,7 @@ def _evaluate_model(prog: Program, name: str | None, seed: int | None,
         loss, parts = total_loss([(t.spec, t.prediction, t.target) for t in f.bound.terms])
     terms = term_outputs(f.bound.terms, parts)
     for key, v in terms.items():
-        g.node("Identity", [v], outputs=[key], name=f"{key}/Identity")
+        g.output(v, key)
     inputs = [value_info(t) for t in f.inputs] + [value_info(t) for t in _unique_targets(f)]
     outputs = ([value_info(v) for v in f.bound.outputs.values()] + [array_info(loss.name, np.float32(0))]
                + [array_info(k, np.float32(0)) for k in terms])

@@ -422,8 +422,8 @@ def layer_model(kind: str, args: dict[str, Any], shape: tuple[int, ...],
     r = g.value("r", "float32", y.shape)
     with g.at("loss"):
         loss = op.ReduceSum(y * r, keepdims=0)
-    g.node("Identity", [y], outputs=["y"], name="y/Identity")
-    g.node("Identity", [loss], outputs=["loss"], name="loss/Identity")
+    g.output(y, "y")
+    g.output(loss, "loss")
     params = random_params({name: init.shape for name, init in g.initializers.items()})
     proto = model_proto("m", g.nodes, [value_info(v) for v in [*xs, r]],
                         [value_info(Value(g, "y", "float32", y.shape)),
