@@ -21,6 +21,7 @@ from onnx import helper
 from dlspec.compiler.lower.heads import HeadInfo
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError
+from dlspec.spec.heads import resolved
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,12 @@ def label_rules(model: m.Model, classes: Classes) -> dict[str, Labels]:
     """The rule of each target that a classification loss reads, by target name; `classes` is the
     width of the model's output, or (several heads) the width of each target's head by its name."""
     rules: dict[str, Labels] = {}
+    model = resolved(model)
     if model.loss is None or not model.targets:
         return rules
     for term in model.loss.terms:
-        name = term.target or model.targets[0].name
+        name = term.bound_target
+        assert name is not None  # resolved: each term bound to a declared target
         if isinstance(term.loss, (m.CrossEntropy, m.Dice)):
             width = classes.get(name) if isinstance(classes, Mapping) else classes
             rules[name] = Labels(classes=width, ignore=term.loss.ignore_index)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from dlspec.spec import model as m
 from dlspec.spec.constexpr import evaluate
 from dlspec.spec.errors import SPEC_SUFFIX, Span, SpecError, did_you_mean
+from dlspec.spec.heads import resolve_heads
 from dlspec.spec.limits import MAX_IMPORTED_FILES, MAX_NESTING, MAX_SOURCE_BYTES
 from dlspec.spec.parser import Node, parse_text
 from dlspec.spec.source import NotReadable, read_regular
@@ -64,7 +65,7 @@ def load(path: str | Path) -> Program:
     for name, blk in raw.blocks.items():
         prog.blocks[name] = _validate(m.BlockDef, {k: v for k, v in blk.items() if k != "item"})
     for name in raw.models:
-        prog.models[name] = _validate(m.Model, _bind_losses(_resolve_model(name, raw, ())))
+        prog.models[name] = resolve_heads(_validate(m.Model, _bind_losses(_resolve_model(name, raw, ()))))
     for key in raw.trains:
         prog.trains[key] = _check_train(_validate(m.Train, _train_dict(_resolve_train(key, raw, ()), prog)))
     return prog

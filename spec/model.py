@@ -256,6 +256,10 @@ class LossTerm(Node):
     loss: LossKind
     target: str | None = None
     head: str | None = None  # None: the model's only head
+    # what the loader resolved (dlspec.spec.heads), not dumped: the head this term reads (None: the
+    # unnamed head) and the declared target it compares with (the model's only one where none is named)
+    bound_head: str | None = Field(default=None, repr=False, exclude=True)
+    bound_target: str | None = Field(default=None, repr=False, exclude=True)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -265,6 +269,23 @@ class LossTerm(Node):
 class Loss(Node):
     role: Literal["loss"] = "loss"
     terms: list[LossTerm]
+
+
+HeadKind = Literal["classify", "binary", "segment", "regress", ""]
+
+
+class ResolvedHead(Node):
+    """A head as the loader resolved it (dlspec.spec.heads), once, for the compiler and the runtime."""
+
+    name: str | None  # None: the model's one unnamed head
+    output: str  # its output in model.onnx: logits, prediction or output (unnamed); a named head's name
+    terms: list[int] = []  # the loss terms that read it, as indices into loss.terms
+    metric_term: int | None = None  # the term that says what it is and that its metric reads
+    loss: str | None = None  # that term's loss kind
+    target: str | None = None  # that term's target
+    # classify (cross_entropy, dice), segment (the same, a label per position), binary
+    # (bce_with_logits), regress (mse, l1, huber), or "" (no loss)
+    kind: HeadKind = ""
 
 
 class Model(Node):
@@ -279,6 +300,8 @@ class Model(Node):
     heads: list[NamedHead] = []  # `head NAME: chain`, in place of `head`
     loss: Loss | None = None
     name_span: Span | None = Field(default=None, repr=False, exclude=True)
+    # each head, in output order, as the loader resolved it (dlspec.spec.heads); not dumped
+    resolved_heads: list[ResolvedHead] = Field(default_factory=list, repr=False, exclude=True)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""A model's heads: each head's output named in the graph, each loss term bound to a head and a
-target (checked where the spec writes them), the per-term loss names and each head's metric.
+"""A model's heads in the graph: each head's output named, each loss term on its head's output
+and its target (as the loader bound them, dlspec.spec.heads), the per-term loss names and each
+head's metric, on the term the loader chose for it.
 
 A model has one unnamed head (`head classify(10)`, output `logits`, `prediction` or `output`, as
 before heads had names), or named heads (`head cls: classify(10)`), each an output of model.onnx
@@ -15,23 +16,19 @@ from dlspec.compiler.graph import Graph, Value, show
 from dlspec.compiler.graph import ops as op
 from dlspec.compiler.lower.losses import metrics
 from dlspec.spec import model as m
-from dlspec.spec.errors import CompileError, SpecError, did_you_mean
-
-CLASSIFICATION_LOSSES = ("cross_entropy", "bce_with_logits", "dice")
-CLASS_LOSSES = ("cross_entropy", "dice")  # read class scores [N, C, ...] against integer labels
-KINDS = {"cross_entropy": "classify", "bce_with_logits": "binary", "dice": "classify"}  # else regress
+from dlspec.spec.errors import CompileError, SpecError
+from dlspec.spec.heads import CLASS_LOSSES, resolved
 
 
 @dataclass(frozen=True)
 class HeadInfo:
-    """What the runtime needs of a head: its output, the target of its metric and its kind."""
+    """What the runtime needs of a head: its output, the target of its metric and its kind, as the
+    loader resolved them (m.ResolvedHead)."""
 
     name: str | None  # None: the model's one unnamed head
     output: str  # its output in model.onnx: logits, prediction or output; a named head's name
-    target: str | None  # the target its metric reads: that of its first loss term
-    # classify (cross_entropy, dice), segment (the same per pixel: a target [N, H, W]), binary
-    # (bce_with_logits), regress, or "" (no loss)
-    kind: str
+    target: str | None  # the target its metric reads: that of its first classifying term, else first
+    kind: str  # classify, segment, binary, regress, or "" (no loss): m.HeadKind
 
     def key(self, metric: str) -> str:
         """A metric's name: `accuracy` for the unnamed head, `accuracy:cls` for head cls."""
@@ -62,64 +59,33 @@ class Bound:
     heads: list[HeadInfo]
     terms: list[Term]
     classes: dict[str, int | None]  # cross_entropy's targets -> their head's width (classes)
-
-
-def output_name(model: m.Model) -> str:
-    """The unnamed head's output: logits for a classifier, prediction for a regressor."""
-    if model.loss is None:
-        return "output"
-    kinds = {t.loss.kind for t in model.loss.terms}
-    return "logits" if kinds & set(CLASSIFICATION_LOSSES) else "prediction"
+    metric_terms: dict[str | None, Term]  # by head: the term its metric reads
 
 
 def head_infos(model: m.Model) -> list[HeadInfo]:
-    """The heads of a (checked) model, from the spec alone: an exported model and its spec are
-    enough to evaluate it."""
-    terms = model.loss.terms if model.loss is not None else []
-    only = model.targets[0].name if len(model.targets) == 1 else None
-    if not model.heads:  # a classifier if any term classifies (its output is then `logits`)
-        first = next((t for t in terms if t.loss.kind in CLASSIFICATION_LOSSES), terms[0] if terms else None)
-        return [HeadInfo(None, output_name(model), (first.target or only) if first else None,
-                         _kind(first, model))]
-    out = []
-    for h in model.heads:
-        mine = [t for t in terms if t.head == h.name or (t.head is None and len(model.heads) == 1)]
-        first = mine[0] if mine else None
-        out.append(HeadInfo(h.name, h.name, (first.target or only) if first else None, _kind(first, model)))
-    return out
-
-
-def _kind(term: m.LossTerm | None, model: m.Model) -> str:
-    if term is None:
-        return ""
-    name = term.target or (model.targets[0].name if len(model.targets) == 1 else None)
-    decl = next((t for t in model.targets if t.name == name), None)
-    if term.loss.kind in CLASS_LOSSES and decl is not None and len(decl.shape) > 1:
-        return "segment"  # a label per position
-    return KINDS.get(term.loss.kind, "regress")
+    """The heads of a model, from the spec alone (an exported model and its spec are enough to
+    evaluate it): what the loader resolved."""
+    return [HeadInfo(h.name, h.output, h.target, h.kind) for h in resolved(model).resolved_heads]
 
 
 def bind(g: Graph, model: m.Model, outs: dict[str | None, list[Value]], last: m.Section | None,
          declare: Callable[[Graph, m.TensorDecl], Value], moved: Mapping[str, Value] | None = None) -> Bound:
-    """Name each head's output and bind the loss terms to heads and targets. `outs`: each head's
-    tensors, by head name (None: the unnamed head, the output of section `last`); `declare`
-    makes a target's graph input; `moved`: targets that augmentation moved with the image, by
-    name, which the loss reads instead."""
+    """Name each head's output and put each loss term on its head's output and its target, as the
+    loader bound them, where their shapes fit the loss. `outs`: each head's tensors, by head name
+    (None: the unnamed head, the output of section `last`); `declare` makes a target's graph input;
+    `moved`: targets that augmentation moved with the image, by name, which the loss reads instead."""
+    model = resolved(model)
     targets = {t.name: t for t in model.targets}
     heads = {h.name: h for h in model.heads}
     ys = {name: _one(name, xs, heads, last) for name, xs in outs.items()}
     bound: list[tuple[m.LossTerm, str | None, bool, Value]] = []  # term, head, squeezed, target
     moved = moved or {}
     for term in model.loss.terms if model.loss is not None else []:
-        head = _head_of(term, model)
-        t = declare(g, _target(targets, term, model))
+        head = term.bound_head
+        assert term.bound_target is not None  # the loader binds each term to a declared target
+        t = declare(g, targets[term.bound_target])
         what = f"the {last.role}" if head is None and last is not None else f"head '{head}'"
         bound.append((term, head, _check_loss(term, ys[head], t, what), t))
-    if model.loss is not None:
-        for h in model.heads:
-            if not any(b[1] == h.name for b in bound):
-                raise SpecError(f"head '{h.name}' reaches no loss: bind it to a target in the loss "
-                                f"(`loss ... + mse({h.name}, TARGET)`), or remove it", h.name_span or h.span)
     infos = head_infos(model)
     outputs: dict[str, Value] = {}
     views: dict[tuple[str | None, bool], Value] = {}  # (head, squeezed) -> that view of its output
@@ -138,7 +104,8 @@ def bind(g: Graph, model: m.Model, outs: dict[str | None, list[Value]], last: m.
         terms.append(Term(term, head, views[(head, squeezed)], moved.get(t.name, t), label, t))
     classes = {tm.source.name: _width(outputs[_output_of(infos, tm.head)]) for tm in terms
                if tm.spec.loss.kind in CLASS_LOSSES}
-    return Bound(outputs, infos, terms, classes)
+    chosen = {h.name: terms[h.metric_term] for h in model.resolved_heads if h.metric_term is not None}
+    return Bound(outputs, infos, terms, classes, chosen)
 
 
 def _squeeze(y: Value) -> Value:
@@ -150,10 +117,11 @@ def _squeeze(y: Value) -> Value:
 def term_names(model: m.Model) -> list[str]:
     """The outputs `loss:<label>` of a model whose loss has several terms (none for one term):
     reserved before the graph is built, so no value made on the way takes one of these names."""
+    model = resolved(model)
     terms = model.loss.terms if model.loss is not None else []
     if len(terms) < 2:
         return []
-    return [f"loss:{label}" for label in _labels([(t, _head_of(t, model)) for t in terms])]
+    return [f"loss:{label}" for label in _labels([(t, t.bound_head) for t in terms])]
 
 
 def _output_of(infos: Sequence[HeadInfo], head: str | None) -> str:
@@ -176,44 +144,6 @@ def _one(name: str | None, xs: list[Value], heads: dict[str, m.NamedHead], last:
     assert last is not None
     raise CompileError(f"the {last.role} gives {len(xs)} tensors ({shapes}); the model needs one output: "
                        "end it with concat, add or a head", last.span)
-
-
-def _head_of(term: m.LossTerm, model: m.Model) -> str | None:
-    """The head a loss term reads: the one it names, or the model's only head."""
-    kind = term.loss.kind
-    span = term.arg_spans.get("head", term.span)
-    names = [h.name for h in model.heads]
-    if term.head is None:
-        if len(names) > 1:
-            raise SpecError(f"loss {kind} names no head, and model '{model.name}' has {len(names)} "
-                            f"({', '.join(names)}): write {kind}({names[0]}, TARGET)", term.span)
-        return names[0] if names else None
-    if not names:
-        stages = [s.name for s in model.head.body.stages] if model.head and model.head.body else []
-        if term.head in stages:
-            raise SpecError(f"loss {kind} names '{term.head}', a stage of the head: the stages of a head "
-                            "section run one after another, into one output; for several heads, declare "
-                            f"each on its own line (`head {term.head}: ...`)", span)
-        raise SpecError(f"loss {kind} names head '{term.head}', but model '{model.name}' has one head, "
-                        f"unnamed: leave the head out ({kind}(target=...)), or name the heads "
-                        f"(`head {term.head}: ...`)", span)
-    if term.head not in names:
-        raise SpecError(f"loss {kind} names head '{term.head}', which model '{model.name}' does not "
-                        f"have{did_you_mean(term.head, names)}; its heads: {', '.join(names)}", span)
-    return term.head
-
-
-def _target(targets: dict[str, m.TensorDecl], term: m.LossTerm, model: m.Model) -> m.TensorDecl:
-    """The declared target a loss term compares against."""
-    tname = term.target or (model.targets[0].name if len(model.targets) == 1 else None)
-    if tname is None:
-        raise SpecError(f"loss {term.loss.kind} needs target=NAME: the model has "
-                        f"{len(model.targets)} targets ({', '.join(targets) or 'none'})", term.span)
-    if tname not in targets:
-        raise SpecError(f"loss target '{tname}' is not a declared target"
-                        f"{did_you_mean(tname, targets)}; targets: {', '.join(targets) or 'none'}",
-                        term.arg_spans.get("target", term.span))
-    return targets[tname]
 
 
 def _check_loss(term: m.LossTerm, y: Value, t: Value, what: str) -> bool:
@@ -271,12 +201,13 @@ def term_outputs(terms: Sequence[Term], values: Sequence[Value]) -> dict[str, Va
 
 
 def head_metrics(bound: Bound) -> dict[str, Value]:
-    """Each head's metric on its first term's target: accuracy for a classifier, MAE otherwise;
-    `accuracy:cls` for a named head."""
+    """Each head's metric on the term the loader chose for it (its first classifying term, else its
+    first), as the runtime scores the head: accuracy for a classifier, MAE otherwise; `accuracy:cls`
+    for a named head."""
     out: dict[str, Value] = {}
     for info in bound.heads:
-        mine = [t for t in bound.terms if t.head == info.name]
-        if mine:
-            found = metrics(mine[0].prediction, [(mine[0].spec, mine[0].target)])
+        term = bound.metric_terms.get(info.name)
+        if term is not None:
+            found = metrics(term.prediction, [(term.spec, term.target)])
             out.update({info.key(k): v for k, v in found.items()})
     return out

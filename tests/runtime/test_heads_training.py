@@ -137,3 +137,41 @@ def test_an_image_and_a_table_train_from_one_npz(tmp_path: Path, digits: dict[st
     assert [i.name for i in model.graph.input] == ["image", "table"]
     scores = evaluate(tmp_path / "run" / "model.onnx", spec, tmp_path / "mixed.npz")
     assert scores["samples"] == len(label) and scores["accuracy"] > 0.8
+
+
+ONE_HEAD_TWO_LOSSES = """
+model teacher {
+  input  image:  float32[N, 1, 8, 8]
+  target label:  int64[N]
+  target scores: float32[N, 10]
+  features { image = image / 16 }
+  backbone { conv(8) -> relu -> maxpool(2) -> flatten }
+  head linear(10)
+  loss 0.1 * mse(target=scores) + cross_entropy(target=label)
+}
+train {
+  data      npz("digits.npz", test=0.2, val=0.2)
+  batch     64
+  epochs    2
+  optimizer adam(lr=3e-3)
+  seed      1
+}
+"""
+
+
+def test_a_head_with_a_regression_term_beside_its_classifier_reports_accuracy_everywhere(
+        tmp_path: Path, digits: dict[str, np.ndarray]) -> None:
+    """mse (on a teacher's scores) before cross_entropy on one head: the head classifies, and the
+    training log, the test metrics and `evaluate` all report its accuracy on the labels (the graph
+    logged the MAE against the scores while the runtime scored accuracy)."""
+    scores = np.eye(10, dtype=np.float32)[digits["label"]] * 4
+    np.savez(tmp_path / "digits.npz", **digits, scores=scores)
+    spec = _write(tmp_path, ONE_HEAD_TWO_LOSSES, "teacher")
+    result = fit(load(spec), spec, None, FitOptions(out=tmp_path / "run"), Console(record=True, width=1000))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("train_accuracy" in r and "val_accuracy" in r for r in records)
+    assert not any(k.endswith(("mae", "rmse")) for r in records for k in r)
+    assert set(result.metrics) == {"loss", "loss:mse", "loss:cross_entropy", "accuracy"}
+    assert result.metrics["accuracy"] > 0.5
+    assert evaluate(tmp_path / "run" / "model.onnx", spec)["accuracy"] == pytest.approx(
+        result.metrics["accuracy"], abs=1e-6)

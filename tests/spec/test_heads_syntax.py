@@ -51,8 +51,10 @@ def test_named_heads_and_a_loss_bound_by_position(tmp_path: Path) -> None:
 ])
 def test_one_name_is_the_head_where_heads_have_names(tmp_path: Path, loss: str, head: str,
                                                      target: str | None) -> None:
-    m = spec(tmp_path, BASE + f"  head box: regress(4)\n  loss {loss}\n}}\n").model()
+    one_target = BASE.replace("  target label: int64[N]\n", "")  # mse(box) binds to the only target
+    m = spec(tmp_path, one_target + f"  head box: regress(4)\n  loss {loss}\n}}\n").model()
     assert m.loss is not None and (m.loss.terms[0].head, m.loss.terms[0].target) == (head, target)
+    assert (m.loss.terms[0].bound_head, m.loss.terms[0].bound_target) == ("box", "size")
 
 
 def test_one_name_is_the_target_of_a_one_head_model(tmp_path: Path) -> None:
