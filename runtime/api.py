@@ -13,6 +13,7 @@ dlspec.spec.errors (SpecError, CompileError, RunError), with the message the CLI
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,13 +25,15 @@ from dlspec.compiler import Compiled, Target, TrainingGraphs, compile_model, gra
 from dlspec.compiler import compile_training as _compile_training
 from dlspec.compiler.grad.coverage import untrainable_notes
 from dlspec.compiler.lower.export import export as _export
-from dlspec.compiler.lower.heads import head_infos
-from dlspec.data import Split, load_all, load_dataset
+from dlspec.compiler.lower.heads import HeadInfo, head_infos
+from dlspec.data import Split, load_all, load_dataset, size
 from dlspec.files import load_model
 from dlspec.gradient_check import TensorCheck, gradcheck
-from dlspec.inference import check_inputs, run_model, session
-from dlspec.labels import Classes, target_class_names
-from dlspec.metrics import prediction_metrics
+from dlspec.image_folder import labelled_images
+from dlspec.inference import check_finite, check_inputs, run_model, session
+from dlspec.labels import Classes, class_names_of, target_class_names
+from dlspec.metrics import head_metrics
+from dlspec.per_class import PerClass, per_class
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError
 from dlspec.spec.loader import Program, load
@@ -100,68 +103,85 @@ def export(run: str | Path) -> onnx.ModelProto:
 def evaluate(model: str | Path, spec: Spec, data: str | Path | None = None, *,
              model_name: str | None = None) -> dict[str, float]:
     """Metrics of a model file on the spec's test split, or on every sample of `data` (an .npz or
-    .csv file, or a bundled set): accuracy for classifiers (pixel accuracy and `mean_iou` for
-    per-pixel scores), MAE and RMSE for regression, and the number of `samples`."""
+    .csv file, a bundled set, or a folder of class subfolders of images): for each output scored
+    against a target, `accuracy` for classifiers (pixel `accuracy` and `mean_iou` for per-pixel
+    scores), `mae` and `rmse` for regression, each named `metric:head` for a model with named
+    heads; and `samples`, the number of samples, as a float."""
+    return evaluation(model, spec, data, model_name=model_name).metrics
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `dlspec eval` reports, all from one run of the model over the samples."""
+
+    metrics: dict[str, float]  # as evaluate returns them
+    per_class: list[PerClass]  # the confusion of each classifying output of [N, C] logits
+
+
+def evaluation(model: str | Path, spec: Spec, data: str | Path | None = None, *,
+               model_name: str | None = None) -> Evaluation:
+    """evaluate's metrics, and the per-class confusion of each classifier, from one run."""
     prog = _program(spec)
     decl = prog.model(model_name)
     if not decl.targets:
         raise RunError(f"model {decl.name} declares no target to evaluate against")
     sess = session(model)
-    if not sess.get_outputs():
-        raise RunError(f"{model} has no outputs")
-    if decl.heads:
-        return _evaluate_heads(model, sess, prog, decl, data)
-    out = sess.get_outputs()[0]
-    classes = _width(out.shape)
-    split, where = _samples(prog, decl, data, classes, sess)
-    feeds = check_inputs(sess, {t.name: split[t.name] for t in decl.inputs}, where)
-    pred = run_model(sess, feeds, model, where)[out.name]
-    truth = split[decl.targets[0].name]
-    classifier = out.name == "logits"
-    if len(pred) != len(truth) or (not classifier and pred.size != truth.size):
-        raise RunError(f"{model}: output '{out.name}' has shape {list(pred.shape)} for target "
-                       f"'{decl.targets[0].name}' of shape {list(truth.shape)}: is it a model of this spec?")
-    return {**prediction_metrics(pred, truth, classifier), "samples": float(len(truth))}
-
-
-def _samples(prog: Program, decl: m.Model, data: str | Path | None, classes: Classes,
-             sess: Any) -> tuple[Split, str | Path]:
-    """Every sample of `data`, else the test split of the spec's data, and how to name it."""
-    if data is not None:
-        return load_all(str(data), decl, classes, _class_names(sess, decl)), data
-    train = prog.train(decl.name) or m.Train()
-    return load_dataset(train, decl, Path(prog.root).parent, classes).test, "the test split"
-
-
-def _evaluate_heads(model: str | Path, sess: Any, prog: Program, decl: m.Model,
-                    data: str | Path | None) -> dict[str, float]:
-    """evaluate for a model with named heads: each head's metrics against its target, named by
-    the head (`accuracy:cls`, `mae:box`)."""
-    heads = [h for h in head_infos(decl) if h.target is not None]
+    scored = _scored(model, sess, decl)
     shapes = {o.name: o.shape for o in sess.get_outputs()}
-    missing = [h.output for h in heads if h.output not in shapes]
-    if missing:
-        raise RunError(f"{model} has no output '{missing[0]}' (it has: {', '.join(shapes)}): is it a "
-                       "model of this spec?")
-    classes = {h.target: _width(shapes[h.output]) for h in heads
-               if h.kind in ("classify", "segment") and h.target}
+    classes: Classes = (_width(shapes[scored[0].output]) if not decl.heads else
+                        {h.target: _width(shapes[h.output]) for h in scored
+                         if h.kind in ("classify", "segment") and h.target})
     split, where = _samples(prog, decl, data, classes, sess)
     feeds = check_inputs(sess, {t.name: split[t.name] for t in decl.inputs}, where)
     outputs = run_model(sess, feeds, model, where)
-    result: dict[str, float] = {}
-    for h in heads:
+    metrics: dict[str, float] = {}
+    names = class_names_of(sess.get_modelmeta().custom_metadata_map)
+    confusions = []
+    for h in scored:
         assert h.target is not None
         pred, truth = outputs[h.output], split[h.target]
         if len(pred) != len(truth) or (not h.classifier and pred.size != truth.size):
             raise RunError(f"{model}: output '{h.output}' has shape {list(pred.shape)} for target "
                            f"'{h.target}' of shape {list(truth.shape)}: is it a model of this spec?")
-        result.update({h.key(k): v for k, v in prediction_metrics(pred, truth, h.classifier).items()})
-    return {**result, "samples": float(len(split[decl.inputs[0].name]))}
+        metrics.update({h.key(k): v for k, v in head_metrics(pred, truth, h.kind).items()})
+        if h.kind == "classify" and pred.ndim == 2:
+            confusions.append(per_class(h.output, pred, truth, names.get(h.output)))
+    return Evaluation({**metrics, "samples": float(size(split))}, confusions)
 
 
-def _class_names(sess: Any, decl: m.Model) -> dict[str, list[str]]:
-    """The trained model's class names by target: a csv's label names are read as their indices."""
-    return target_class_names(sess.get_modelmeta().custom_metadata_map, head_infos(decl))
+def _scored(model: str | Path, sess: Any, decl: m.Model) -> list[HeadInfo]:
+    """The outputs scored against a target: each named head with a target; else the model's
+    first output against its head's target (its first target without a loss), scored as its head
+    is when that output is `logits`, else as a regression."""
+    outs = sess.get_outputs()
+    if not outs:
+        raise RunError(f"{model} has no outputs")
+    if not decl.heads:
+        out, (head,) = outs[0], head_infos(decl)
+        kind = head.kind if out.name == "logits" else "regress"
+        target = head.target or decl.targets[0].name
+        return [HeadInfo(None, out.name, target, kind)]
+    heads = [h for h in head_infos(decl) if h.target is not None]
+    names = [o.name for o in outs]
+    missing = [h.output for h in heads if h.output not in names]
+    if missing:
+        raise RunError(f"{model} has no output '{missing[0]}' (it has: {', '.join(names)}): is it a "
+                       "model of this spec?")
+    return heads
+
+
+def _samples(prog: Program, decl: m.Model, data: str | Path | None, classes: Classes,
+             sess: Any) -> tuple[Split, str | Path]:
+    """Every sample of `data`, else the test split of the spec's data, and how to name it. A
+    folder is decoded as the spec's images(...) decodes its images (size, fit policy)."""
+    train = prog.train(decl.name) or m.Train()
+    names = target_class_names(sess.get_modelmeta().custom_metadata_map, head_infos(decl))
+    if data is not None and Path(data).is_dir():
+        settings = train.data if isinstance(train.data, m.ImagesData) else None
+        return labelled_images(Path(data), decl, classes, names, settings), data
+    if data is not None:
+        return load_all(str(data), decl, classes, names), data
+    return load_dataset(train, decl, Path(prog.root).parent, classes).test, "the test split"
 
 
 def _width(shape: Sequence[Any]) -> int | None:
@@ -171,9 +191,11 @@ def _width(shape: Sequence[Any]) -> int | None:
 
 def predict(model: str | Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every output of a model file on `inputs` (one array per model input, checked by name,
-    type and shape)."""
+    type, shape and finite values: NaN only in the inputs the model fills)."""
     sess = session(model)
-    return run_model(sess, check_inputs(sess, inputs, "inputs"), model, "the inputs")
+    with np.errstate(over="ignore"):  # a value beyond float32's range: inf, refused
+        feeds = check_finite(sess, check_inputs(sess, inputs, "inputs"), "inputs")
+    return run_model(sess, feeds, model, "the inputs")
 
 
 def gradcheck_spec(spec: Spec, model: str | None = None, *, seed: int | None = None, eps: float = 1e-4,

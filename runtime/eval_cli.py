@@ -1,6 +1,7 @@
 """`dlspec eval RUN|model.onnx [DATA] [--spec FILE]`: metrics of a trained model on its spec's
-test split, or on every sample of DATA (an .npz or .csv file, or a bundled set); for a classifier
-also precision, recall and F1 per class and the confusion matrix."""
+test split, or on every sample of DATA (an .npz or .csv file, a bundled set, or a folder of class
+subfolders of images); for a classifier also precision, recall and F1 per class and the confusion
+matrix, from the same run of the model."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.measure import Measurement
 
-from dlspec.api import evaluate
-from dlspec.per_class import confusion_table, evaluate_per_class, scores_table
+from dlspec.api import evaluation
+from dlspec.per_class import confusion_table, scores_table
 from dlspec.resume import COPY, SOURCE
 from dlspec.spec.errors import RunError
 
@@ -21,8 +22,9 @@ from dlspec.spec.errors import RunError
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("eval", help="metrics of a trained model on its spec's test split or on DATA")
     p.add_argument("run", help="a run folder (runs/MODEL) or an .onnx model")
-    p.add_argument("data", nargs="?", help="evaluate on every sample of this .npz or .csv file or "
-                   "bundled set (digits, iris, ...) instead of the spec's test split")
+    p.add_argument("data", nargs="?", help="evaluate on every sample of this .npz or .csv file, bundled "
+                   "set (digits, iris, ...) or folder of class subfolders of images, instead of the "
+                   "spec's test split")
     p.add_argument("--spec", help="the spec whose data to use (default: the spec RUN was trained "
                    "from, else RUN/spec.dlspec)")
     p.add_argument("--model", help="which model, when the spec defines several")
@@ -46,12 +48,13 @@ def run(args: argparse.Namespace, out: Console) -> int:
     spec_file = Path(args.spec) if args.spec else (run_spec(src) if src.is_dir() else None)
     if spec_file is None:
         raise RunError("give --spec FILE: the spec whose data set to evaluate on")
-    result = evaluate(model_file, spec_file, args.data, model_name=args.model)
-    n = int(result.pop("samples"))
+    result = evaluation(model_file, spec_file, args.data, model_name=args.model)
+    metrics = dict(result.metrics)
+    n = int(metrics.pop("samples"))
     where = args.data or f"the test split of {spec_file}"
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items())
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     out.print(f"{model_file} on {where} ({n} samples): {shown}", markup=False)
-    for pc in evaluate_per_class(model_file, spec_file, args.data, args.model):
+    for pc in result.per_class:
         _print_whole(out, scores_table(pc))
         if len(pc.names) <= MAX_CONFUSION_COLUMNS:
             _print_whole(out, confusion_table(pc))

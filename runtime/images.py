@@ -17,13 +17,15 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import helper
 
 from dlspec.files import atomic_write
 from dlspec.shards import Mapped, map_npy, write_npy_header
@@ -32,6 +34,8 @@ from dlspec.spec.errors import RunError, did_you_mean
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 KINDS = "PNG/JPEG/BMP/WebP"
+POLICIES = ("resize", "center_crop", "pad")
+POLICY = "image_policy"  # model metadata: how the trained model's images were fitted to its input size
 _VERSION = 1  # of the cache's layout: a change makes every old key miss
 _CHUNK = 512  # files decoded per round of the thread pool
 _SHOWN = 10  # bad files listed by name
@@ -119,6 +123,24 @@ def _fit(img: Any, w: int, h: int, policy: str) -> Any:
     canvas = Image.new(img.mode, (w, h))  # black
     canvas.paste(scaled, ((w - sw) // 2, (h - sh) // 2))
     return canvas
+
+
+def with_policy(model: onnx.ModelProto, data: m.Data | None) -> onnx.ModelProto:
+    """The model with metadata `image_policy`, the policy its images(...) data was fitted by, so
+    that predict fits image files the same way; a model trained on other data is left as it is."""
+    if isinstance(data, m.ImagesData):
+        props = {p.key: p.value for p in model.metadata_props}
+        helper.set_model_props(model, {**props, POLICY: data.policy})
+    return model
+
+
+def policy_of(metadata: Mapping[str, str]) -> str | None:
+    """The `image_policy` of a model's metadata (key -> value, as an onnxruntime session's
+    custom_metadata_map); None for a model without one (not trained on images(...))."""
+    found = metadata.get(POLICY)
+    if found is not None and found not in POLICIES:
+        raise RunError(f"the model's metadata {POLICY} is {found!r:.40}, not one of {', '.join(POLICIES)}")
+    return found
 
 
 def _try_read(path: Path, layout: Layout, policy: str) -> np.ndarray | str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,39 @@ def session(model_path: str | Path, device: str = "cpu") -> ort.InferenceSession
 
 
 def load_inputs(sess: ort.InferenceSession, npz_path: str | Path) -> dict[str, np.ndarray]:
-    """The model's inputs from an .npz, checked by name, dtype and shape."""
-    with Npz(npz_path, "inputs") as data:
-        return check_inputs(sess, data, npz_path)
+    """The model's inputs from an .npz, checked by name, dtype, shape and finite values."""
+    with Npz(npz_path, "inputs") as data, np.errstate(over="ignore"):  # beyond float32: inf, refused
+        return check_finite(sess, check_inputs(sess, data, npz_path), npz_path)
+
+
+def filled_inputs(sess: ort.InferenceSession) -> set[str]:
+    """The inputs the model fills missing values (NaN) of: fill(x, ...) in its features."""
+    meta = sess.get_modelmeta().custom_metadata_map
+    # `fill` (the fitted means) also names filled inputs, in models compiled before `filled` was kept
+    return set(json.loads(meta.get("filled", "[]"))) | set(json.loads(meta.get("fill", "{}")))
+
+
+def check_finite(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str | Path,
+                 names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """`feeds`, refused at the first NaN in a float input the model does not fill, or infinity in
+    any (fill replaces NaN only): either would reach the outputs as NaN or an unbounded value.
+    `names`: each sample's name in errors (default 'sample i')."""
+    nan_ok = filled_inputs(sess)
+    for name, arr in feeds.items():
+        if arr.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(arr) if name not in nan_ok else np.isinf(arr)
+        if not bad.any():
+            continue
+        at = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape))  # first, row-major
+        wide = "" if arr.dtype == np.float64 else f" (or a number beyond {arr.dtype.name}'s range)"
+        what = "NaN" if np.isnan(arr[at]) else f"infinite value {float(arr[at])}{wide}"
+        sample = f" in {names[at[0]] if names else f'sample {at[0]}'}" if at else ""
+        position = f" (at [{', '.join(str(i) for i in at)}])" if len(at) > 1 else ""
+        hint = (f"; the model fills no missing values of '{name}' (its spec has no fill({name}, ...)), "
+                "so every value needs a number" if what == "NaN" else "")
+        raise RunError(f"{where}: input '{name}': {what}{sample}{position}{hint}")
+    return feeds
 
 
 def check_inputs(sess: ort.InferenceSession, data: Mapping[str, Any],

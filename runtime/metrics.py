@@ -6,15 +6,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def prediction_metrics(pred: np.ndarray, truth: np.ndarray, classifier: bool) -> dict[str, float]:
-    """Accuracy for a classifier's logits ([N, C], or one logit per sample against 0/1 labels),
-    pixel accuracy and mean IoU for per-pixel scores ([N, C, H, W] against labels [N, H, W]), MAE
-    and RMSE for a regressor."""
-    if classifier and pred.ndim > 2 and pred.shape[1] > 1 and truth.ndim >= pred.ndim - 1:
+def head_metrics(pred: np.ndarray, truth: np.ndarray, kind: str) -> dict[str, float]:
+    """The metrics of a head of this kind (m.HeadKind, as the loader resolved it), as its graph's
+    metric computes them: accuracy of the class scores' argmax for `classify` ([N, C] against
+    labels [N]); pixel accuracy and mean IoU for `segment` ([N, C, H, W] against [N, H, W]);
+    accuracy of each logit's sign against 0/1 labels for `binary` (any shape, one logit per
+    label); MAE and RMSE for `regress`."""
+    if kind == "segment":
         return dense_metrics(pred, truth)
-    if classifier:
-        hits = pred.argmax(1) == truth if pred.ndim == 2 else (pred > 0) == (truth > 0.5)
-        return {"accuracy": float(hits.mean())}
+    if kind == "classify":
+        return {"accuracy": float((pred.argmax(1) == truth.reshape(len(truth))).mean())}
+    if kind == "binary":
+        return {"accuracy": float(((pred.reshape(truth.shape) > 0) == (truth > 0.5)).mean())}
     err = pred.reshape(truth.shape) - truth
     return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
 

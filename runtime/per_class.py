@@ -1,20 +1,13 @@
 """Per-class precision, recall and F1 and the confusion matrix of a classifier's predictions, for
-`dlspec eval` (tables) and `dlspec plot --confusion` (an image)."""
+`dlspec eval` (tables) and `dlspec plot --confusion` (an image); api.evaluation computes them from
+the same outputs as the metrics."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from rich.table import Table
-
-from dlspec.compiler.lower.heads import head_infos
-from dlspec.data import load_all, load_dataset
-from dlspec.inference import check_inputs, run_model, session
-from dlspec.labels import class_names_of, target_class_names
-from dlspec.spec import model as m
-from dlspec.spec.loader import load
 
 
 @dataclass(frozen=True)
@@ -61,32 +54,6 @@ def per_class(output: str, logits: np.ndarray, truth: np.ndarray, names: list[st
     np.add.at(confusion, (labels[keep], logits.argmax(1)[keep]), 1)
     shown = names if names is not None and len(names) == classes else [str(i) for i in range(classes)]
     return PerClass(output, list(shown), confusion)
-
-
-def evaluate_per_class(model: str | Path, spec: str | Path, data: str | None = None,
-                       model_name: str | None = None) -> list[PerClass]:
-    """The per-class scores of each classifying output ([N, C] logits) of a model file on the spec's
-    test split, or on every sample of `data`, named by the model's metadata `class_names`."""
-    prog = load(spec)
-    decl = prog.model(model_name)
-    sess = session(model)
-    shapes = {o.name: o.shape for o in sess.get_outputs()}
-    heads = [h for h in head_infos(decl) if h.kind == "classify" and h.target is not None
-             and len(shapes.get(h.output, ())) == 2 and isinstance(shapes[h.output][1], int)]
-    if not heads:
-        return []
-    metadata = sess.get_modelmeta().custom_metadata_map
-    classes: dict[str, int | None] = {h.target: shapes[h.output][1] for h in heads if h.target is not None}
-    if data is not None:
-        split = load_all(data, decl, classes, target_class_names(metadata, heads))
-    else:
-        split = load_dataset(prog.train(decl.name) or m.Train(), decl, Path(prog.root).parent, classes).test
-    where = data if data is not None else "the test split"
-    feeds = check_inputs(sess, {t.name: split[t.name] for t in decl.inputs}, where)
-    outputs = run_model(sess, feeds, model, where)
-    names = class_names_of(metadata)
-    return [per_class(h.output, outputs[h.output], split[h.target], names.get(h.output))
-            for h in heads if h.target is not None]
 
 
 def scores_table(pc: PerClass) -> Table:

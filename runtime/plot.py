@@ -49,10 +49,10 @@ def run(args: argparse.Namespace, out: Console) -> int:
     _save(fig, dest)
     out.print(f"wrote {dest}", markup=False)
     if args.confusion:
+        from dlspec.api import evaluation
         from dlspec.eval_cli import run_spec
-        from dlspec.per_class import evaluate_per_class
 
-        scored = evaluate_per_class(src / "model.onnx", run_spec(src))
+        scored = evaluation(src / "model.onnx", run_spec(src)).per_class
         if not scored:
             raise RunError(f"{src / 'model.onnx'} has no classifying output ([N, C] logits): no confusion "
                            "matrix to draw")

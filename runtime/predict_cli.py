@@ -18,8 +18,8 @@ from rich.console import Console
 from dlspec.arg_types import positive
 from dlspec.data import csv_numbers, csv_rows
 from dlspec.files import atomic_write
-from dlspec.images import EXTENSIONS, layout_of, read_image
-from dlspec.inference import check_inputs, load_inputs, run_model, session
+from dlspec.images import EXTENSIONS, POLICIES, layout_of, policy_of, read_image
+from dlspec.inference import check_finite, check_inputs, filled_inputs, load_inputs, run_model, session
 from dlspec.labels import class_names_of
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError
@@ -36,8 +36,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--top", type=positive, help="classes shown per sample (default 3; for a model without "
                    "class names, --top ranks its logits by class index)")
     p.add_argument("--json", action="store_true", help="print one JSON document, for programs")
-    p.add_argument("--fit", choices=["resize", "center_crop", "pad"], default="resize",
-                   help="how images are fitted to the model's input size (default resize)")
+    p.add_argument("--fit", choices=POLICIES, help="how images are fitted to the model's input size "
+                   "(default: the policy its images(...) data was trained with, else resize)")
     p.add_argument("-o", "--output", help="save the outputs to this .npz instead of printing them")
 
 
@@ -83,8 +83,9 @@ def run(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-def read_rows(sess: Any, paths: list[Path], fit: str = "resize") -> Rows:
-    """The inputs from one .npz or .csv file, or from image files."""
+def read_rows(sess: Any, paths: list[Path], fit: str | None = None) -> Rows:
+    """The inputs from one .npz or .csv file, or from image files (fitted to the model's input size
+    by `fit`, else as the model's training images were: its metadata image_policy, else resize)."""
     for p in paths:
         if not p.is_file():
             raise RunError(f"no input file {p}")
@@ -115,9 +116,7 @@ def _csv_inputs(sess: Any, path: Path) -> Rows:
     for line, r in body:
         if len(r) != len(header):
             raise RunError(f"{path}: line {line} has {len(r)} fields; the header has {len(header)}")
-    meta = sess.get_modelmeta().custom_metadata_map
-    # `fill` (the fitted means) also names filled inputs, in models compiled before `filled` was kept
-    nan_ok = set(json.loads(meta.get("filled", "[]"))) | set(json.loads(meta.get("fill", "{}")))
+    nan_ok = filled_inputs(sess)
     data: dict[str, np.ndarray] = {}
     for inp in sess.get_inputs():
         if inp.name not in header:
@@ -136,12 +135,15 @@ def _csv_inputs(sess: Any, path: Path) -> Rows:
         values = csv_numbers(cells, [line for line, _ in body], f"{path}: column '{inp.name}'", inp.name,
                              inp.name in nan_ok, hint)
         data[inp.name] = values
-    return Rows(check_inputs(sess, data, path), [f"line {line}" for line, _ in body])
+    names = [f"line {line}" for line, _ in body]
+    with np.errstate(over="ignore"):  # a number beyond float32's range: inf, refused
+        return Rows(check_finite(sess, check_inputs(sess, data, path), path, names), names)
 
 
-def _image_inputs(sess: Any, paths: list[Path], fit: str) -> Rows:
+def _image_inputs(sess: Any, paths: list[Path], fit: str | None) -> Rows:
     """Each file decoded as the image data source decodes it (runtime.images), to the shape of the
     model's one input, pixels 0 to 255: the model's features scale them as in training."""
+    fit = fit or policy_of(sess.get_modelmeta().custom_metadata_map) or "resize"
     inputs = sess.get_inputs()
     if len(inputs) != 1:
         raise RunError(f"image files feed a model with one image input; this one has "

@@ -15,12 +15,12 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dlspec import checkpoint, distributed, health, labels, resume, standardize, vocab
+from dlspec import checkpoint, distributed, health, images, labels, resume, standardize, vocab
 from dlspec.compiler import Target, TrainingGraphs, compile_model, compile_training, with_weights
 from dlspec.data import Dataset, batch_count, batches, load_dataset, size
 from dlspec.data_parallel import DataParallelRunner
 from dlspec.files import OutputFolder, atomic_write
-from dlspec.metrics import prediction_metrics
+from dlspec.metrics import head_metrics
 from dlspec.prefetch import Prefetch
 from dlspec.schedule import base_rate, learning_rate
 from dlspec.selection import Patience, read_records, val_score
@@ -84,7 +84,7 @@ def evaluate(tg: TrainingGraphs, weights: dict[str, np.ndarray], split: dict[str
     out = {"loss" if i == 0 else name: v / n for i, (name, v) in enumerate(zip(outputs[len(heads):], sums))}
     for h, pred in zip(heads, preds):
         if h.target is not None:
-            found = prediction_metrics(np.concatenate(pred), split[h.target], h.classifier)
+            found = head_metrics(np.concatenate(pred), split[h.target], h.kind)
             out.update({h.key(k): v for k, v in found.items()})
     return out
 
@@ -420,6 +420,7 @@ def _save_model(setup: _SetUp, run_dir: Path, eval_sess: ort.InferenceSession) -
     final, _, _, _ = checkpoint.load(run_dir / (BEST if (run_dir / BEST).exists() else LAST))
     names = labels.output_class_names(setup.data.class_names, setup.tg.inference.heads)
     trained = labels.with_class_names(with_weights(setup.tg.inference.onnx, final), names)
+    trained = images.with_policy(trained, setup.train.data)  # predict fits image files the same way
     atomic_write(run_dir / "model.onnx", trained.SerializeToString())
     return evaluate(setup.tg, final, setup.data.test, eval_sess)
 

@@ -31,7 +31,7 @@ from dlspec.compiler.graph import Graph  # noqa: E402
 from dlspec.compiler.graph.proto import model_proto, value_info  # noqa: E402
 from dlspec.compiler.lower.augment import augment_with  # noqa: E402
 from dlspec.compiler.lower.compile import build_forward  # noqa: E402
-from dlspec.metrics import prediction_metrics  # noqa: E402
+from dlspec.metrics import head_metrics  # noqa: E402
 from dlspec.spec.errors import CompileError, SpecError  # noqa: E402
 from dlspec.spec.model import Augment  # noqa: E402
 
@@ -194,13 +194,13 @@ def test_mean_iou_and_pixel_accuracy_match_sklearn() -> None:
     scores[:, 4] -= 10  # class 4 is never predicted
     truth = rng.integers(0, 4, (6, 4, 3))  # nor labelled: it is not present, so not averaged
     truth[0, 0] = 7  # an ignore_index: left out
-    found = prediction_metrics(scores, truth, classifier=True)
+    found = head_metrics(scores, truth, "segment")
     accuracy, mean_iou = sklearn_metrics(scores, truth)
     assert found == pytest.approx({"accuracy": accuracy, "mean_iou": mean_iou}, rel=1e-12)
     # a [N, 1, H, W] target reads the same
-    assert prediction_metrics(scores, truth[:, None], classifier=True) == found
+    assert head_metrics(scores, truth[:, None], "segment") == found
     perfect = np.eye(5, dtype=np.float32)[truth.clip(0, 4)].transpose(0, 3, 1, 2)
-    assert prediction_metrics(perfect, truth, classifier=True) == {"accuracy": 1.0, "mean_iou": 1.0}
+    assert head_metrics(perfect, truth, "segment") == {"accuracy": 1.0, "mean_iou": 1.0}
 
 
 # ---------------------------------------------------------------- checks at the text

@@ -1,5 +1,6 @@
 """`dlspec eval` per class: precision, recall, F1 and the confusion matrix against scikit-learn's,
-printed with the model's class names; `dlspec plot --confusion` draws the matrix."""
+printed with the model's class names, from the one run of the model that gives the metrics;
+`dlspec plot --confusion` draws the matrix."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import re
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from rich.console import Console
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from test_predict import FLOWERS, write_iris
 
+import dlspec
+from dlspec.api import evaluation
 from dlspec.cli import main
-from dlspec.per_class import evaluate_per_class, per_class
+from dlspec.data import load_dataset
+from dlspec.per_class import per_class
 from dlspec.spec import load
+from dlspec.spec import model as m
 from dlspec.training import FitOptions, fit
 
 
@@ -54,7 +60,7 @@ def test_eval_prints_the_table_and_the_matrix_with_class_names(run: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
-    (pc,) = evaluate_per_class(run / "model.onnx", run.parent / "flowers.dlspec")
+    (pc,) = evaluation(run / "model.onnx", run.parent / "flowers.dlspec").per_class
     assert pc.names == ["setosa", "versicolor", "virginica"] and pc.confusion.sum() == 30  # the test split
     for i, name in enumerate(pc.names):
         row = next(line for line in out.splitlines() if line.startswith(f"│ {name} ") and "." in line)
@@ -72,7 +78,7 @@ def test_eval_prints_the_table_and_the_matrix_with_class_names(run: Path,
 
 def test_eval_on_a_csv_reads_its_names_as_the_models(run: Path, tmp_path: Path) -> None:
     write_iris(tmp_path / "late.csv", slice(100, None))  # virginica alone: index 2 of the model's
-    (pc,) = evaluate_per_class(run / "model.onnx", run.parent / "flowers.dlspec", str(tmp_path / "late.csv"))
+    (pc,) = evaluation(run / "model.onnx", run.parent / "flowers.dlspec", tmp_path / "late.csv").per_class
     assert pc.support.tolist() == [0, 0, 50]
 
 
@@ -80,3 +86,46 @@ def test_plot_draws_the_confusion_matrix(run: Path, capsys: pytest.CaptureFixtur
     assert main(["plot", str(run), "--confusion"]) == 0
     assert f"wrote {run / 'confusion.png'}" in capsys.readouterr().out
     assert (run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class Runs:
+    """Every onnxruntime session run, with the outputs it returned."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.outputs: list[dict[str, np.ndarray]] = []
+        self.feeds: list[dict[str, np.ndarray]] = []
+        real = ort.InferenceSession.run
+
+        def run(sess: ort.InferenceSession, names: list[str] | None, feeds: dict[str, np.ndarray],
+                *args: object, **kw: object) -> list[np.ndarray]:
+            got = real(sess, names, feeds, *args, **kw)  # type: ignore[arg-type]
+            wanted = names or [o.name for o in sess.get_outputs()]
+            self.feeds.append(dict(feeds))
+            self.outputs.append(dict(zip(wanted, got)))
+            return got
+
+        monkeypatch.setattr(ort.InferenceSession, "run", run)
+
+
+def test_eval_runs_the_model_once_for_the_metrics_and_the_confusion(
+        run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = run.parent / "flowers.dlspec"
+    runs = Runs(monkeypatch)
+    result = evaluation(run / "model.onnx", spec)
+    assert len(runs.outputs) == 1
+    (pc,) = result.per_class
+    # scikit-learn on the predictions of that one run, against the test split loaded apart
+    prog = load(spec)
+    test = load_dataset(prog.train(None) or m.Train(), prog.model(None), run.parent, 3).test
+    truth, pred = test["species"], runs.outputs[0]["logits"].argmax(1)
+    np.testing.assert_array_equal(pc.confusion, confusion_matrix(truth, pred, labels=range(3)))
+    p, r, f, support = precision_recall_fscore_support(truth, pred, labels=range(3), zero_division=0)
+    np.testing.assert_allclose(np.stack([pc.precision, pc.recall, pc.f1]), np.stack([p, r, f]), rtol=1e-12)
+    np.testing.assert_array_equal(pc.support, support)
+    assert result.metrics == {"accuracy": pytest.approx(float((truth == pred).mean()), abs=1e-12),
+                              "samples": 30.0}
+    assert dlspec.evaluate(run / "model.onnx", spec) == result.metrics
+    assert len(runs.outputs) == 2  # evaluate: one more run, not two
+    assert main(["eval", str(run)]) == 0
+    assert len(runs.outputs) == 3  # the command line: metrics and tables from one run
+    assert "per class (logits)" in capsys.readouterr().out
