@@ -15,6 +15,8 @@ from dlspec.spec.errors import RunError
 
 
 def _model(tmp_path: Path, targets: str, data: str = "digits(test=0.2)"):  # type: ignore[no-untyped-def]
+    """A model with these targets (the loss reads the first) and this data; the data is what counts."""
+    first = targets.split()[1].rstrip(":")
     path = tmp_path / "m.dlspec"
     path.write_text(textwrap.dedent(f"""\
         model m {{
@@ -22,7 +24,7 @@ def _model(tmp_path: Path, targets: str, data: str = "digits(test=0.2)"):  # typ
         {textwrap.indent(targets, "  ")}
           backbone {{ flatten }}
           head linear(10)
-          loss mse
+          loss mse(target={first})
         }}
         train {{ data {data} }}
         """))
