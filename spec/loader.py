@@ -64,11 +64,25 @@ def load(path: str | Path) -> Program:
     prog = Program(root=str(path), text=text, root_models=raw.root_models, root_trains=raw.root_trains)
     for name, blk in raw.blocks.items():
         prog.blocks[name] = _validate(m.BlockDef, {k: v for k, v in blk.items() if k != "item"})
+    bases = {item["extends"] for item in raw.models.values()}
     for name in raw.models:
-        prog.models[name] = resolve_heads(_validate(m.Model, _bind_losses(_resolve_model(name, raw, ()))))
+        model = _validate(m.Model, _bind_losses(_resolve_model(name, raw, ())))
+        prog.models[name] = _with_heads(model, base=name in bases)
     for key in raw.trains:
         prog.trains[key] = _check_train(_validate(m.Train, _train_dict(_resolve_train(key, raw, ()), prog)))
     return prog
+
+
+def _with_heads(model: m.Model, base: bool) -> m.Model:
+    """The model with its heads resolved. A model that others extend may leave what its loss
+    reads to them (a target among several, say): its heads are resolved, and such errors raised,
+    where it is used itself."""
+    try:
+        return resolve_heads(model)
+    except SpecError:
+        if base:
+            return model
+        raise
 
 
 @dataclass

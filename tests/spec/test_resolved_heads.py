@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dlspec.compiler import compile_model
 from dlspec.spec import load
 from dlspec.spec import model as m
 from dlspec.spec.errors import SpecError
@@ -117,6 +118,21 @@ model child extends m {
         ("a", "regress"), ("b", "classify")]
     assert summary(prog.models["child"]) == [(None, "logits", "binary", "bce_with_logits", "hit", 0, [0])]
 
+
+
+def test_a_base_model_may_leave_its_target_to_the_models_that_extend_it(tmp_path: Path) -> None:
+    """A base whose loss names none of its targets loads: its children name theirs. Used itself,
+    it is refused at the loss, as any model would be."""
+    path = tmp_path / "main.dlspec"
+    path.write_text(TARGETS + "  head { flatten -> linear(3) }\n  loss mse\n}\n"
+                    "model child extends m {\n  loss mse(target=v)\n}\n")
+    prog = load(path)
+    assert summary(prog.models["child"])[0][4] == "v"
+    with pytest.raises(SpecError, match=r"main\.dlspec:\d+:\d+: error: loss mse needs target=NAME"):
+        compile_model(prog, "m")
+    path.write_text(TARGETS + "  head { flatten -> linear(3) }\n  loss mse\n}\n")
+    with pytest.raises(SpecError, match="loss mse needs target=NAME"):  # no child: refused on load
+        load(path)
 
 ERRORS = {
     # one output read as class scores (softmax) and as independent logits (sigmoid): refused
