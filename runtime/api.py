@@ -23,7 +23,7 @@ from rich.console import Console
 
 from dlspec.compiler import Compiled, Target, TrainingGraphs, compile_model, gradient_model
 from dlspec.compiler import compile_training as _compile_training
-from dlspec.compiler.grad.coverage import untrainable_notes
+from dlspec.compiler.grad.coverage import with_untrainable_notes
 from dlspec.compiler.lower.export import export as _export
 from dlspec.compiler.lower.heads import HeadInfo, head_infos
 from dlspec.data import Split, load_all, load_dataset, size
@@ -52,10 +52,7 @@ def _program(spec: Spec) -> Program:
 
 def compile(spec: Spec, model: str | None = None, *, seed: int | None = None) -> Compiled:  # noqa: A001
     """The inference graph (`.onnx`), with one record per layer (shapes, parameters, FLOPs)."""
-    c = compile_model(_program(spec), model, seed)
-    trainable = [p.name for p in c.params if not p.state and p.name not in c.frozen]
-    c.notes.extend(untrainable_notes(c.nodes, trainable, c.output.name))
-    return c
+    return with_untrainable_notes(compile_model(_program(spec), model, seed))
 
 
 def compile_training(spec: Spec, model: str | None = None, *, seed: int | None = None,
@@ -140,13 +137,26 @@ def evaluation(model: str | Path, spec: Spec, data: str | Path | None = None, *,
     for h in scored:
         assert h.target is not None
         pred, truth = outputs[h.output], split[h.target]
-        if len(pred) != len(truth) or (not h.classifier and pred.size != truth.size):
+        if not _fits(pred, truth, h.kind):
             raise RunError(f"{model}: output '{h.output}' has shape {list(pred.shape)} for target "
                            f"'{h.target}' of shape {list(truth.shape)}: is it a model of this spec?")
         metrics.update({h.key(k): v for k, v in head_metrics(pred, truth, h.kind).items()})
         if h.kind == "classify" and pred.ndim == 2:
             confusions.append(per_class(h.output, pred, truth, names.get(h.output)))
     return Evaluation({**metrics, "samples": float(size(split))}, confusions)
+
+
+def _fits(pred: np.ndarray, truth: np.ndarray, kind: str) -> bool:
+    """Whether an output can be scored as a head of this kind against the target: class scores
+    [N, C] for labels [N]; per-position scores [N, C, ...] for labels [N, ...] (or [N, 1, ...]);
+    else (one logit per label, a regression) a value per target value."""
+    if len(pred) != len(truth):
+        return False
+    if kind == "classify":
+        return pred.ndim == 2 and truth.size == len(truth)
+    if kind == "segment":
+        return pred.ndim > 2 and truth.size * pred.shape[1] == pred.size
+    return pred.size == truth.size
 
 
 def _scored(model: str | Path, sess: Any, decl: m.Model) -> list[HeadInfo]:

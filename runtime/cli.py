@@ -12,33 +12,41 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
-from rich.console import Console
-from rich.markup import escape
-from rich.measure import Measurement
-from rich.table import Table
-
-from dlspec import api, distributed, eval_cli, export_cli, grad_cli, plot, predict_cli
+# Only what the parser needs loads here: `dlspec --version` and `--help` stay fast. Each command
+# imports the rest (onnx, onnxruntime, the compiler, rich) when it runs.
+from dlspec import eval_cli, export_cli, grad_cli, plot, predict_cli
 from dlspec.arg_types import positive, positive_float, whole_number
-from dlspec.artifacts import write_training
-from dlspec.compiler import Compiled, Target
-from dlspec.compiler.graph import show
-from dlspec.files import OutputFolder, atomic_write
-from dlspec.session import MAX_THREADS
 from dlspec.spec.errors import DlspecError, RunError
-from dlspec.spec.loader import load
 from dlspec.spec.version import __version__
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dlspec.compiler import Compiled
 
 CHECK_FAILED, INTERNAL_ERROR, INTERRUPTED = 1, 3, 130  # bad input: DlspecError.exit_code, 2
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
 
 def _compile(args: argparse.Namespace) -> Compiled:
-    return api.compile(args.spec, args.model, seed=args.seed)
+    """api.compile, without importing the API: check and compile need neither onnxruntime nor the
+    training loop."""
+    from dlspec.compiler import compile_model
+    from dlspec.compiler.grad.coverage import with_untrainable_notes
+    from dlspec.spec.loader import load
+
+    return with_untrainable_notes(compile_model(load(args.spec), args.model, args.seed))
 
 
 def cmd_check(args: argparse.Namespace, out: Console) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from dlspec.compiler.graph import show
+
     c = _compile(args)
     table = Table(title=f"model {c.model.name}", title_justify="left")
     for col, justify in (("layer", "left"), ("kind", "left"), ("output", "left"),
@@ -64,6 +72,8 @@ def cmd_check(args: argparse.Namespace, out: Console) -> int:
 
 def _outputs(c: Compiled) -> str:
     """`logits [N, 10]`, or each head's output: `cls [N, 10], box [N, 4]`."""
+    from dlspec.compiler.graph import show
+
     return ", ".join(f"{k} {show(v.dims)}" for k, v in (c.outputs or {c.output.name: c.output}).items())
 
 
@@ -73,6 +83,10 @@ def _notes(notes: Sequence[str], out: Console) -> None:
 
 
 def cmd_compile(args: argparse.Namespace, out: Console) -> int:
+    import onnx
+
+    from dlspec.files import atomic_write
+
     if args.train:
         return _compile_training(args, out)
     c = _compile(args)
@@ -88,6 +102,14 @@ def cmd_compile(args: argparse.Namespace, out: Console) -> int:
 
 
 def _compile_training(args: argparse.Namespace, out: Console) -> int:
+    import onnx
+
+    from dlspec import api
+    from dlspec.artifacts import write_training
+    from dlspec.compiler import Target
+    from dlspec.files import OutputFolder
+    from dlspec.spec.loader import load
+
     prog = load(args.spec)
     dest = Path(args.output or f"{prog.model(args.model).name}.train")
     with OutputFolder(dest, "the training graphs") as folder:  # gone again if compiling fails
@@ -104,6 +126,11 @@ def _compile_training(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_gradcheck(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    from dlspec import api
+    from dlspec.spec.loader import load
+
     prog = load(args.spec)
     out.print(f"gradcheck: the parameter tensors of {prog.model(args.model).name} against central "
               f"differences in float64 (eps {args.eps:g}, batch {args.batch}); slow, for debugging",
@@ -129,6 +156,10 @@ def cmd_gradcheck(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_train(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    from dlspec import api, distributed
+
     if args.force and not args.resume:
         raise RunError("--force goes with --resume: it continues a run whose spec changed")
     if args.workers > 1 and not distributed.under_mpiexec():  # start the ranks; each runs the rest
@@ -154,6 +185,8 @@ def cmd_train(args: argparse.Namespace, out: Console) -> int:
 def whole_when_piped(out: Console, table: Table) -> None:
     """Piped or captured output gets whole rows and column names (full layer paths, "accuracy:cls")
     rather than have them wrapped or cut at 80 columns."""
+    from rich.measure import Measurement
+
     if not out.is_terminal:
         out.width = max(out.width, Measurement.get(out, out.options.update_width(10_000), table).maximum)
 
@@ -178,6 +211,8 @@ def _si(n: int) -> str:
 
 
 def _threads(text: str) -> int:
+    from dlspec.session import MAX_THREADS  # onnxruntime: only when --threads is given
+
     value = positive(text)
     if value > MAX_THREADS:
         raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} threads, got {value}")
@@ -242,6 +277,8 @@ COMMANDS = {"check": cmd_check, "compile": cmd_compile, "predict": predict_cli.r
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    from rich.console import Console
+
     out = Console(highlight=False, soft_wrap=True)  # messages stay whole lines; tables fit the width
     try:
         return COMMANDS[args.command](args, out)
@@ -249,11 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"{_rank_prefix()}{err}", file=sys.stderr)
-        distributed.abort_job(err.exit_code)
+        _abort_job(err.exit_code)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        distributed.abort_job(INTERRUPTED)
+        _abort_job(INTERRUPTED)
         return INTERRUPTED
     except BrokenPipeError:  # `dlspec check x | head`: the reader has gone, nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -264,12 +301,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"internal error in dlspec {__version__}: {type(err).__name__}: {_first_line(err)}; "
               "this is a bug: please report it with the command and the spec (--debug shows the "
               "traceback)", file=sys.stderr)
-        distributed.abort_job(INTERNAL_ERROR)
+        _abort_job(INTERNAL_ERROR)
         return INTERNAL_ERROR
+
+
+def _abort_job(code: int) -> None:
+    from dlspec import distributed  # numpy: loaded only when a command fails
+
+    distributed.abort_job(code)
 
 
 def _rank_prefix() -> str:
     """`rank 1: ` before a message of a rank other than 0 in a data-parallel job."""
+    from dlspec import distributed
+
     rank = distributed.env_rank()
     return f"rank {rank}: " if rank else ""
 

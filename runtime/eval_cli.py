@@ -8,15 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.measure import Measurement
-
-from dlspec.api import evaluation
-from dlspec.per_class import confusion_table, scores_table
-from dlspec.resume import COPY, SOURCE
 from dlspec.spec.errors import RunError
+
+if TYPE_CHECKING:  # the API and rich load when the command runs: `dlspec eval --help` needs neither
+    from rich.console import Console
 
 
 def add_parser(sub: Any) -> None:
@@ -33,6 +30,8 @@ def add_parser(sub: Any) -> None:
 def run_spec(run: Path) -> Path:
     """The spec a run was trained from (its imports and relative data paths resolve there), else
     the copy in the run folder."""
+    from dlspec.resume import COPY, SOURCE
+
     try:
         source = Path(json.loads((run / SOURCE).read_text())["spec"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -41,6 +40,9 @@ def run_spec(run: Path) -> Path:
 
 
 def run(args: argparse.Namespace, out: Console) -> int:
+    from dlspec.api import evaluation
+    from dlspec.per_class import confusion_table, scores_table
+
     src = Path(args.run)
     if not src.exists():
         raise RunError(f"no run folder or model file {src}")
@@ -69,6 +71,8 @@ MAX_CONFUSION_COLUMNS = 20
 
 def _print_whole(out: Console, table: Any) -> None:
     """Piped or captured output gets whole rows rather than rows wrapped at 80 columns."""
+    from rich.measure import Measurement
+
     if not out.is_terminal:
         out.width = max(out.width, Measurement.get(out, out.options.update_width(10_000), table).maximum)
     out.print(table)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from dlspec.api import export
-from dlspec.files import atomic_write
+if TYPE_CHECKING:  # the API loads when the command runs: `dlspec export --help` needs no onnx
+    from rich.console import Console
 
 
 def add_parser(sub: Any) -> None:
@@ -19,6 +17,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, out: Console) -> int:
+    from dlspec.api import export
+    from dlspec.files import atomic_write
+
     src = Path(args.run)
     source = src / "model.onnx" if src.is_dir() else src
     exported = export(source)

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import onnx
-from rich.console import Console
-
-from dlspec.api import grad
-from dlspec.files import atomic_write, load_model
 from dlspec.spec.errors import CompileError
+
+if TYPE_CHECKING:  # onnx and the API load when the command runs: `dlspec grad --help` needs neither
+    from rich.console import Console
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -34,6 +31,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, out: Console) -> int:
+    import numpy as np
+    import onnx
+
+    from dlspec.api import grad
+    from dlspec.files import atomic_write, load_model
+
     model = load_model(args.model_file)
     grads = grad(model, args.loss, args.wrt)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlspec.images import KINDS, Layout, layout_of, list_folder, read_image
+from dlspec.images import KINDS, decoded, layout_of, list_folder
 from dlspec.labels import Classes
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError, did_you_mean
@@ -40,7 +40,7 @@ def labelled_images(root: Path, model: m.Model, classes: Classes, class_names: M
     layout = layout_of(image, settings.size if settings else None, str(root))
     policy = settings.policy if settings else "resize"
     with ThreadPoolExecutor() as pool:  # Pillow lets go of the GIL while it decodes
-        pixels = list(pool.map(lambda p: _read(p, layout, policy), listing.files))
+        pixels = list(pool.map(lambda p: decoded(p, layout, policy), listing.files))
     return {image.name: np.stack(pixels).astype(image.dtype),
             target.name: index[np.asarray(listing.labels)].astype(target.dtype)}
 
@@ -54,18 +54,8 @@ def _class_indices(root: Path, folders: list[str], names: list[str] | None, widt
                                f"{did_you_mean(folder, names)}; its classes are {', '.join(names)}")
         return np.array([names.index(f) for f in folders], np.int64)
     for folder in folders:
-        if not folder.isdigit() or (width is not None and int(folder) >= width):
+        if not folder.isdecimal() or (width is not None and int(folder) >= width):
             span = f"0 to {width - 1}" if width is not None else "0, 1, ..."
             raise RunError(f"{root / folder}: the model has no class names, so its class folders are "
                            f"named by class index ({span}); '{folder}' is not one")
     return np.array([int(f) for f in folders], np.int64)
-
-
-def _read(path: Path, layout: Layout, policy: str) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        return read_image(path, layout, policy)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        why = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise RunError(f"{path}: not a readable image: {why}") from None

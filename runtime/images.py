@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,13 +29,12 @@ import onnx
 from onnx import helper
 
 from dlspec.files import atomic_write
+from dlspec.image_kinds import EXTENSIONS, POLICIES
 from dlspec.shards import Mapped, map_npy, write_npy_header
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError, did_you_mean
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 KINDS = "PNG/JPEG/BMP/WebP"
-POLICIES = ("resize", "center_crop", "pad")
 POLICY = "image_policy"  # model metadata: how the trained model's images were fitted to its input size
 _VERSION = 1  # of the cache's layout: a change makes every old key miss
 _CHUNK = 512  # files decoded per round of the thread pool
@@ -92,13 +92,19 @@ def read_image(path: str | Path, layout: Layout, policy: str = "resize") -> np.n
     converted to grayscale or RGB, then fitted to the size by `policy`: `resize` stretches it,
     `center_crop` scales its shorter side to fit and crops the middle, `pad` scales its longer side
     to fit and pads with black. Training and prediction decode with this one function.
-    Raises OSError or ValueError for a file that is not a readable image."""
+    Raises OSError or ValueError for a file that is not a readable image, ValueError too for one
+    of more pixels than Pillow decodes without warning (MAX_IMAGE_PIXELS: a decompression bomb)."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as img:
-        img.load()  # decodes now: a truncated or corrupt file fails here
-        upright = ImageOps.exif_transpose(img)
-        pixels = upright.convert("L" if layout.channels == 1 else "RGB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # decodes now: a truncated or corrupt file fails here
+                upright = ImageOps.exif_transpose(img)
+                pixels = upright.convert("L" if layout.channels == 1 else "RGB")
+    except (SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(str(err) or type(err).__name__) from None
     fitted = _fit(pixels, layout.width, layout.height, policy)
     a = np.asarray(fitted, np.uint8)
     if layout.order == "chw":
@@ -143,15 +149,21 @@ def policy_of(metadata: Mapping[str, str]) -> str | None:
     return found
 
 
+def decoded(path: Path, layout: Layout, policy: str) -> np.ndarray:
+    """read_image, where a file that is not a readable image is a RunError naming it."""
+    found = _try_read(path, layout, policy)
+    if isinstance(found, str):
+        raise RunError(f"{path}: not a readable image: {found}")
+    return found
+
+
 def _try_read(path: Path, layout: Layout, policy: str) -> np.ndarray | str:
     """The pixels, or why the file cannot be read."""
-    from PIL import Image
-
     try:
         return read_image(path, layout, policy)
     except FileNotFoundError:
         return "no such file"
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except (OSError, ValueError) as err:
         return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 

@@ -43,7 +43,22 @@ def filled_inputs(sess: ort.InferenceSession) -> set[str]:
     """The inputs the model fills missing values (NaN) of: fill(x, ...) in its features."""
     meta = sess.get_modelmeta().custom_metadata_map
     # `fill` (the fitted means) also names filled inputs, in models compiled before `filled` was kept
-    return set(json.loads(meta.get("filled", "[]"))) | set(json.loads(meta.get("fill", "{}")))
+    return _names(meta, "filled", list, "a JSON list of input names") | \
+        _names(meta, "fill", dict, "a JSON object of the filled inputs' means")
+
+
+def _names(meta: Mapping[str, str], key: str, kind: type[list[Any]] | type[dict[str, Any]],
+           what: str) -> set[str]:
+    """The input names of a metadata record (a list, or an object's keys); none without it."""
+    if key not in meta:
+        return set()
+    try:
+        found = json.loads(meta[key])
+    except ValueError:
+        found = None
+    if not isinstance(found, kind) or not all(isinstance(n, str) for n in found):
+        raise RunError(f"the model's metadata {key} is not {what}")
+    return set(found)
 
 
 def check_finite(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str | Path,

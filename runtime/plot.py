@@ -10,15 +10,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from dlspec.files import Npz, atomic_write
 from dlspec.health import PREFIX, is_health
-from dlspec.selection import val_score
 from dlspec.spec.errors import RunError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy, onnx, pydantic and rich load when the command runs, not for `dlspec --help`
     from matplotlib.figure import Figure
+    from rich.console import Console
 
 Record = dict[str, float]
 
@@ -65,6 +62,8 @@ def run(args: argparse.Namespace, out: Console) -> int:
 
 
 def _save(fig: Figure, dest: Path) -> None:
+    from dlspec.files import atomic_write
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic_write(dest, buf.getvalue())
@@ -151,6 +150,9 @@ def norms(records: list[Record]) -> list[str]:
 
 def best_epoch(run: Path, records: list[Record]) -> int | None:
     """The epoch best.npz holds (it stores the 0-based epoch); without best.npz, fit.py's choice."""
+    from dlspec.files import Npz
+    from dlspec.selection import val_score
+
     path = run / "best.npz"
     if path.exists():
         with Npz(path, "checkpoint") as data:

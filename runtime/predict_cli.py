@@ -10,19 +10,15 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from dlspec.arg_types import positive
-from dlspec.data import csv_numbers, csv_rows
-from dlspec.files import atomic_write
-from dlspec.images import EXTENSIONS, POLICIES, layout_of, policy_of, read_image
-from dlspec.inference import check_finite, check_inputs, filled_inputs, load_inputs, run_model, session
-from dlspec.labels import class_names_of
-from dlspec.spec import model as m
+from dlspec.image_kinds import EXTENSIONS, POLICIES
 from dlspec.spec.errors import RunError
+
+if TYPE_CHECKING:  # numpy, onnxruntime and the readers load in the functions that run a prediction
+    import numpy as np
+    from rich.console import Console
 
 _BATCH = 256  # rows per run: a large csv never sits in the session's buffers at once
 
@@ -50,6 +46,12 @@ class Rows:
 
 
 def run(args: argparse.Namespace, out: Console) -> int:
+    import numpy as np
+
+    from dlspec.files import atomic_write
+    from dlspec.inference import session
+    from dlspec.labels import class_names_of
+
     src = Path(args.model_file)
     model = src / "model.onnx" if src.is_dir() else src
     sess = session(model)
@@ -86,6 +88,8 @@ def run(args: argparse.Namespace, out: Console) -> int:
 def read_rows(sess: Any, paths: list[Path], fit: str | None = None) -> Rows:
     """The inputs from one .npz or .csv file, or from image files (fitted to the model's input size
     by `fit`, else as the model's training images were: its metadata image_policy, else resize)."""
+    from dlspec.inference import load_inputs
+
     for p in paths:
         if not p.is_file():
             raise RunError(f"no input file {p}")
@@ -108,6 +112,11 @@ def _csv_inputs(sess: Any, path: Path) -> Rows:
     """A row per sample, a column per model input (other columns, a target say, are ignored);
     cells of a string input stay strings; an empty or NaN cell is a missing value, NaN, in an input
     the model fills (fill(x, ...) in its features: metadata `filled`), else an error."""
+    import numpy as np
+
+    from dlspec.data import csv_numbers, csv_rows
+    from dlspec.inference import check_finite, check_inputs, filled_inputs
+
     rows, lines = csv_rows(path)
     if len(rows) < 2:
         raise RunError(f"{path}: no samples (a header row of column names, then a row per sample)")
@@ -143,6 +152,11 @@ def _csv_inputs(sess: Any, path: Path) -> Rows:
 def _image_inputs(sess: Any, paths: list[Path], fit: str | None) -> Rows:
     """Each file decoded as the image data source decodes it (runtime.images), to the shape of the
     model's one input, pixels 0 to 255: the model's features scale them as in training."""
+    import numpy as np
+
+    from dlspec.images import decoded, layout_of, policy_of
+    from dlspec.spec import model as m
+
     fit = fit or policy_of(sess.get_modelmeta().custom_metadata_map) or "resize"
     inputs = sess.get_inputs()
     if len(inputs) != 1:
@@ -160,14 +174,15 @@ def _image_inputs(sess: Any, paths: list[Path], fit: str | None) -> Rows:
     layout = layout_of(decl, None, "the model")
     pixels = []
     for p in paths:
-        try:
-            pixels.append(read_image(p, layout, fit))
-        except (OSError, ValueError) as err:
-            raise RunError(f"{p}: not a readable image: {err}") from None
+        pixels.append(decoded(p, layout, fit))
     return Rows({inp.name: np.stack(pixels).astype(dtype)}, [str(p) for p in paths])
 
 
 def _run(sess: Any, rows: Rows, model: Path, where: str) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    from dlspec.inference import run_model
+
     n = len(rows.names)
     parts: list[dict[str, np.ndarray]] = []
     for lo in range(0, max(n, 1), _BATCH):
@@ -183,6 +198,8 @@ def top_classes(outputs: dict[str, np.ndarray], names: dict[str, list[str]], k: 
                 by_index: bool = False) -> dict[str, list[Ranked]]:
     """The top k classes of each sample, for each output that the metadata names classes of (else,
     `by_index`, a classifier's `logits` by class index): probabilities from the logits' softmax."""
+    import numpy as np
+
     chosen = {o: n for o, n in names.items() if o in outputs}
     logits = outputs.get("logits")
     if not chosen and by_index and logits is not None and logits.ndim == 2 and logits.shape[1] > 1:
@@ -204,6 +221,8 @@ def _document(names: list[str], outputs: dict[str, np.ndarray],
               ranked: dict[str, list[Ranked]]) -> list[dict]:
     """One object per sample and output: {"input", "output", "top": [{"class", "index",
     "probability"}]} for a classifier, {"input", "output", "value"} otherwise."""
+    import numpy as np
+
     doc: list[dict] = []
     for output, per_row in ranked.items():
         doc += [{"input": n, "output": output,

@@ -4,10 +4,14 @@ spec is checked, not in the middle of training."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import onnx
 
 from dlspec.compiler.grad.table import NO_GRADIENT, RULES
+
+if TYPE_CHECKING:
+    from dlspec.compiler.lower.compile import Compiled
 
 
 def without_rules(nodes: Sequence[onnx.NodeProto], params: Iterable[str],
@@ -31,6 +35,14 @@ def describe(node: onnx.NodeProto) -> str:
     op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
     where = node.doc_string.partition(" ")[2] if node.doc_string else ""
     return f"{op} (node {node.name}{', from ' + where if where else ''})"
+
+
+def with_untrainable_notes(c: Compiled) -> Compiled:
+    """`c`, its notes telling of the ops its trainable parameters' gradients would pass that have
+    no rule (what `dlspec check` and `dlspec.compile` report)."""
+    trainable = [p.name for p in c.params if not p.state and p.name not in c.frozen]
+    c.notes.extend(untrainable_notes(c.nodes, trainable, c.output.name))
+    return c
 
 
 def untrainable_notes(nodes: Sequence[onnx.NodeProto], trainable: Sequence[str], output: str) -> list[str]:

@@ -14,7 +14,7 @@ from rich.console import Console
 from sklearn.metrics import confusion_matrix
 from test_eval_per_class import Runs
 
-from dlspec import image_folder, images
+from dlspec import images
 from dlspec.api import evaluation
 from dlspec.cli import main
 from dlspec.spec import load
@@ -76,7 +76,7 @@ def test_a_folder_of_some_of_the_classes_is_labelled_by_the_models_names(
     before = files_under(trained, held)
     decodes: list[Path] = []
     read = images.read_image
-    monkeypatch.setattr(image_folder, "read_image", lambda p, *a: decodes.append(p) or read(p, *a))
+    monkeypatch.setattr(images, "read_image", lambda p, *a: decodes.append(p) or read(p, *a))
     runs = Runs(monkeypatch)
     result = evaluation(trained / "run" / "model.onnx", trained / "tiny.dlspec", held)
     assert len(runs.outputs) == 1 and len(decodes) == 7  # each file decoded once, the model run once

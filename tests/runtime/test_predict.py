@@ -145,8 +145,8 @@ def test_predict_prints_the_top_classes_of_csv_rows(run: Path, tmp_path: Path,
         np.testing.assert_allclose([t["probability"] for t in d["top"]], np.sort(p)[::-1], rtol=1e-6)
 
 
-def test_predict_decodes_image_files_to_the_models_input(tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_decodes_image_files_to_the_models_input(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
     spec = tmp_path / "tiny.dlspec"
@@ -177,6 +177,12 @@ model tiny {
     (tmp_path / "bad.png").write_bytes(b"not a png")
     assert main(["predict", str(tmp_path / "tiny.onnx"), str(tmp_path / "bad.png")]) == 2
     assert "bad.png: not a readable image" in capsys.readouterr().err
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # more pixels: a decompression bomb
+    for side in (12, 16):  # beyond the limit Pillow warns, beyond twice it refuses: both one line
+        Image.fromarray(np.zeros((side, side), np.uint8)).save(tmp_path / "big.png")
+        assert main(["predict", str(tmp_path / "tiny.onnx"), str(tmp_path / "big.png")]) == 2
+        err = capsys.readouterr().err
+        assert "big.png: not a readable image" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_predict_without_class_names_prints_the_outputs(tmp_path: Path,
