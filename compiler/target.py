@@ -78,6 +78,7 @@ class Lowering(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         target = _target_of(args[0] if args else None)
         if target.tuned:
+            _load_variants()
             for when, fn in self.variants:
                 if when(target):
                     out = fn(*args, **kwargs)
@@ -88,6 +89,12 @@ class Lowering(Generic[P, R]):
 
 def lowering(plain: Callable[P, R]) -> Lowering[P, R]:
     return Lowering(plain)
+
+
+def _load_variants() -> None:
+    """The variants register themselves as dlspec.compiler.tune is imported: by a lowering's first
+    tuned call at the latest, whichever modules its caller imported."""
+    import dlspec.compiler.tune  # noqa: F401
 
 
 def _target_of(first: Graph | Value | Target | Any) -> Target:

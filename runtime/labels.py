@@ -13,15 +13,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from dlspec.compiler.lower.heads import HeadInfo
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError
 from dlspec.spec.heads import resolved
+
+if TYPE_CHECKING:
+    from dlspec.compiler.lower.heads import HeadInfo
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,39 @@ def test_python_m_dlspec_runs_the_command_line(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "dlspec", "--version"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == f"dlspec {__version__}"
+
+
+def test_predict_loads_no_compiler_beyond_the_graph_layer(tmp_path: Path) -> None:
+    """Running a model needs onnxruntime, not the layers, rules or training step."""
+    code, _, _ = _run(["compile", str(DIGITS), "-o", str(tmp_path / "digits.onnx")], tmp_path)
+    assert code == 0
+    import numpy as np
+
+    np.savez(tmp_path / "in.npz", image=np.zeros((2, 1, 8, 8), np.float32))
+    code, out, modules = _run(["predict", str(tmp_path / "digits.onnx"), str(tmp_path / "in.npz")], tmp_path)
+    assert code == 0 and out
+    assert _loaded(modules, ("dlspec.compiler.lower", "dlspec.compiler.grad", "dlspec.compiler.train",
+                             "dlspec.compiler.tune", "dlspec.training", "torch")) == []
+
+
+TUNED = """
+import sys
+from pathlib import Path
+from dlspec.compiler.target import Target
+from dlspec.compiler.train.step import compile_training
+from dlspec.spec.loader import load
+assert "dlspec.compiler.tune" not in sys.modules
+tg = compile_training(load(Path(sys.argv[1])), target=Target("cpu", 2))
+print(sum(n.op_type == "MatMul" for n in tg.train_step.graph.node), "dlspec.compiler.tune" in sys.modules)
+"""
+
+
+def test_tuned_lowerings_apply_whichever_module_compiles(tmp_path: Path) -> None:
+    """The tuned variants register as dlspec.compiler.tune loads, which a lowering's first tuned
+    call does: a caller that imports only the step still gets them (the conv weight gradients of
+    the digits step as per-tap MatMuls, which the plain form writes as Convs)."""
+    done = subprocess.run([sys.executable, "-c", TUNED, str(DIGITS)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    matmuls, loaded = done.stdout.split()
+    assert int(matmuls) > 0 and loaded == "True"
