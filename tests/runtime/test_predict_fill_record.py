@@ -10,27 +10,17 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
+from test_predict import FILLED
 
 from dlspec import api
 from dlspec.cli import main
 from dlspec.spec.errors import RunError
 
-SPEC = """
-model filled {
-  input  a: float32[N]
-  input  b: float32[N]
-  features {
-    a = fill(a, 7)
-  }
-  head linear(2)
-}
-"""
-
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("filled")
-    (root / "filled.dlspec").write_text(SPEC)
+    (root / "filled.dlspec").write_text(FILLED)
     assert main(["compile", str(root / "filled.dlspec"), "-o", str(root / "filled.onnx")]) == 0
     return root / "filled.onnx"
 

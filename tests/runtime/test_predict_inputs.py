@@ -13,6 +13,7 @@ import onnx
 import pytest
 from PIL import Image
 from rich.console import Console
+from test_predict import FILLED
 
 from dlspec import api, images
 from dlspec.cli import main
@@ -20,17 +21,6 @@ from dlspec.files import atomic_write
 from dlspec.spec import load
 from dlspec.spec.errors import RunError
 from dlspec.training import FitOptions, fit
-
-FILLED = """
-model filled {
-  input  a: float32[N]
-  input  b: float32[N]
-  features {
-    a = fill(a, 7)
-  }
-  head linear(2)
-}
-"""
 
 WIDE = """
 model wide {
