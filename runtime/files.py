@@ -9,8 +9,10 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -27,7 +29,15 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it.
+    """Write `data` to `path` as atomic_file does: whole, or not at all."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A file to write `path` through: a temporary file beside it, synced and renamed over it when
+    the block ends.
 
     On any failure the previous file (if any) is left as it was and the temporary file is removed.
     The new file gets the mode of the file it replaces, or the usual 0666 & ~umask for a new one
@@ -51,7 +61,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         raise RunError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)

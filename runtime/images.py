@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -28,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from dlspec.files import atomic_write
+from dlspec.files import atomic_file, atomic_write
 from dlspec.image_kinds import EXTENSIONS, POLICIES
 from dlspec.shards import Mapped, map_npy, write_npy_header
 from dlspec.spec import model as m
@@ -354,33 +353,19 @@ def _decode_into(npy: Path, listing: Listing, layout: Layout,
     dtype = np.dtype(np.uint8)
     labels: list[int] = []
     bad: list[list[str]] = []
-    fd, tmp = tempfile.mkstemp(prefix=f".{npy.stem}.", suffix=".tmp", dir=npy.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            write_npy_header(f, (len(listing.files), *layout.shape), dtype)
-            for lo in range(0, len(listing.files), _CHUNK):
-                files = listing.files[lo:lo + _CHUNK]
-                for p, label, got in zip(files, listing.labels[lo:lo + _CHUNK],
-                                         pool.map(lambda p: _try_read(p, layout, policy), files)):
-                    if isinstance(got, str):
-                        bad.append([str(p), got])
-                    else:
-                        f.write(got.tobytes())
-                        labels.append(label)
-            f.seek(0)
-            write_npy_header(f, (len(labels), *layout.shape), dtype)  # the count less the bad files
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # as any new file, not mkstemp's owner-only mode: a shared cache
-        os.replace(tmp, npy)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise RunError(f"cannot write the image cache {npy}: {err.strerror or err}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(npy) as f, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        write_npy_header(f, (len(listing.files), *layout.shape), dtype)
+        for lo in range(0, len(listing.files), _CHUNK):
+            files = listing.files[lo:lo + _CHUNK]
+            for p, label, got in zip(files, listing.labels[lo:lo + _CHUNK],
+                                     pool.map(lambda p: _try_read(p, layout, policy), files)):
+                if isinstance(got, str):
+                    bad.append([str(p), got])
+                else:
+                    f.write(got.tobytes())
+                    labels.append(label)
+        f.seek(0)
+        write_npy_header(f, (len(labels), *layout.shape), dtype)  # the count less the bad files
     return labels, bad
 
 

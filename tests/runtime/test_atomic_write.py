@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dlspec import files
-from dlspec.files import atomic_write
+from dlspec.files import atomic_file, atomic_write
 from dlspec.spec.errors import RunError
 
 
@@ -136,3 +136,20 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path: Path) -> None:
     target.chmod(0o640)
     atomic_write(target, b"new")
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_a_block_that_fails_through_atomic_file_keeps_the_old_file(tmp_path: Path) -> None:
+    """What a writer streams through atomic_file (the image cache, row by row) lands whole or not
+    at all: an error raised in the block leaves the old file and no temporary file."""
+    target = tmp_path / "cache.npy"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(target) as f:
+            f.write(b"new rows")
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["cache.npy"]
+    with atomic_file(target) as f:
+        f.write(b"header")
+        f.seek(0)  # a header rewritten once the count is known
+        f.write(b"HEAD")
+    assert target.read_bytes() == b"HEADer"
