@@ -105,8 +105,9 @@ def test_a_rank_that_dies_or_stops_fails_the_job(tmp_path: Path, how: signal.Sig
         for pid in _rank_pids():
             os.kill(pid, signal.SIGKILL)
     assert job.returncode != 0
-    if how == signal.SIGSTOP:
-        assert "waited 5 s for the sum of the gradients" in out, out
+    if how == signal.SIGSTOP:  # rank 0 times out at its next collective: a step's, or an epoch's end
+        waited = r"waited 5 s for (the sum of the gradients|the parameter check): another rank"
+        assert re.search(waited, out), out
 
 
 def _rank_pids(rank: int | None = None) -> list[int]:
