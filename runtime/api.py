@@ -30,6 +30,7 @@ from dlspec.data import Split, load_all, load_dataset, size
 from dlspec.files import load_model
 from dlspec.gradient_check import TensorCheck, gradcheck
 from dlspec.image_folder import labelled_images
+from dlspec.images import policy_of
 from dlspec.inference import check_finite, check_inputs, run_model, session
 from dlspec.labels import Classes, class_names_of, target_class_names
 from dlspec.metrics import head_metrics
@@ -183,12 +184,14 @@ def _scored(model: str | Path, sess: Any, decl: m.Model) -> list[HeadInfo]:
 def _samples(prog: Program, decl: m.Model, data: str | Path | None, classes: Classes,
              sess: Any) -> tuple[Split, str | Path]:
     """Every sample of `data`, else the test split of the spec's data, and how to name it. A
-    folder is decoded as the spec's images(...) decodes its images (size, fit policy)."""
+    folder is decoded as the spec's images(...) decodes its images (size, fit policy), with the
+    fit policy the model records, where it records one."""
     train = prog.train(decl.name) or m.Train()
     names = target_class_names(sess.get_modelmeta().custom_metadata_map, head_infos(decl))
     if data is not None and Path(data).is_dir():
         settings = train.data if isinstance(train.data, m.ImagesData) else None
-        return labelled_images(Path(data), decl, classes, names, settings), data
+        recorded = policy_of(sess.get_modelmeta().custom_metadata_map)
+        return labelled_images(Path(data), decl, classes, names, settings, recorded), data
     if data is not None:
         return load_all(str(data), decl, classes, names), data
     return load_dataset(train, decl, Path(prog.root).parent, classes).test, "the test split"

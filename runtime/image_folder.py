@@ -20,11 +20,12 @@ from dlspec.spec.errors import RunError, did_you_mean
 
 
 def labelled_images(root: Path, model: m.Model, classes: Classes, class_names: Mapping[str, list[str]],
-                    settings: m.ImagesData | None) -> dict[str, np.ndarray]:
+                    settings: m.ImagesData | None, recorded: str | None = None) -> dict[str, np.ndarray]:
     """The model's one image input and its one target, the class labels: each subfolder's index
     among the model's class names (`class_names`, by target), or, for a model without names, the
     subfolder's own name read as a class index. `settings`: the spec's images(...), whose size and
-    fit policy the images are decoded by (None: the input's declared size, resized)."""
+    fit policy the images are decoded by (None: the input's declared size, resized); `recorded`:
+    the fit policy the model was trained with, from its metadata, which comes first."""
     if len(model.inputs) != 1 or len(model.targets) != 1:
         raise RunError(f"{root}: an image folder gives one image input and one class label; model "
                        f"{model.name} declares {len(model.inputs)} input(s) and "
@@ -38,7 +39,7 @@ def labelled_images(root: Path, model: m.Model, classes: Classes, class_names: M
     width = classes.get(target.name) if isinstance(classes, Mapping) else classes
     index = _class_indices(root, listing.class_names, class_names.get(target.name), width)
     layout = layout_of(image, settings.size if settings else None, str(root))
-    policy = settings.policy if settings else "resize"
+    policy = recorded or (settings.policy if settings else "resize")
     with ThreadPoolExecutor() as pool:  # Pillow lets go of the GIL while it decodes
         pixels = list(pool.map(lambda p: decoded(p, layout, policy), listing.files))
     return {image.name: np.stack(pixels).astype(image.dtype),

@@ -163,3 +163,24 @@ def test_a_model_without_class_names_reads_folders_named_by_index(trained: Path,
     with pytest.raises(RunError, match=r"owl: the model has no class names, so its class folders are named "
                                         r"by class index \(0 to 2\); 'owl' is not one"):
         evaluation(tmp_path / "nameless.onnx", trained / "tiny.dlspec", tmp_path / "held")
+
+
+def test_the_fit_policy_the_model_records_decodes_the_folder(trained: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's recorded policy comes before the spec's: the spec may have changed since the
+    model was trained (here the record says pad, the spec center_crop)."""
+    import onnx
+
+    model = onnx.load(trained / "run" / "model.onnx")
+    record = next(p for p in model.metadata_props if p.key == images.POLICY)
+    assert record.value == "center_crop"  # what training recorded, from the spec
+    record.value = "pad"
+    onnx.save(model, tmp_path / "pad.onnx")
+    noisy(tmp_path / "held" / "cat" / "0.png", COLOURS["cat"], (16, 9), np.random.default_rng(3))
+    runs = Runs(monkeypatch)
+    evaluation(tmp_path / "pad.onnx", trained / "tiny.dlspec", tmp_path / "held")
+    layout = images.Layout(8, 8, 3, "chw")
+    file = tmp_path / "held" / "cat" / "0.png"
+    want = images.read_image(file, layout, "pad")[None].astype(np.float32)
+    np.testing.assert_array_equal(runs.feeds[0]["image"], want)
+    assert not np.array_equal(want, images.read_image(file, layout, "center_crop")[None])
