@@ -10,20 +10,10 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from test_eval_images import MODEL
 
 import dlspec
 from dlspec.spec.errors import RunError
-
-SPEC = """
-model tiny {
-  input  image: float32[N, 3, 8, 8]
-  target label: int64[N]
-  features { image = image / 255 }
-  backbone { conv(4, k=3, stride=2) -> relu }
-  head classify(classes=3)
-  loss cross_entropy
-}
-"""
 
 
 def folder(root: Path, names: list[str]) -> Path:
@@ -35,7 +25,7 @@ def folder(root: Path, names: list[str]) -> Path:
 
 @pytest.fixture
 def model(tmp_path: Path) -> tuple[Path, Path]:
-    (tmp_path / "tiny.dlspec").write_text(SPEC)
+    (tmp_path / "tiny.dlspec").write_text(MODEL)
     onnx.save(dlspec.compile(tmp_path / "tiny.dlspec").onnx, str(tmp_path / "tiny.onnx"))  # no class names
     return tmp_path / "tiny.onnx", tmp_path / "tiny.dlspec"
 

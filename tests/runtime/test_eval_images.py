@@ -23,7 +23,7 @@ from dlspec.training import FitOptions, fit
 
 COLOURS = {"cat": (200, 30, 40), "dog": (20, 180, 60), "owl": (10, 40, 220)}
 
-SPEC = """
+MODEL = """
 model tiny {
   input  image: float32[N, 3, 8, 8]
   target label: int64[N]
@@ -32,6 +32,8 @@ model tiny {
   head classify(classes=3)
   loss cross_entropy
 }
+"""
+SPEC = MODEL + """
 train {
   data images("set", size=[8, 8], policy=center_crop, cache="cache", test=0.25)
   batch 8

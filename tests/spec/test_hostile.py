@@ -63,7 +63,7 @@ def rejected(path: Path | str) -> SpecError:
     return info.value
 
 
-def located(err: SpecError, path: Path, line: int | None, message: str) -> None:
+def assert_located(err: SpecError, path: Path, line: int | None, message: str) -> None:
     """At `line` of `path` (any line where None), saying `message`."""
     assert err.span is not None, str(err)
     assert err.span.file == str(path) and line in (None, err.span.line), str(err)
@@ -110,7 +110,7 @@ def test_the_largest_whole_number_is_a_valid_seed_and_one_more_is_not(tmp_path: 
         path = write(tmp_path, backbone("conv(4)") + f"train {{\n  seed {seed}\n}}\n", name)
         with pytest.raises(SpecError) as info:
             spec.load(path)
-        located(info.value, path, 9, "too large")
+        assert_located(info.value, path, 9, "too large")
 
 
 # ---- 2. nesting: checked on the parse tree, and through block calls in the walk ----
@@ -152,7 +152,7 @@ def test_nesting_is_limited_right_after_parsing(kind: str, tmp_path: Path) -> No
     for levels in (MAX_NESTING + 1, 5000):
         path = write(tmp_path, _nested(kind, levels), f"deep{levels}.dlspec")
         err = rejected(path)
-        located(err, path, 4, f"nests more than {MAX_NESTING} levels deep")
+        assert_located(err, path, 4, f"nests more than {MAX_NESTING} levels deep")
 
 
 def test_nesting_through_block_calls_is_limited_in_the_walk(tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def test_extends_chains_are_limited(kind: str, tmp_path: Path) -> None:
     if kind == "train":
         base = backbone("relu") + "train a0 {\n}\n"
     path = write(tmp_path, base + "".join(f"{kind} a{i} extends a{i - 1} {{\n}}\n" for i in range(1, 3000)))
-    located(rejected(path), path, None, f"extends chains are at most {MAX_NESTING} deep")
+    assert_located(rejected(path), path, None, f"extends chains are at most {MAX_NESTING} deep")
 
 
 RECURSIVE = {
@@ -186,7 +186,7 @@ RECURSIVE = {
 def test_a_recursive_block_is_an_error_naming_the_cycle(blocks: str, call: str, line: int, message: str,
                                                       tmp_path: Path) -> None:
     path = write(tmp_path, blocks + backbone(call))
-    located(rejected(path), path, line, message)
+    assert_located(rejected(path), path, line, message)
 
 
 # ---- 3. unbounded work: repeat counts, list lengths and the size of the expanded model ----
@@ -214,7 +214,7 @@ WORK = {
 def test_unbounded_work_is_refused_before_or_as_the_walk_reaches_a_limit(text: str, line: int | None,
                                                                         message: str, tmp_path: Path) -> None:
     path = write(tmp_path, text)
-    located(rejected(path), path, line, message)
+    assert_located(rejected(path), path, line, message)
 
 
 # ---- 4. what a spec may read: regular UTF-8 files, within a size limit, imports by .dlspec name ----
@@ -234,7 +234,7 @@ def test_only_regular_files_are_read_and_nothing_blocks(tmp_path: Path) -> None:
         for target, reason in (("fifo", "not a regular file"), ("dir", "a directory"),
                                ("zero", "not a regular file")):
             path = write(tmp_path, f'import "{target}.dlspec"\n')
-            located(rejected(path), path, 1, reason)
+            assert_located(rejected(path), path, 1, reason)
     finally:
         os.close(r)
         os.close(w)
@@ -247,7 +247,7 @@ def test_spec_text_is_limited_in_size(tmp_path: Path) -> None:
     write(tmp_path, half, "a.dlspec")
     write(tmp_path, half, "b.dlspec")
     path = write(tmp_path, 'import "a.dlspec"\nimport "b.dlspec"\n')
-    located(rejected(path), path, 2, "a spec and its imports hold at most 256 KiB")
+    assert_located(rejected(path), path, 2, "a spec and its imports hold at most 256 KiB")
 
 
 def test_imports_are_limited_in_number(tmp_path: Path) -> None:
@@ -272,7 +272,7 @@ IMPORTS = {
 def test_import_paths_are_judged_before_anything_is_opened(text: str, message: str, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("block secret(c) { conv(c) }\n")
     path = write(tmp_path, text)
-    located(rejected(path), path, 1, message)
+    assert_located(rejected(path), path, 1, message)
 
 
 # ---- 5. text that is not UTF-8 ----
@@ -280,12 +280,12 @@ def test_text_that_is_not_utf8_is_an_error_at_its_first_bad_byte(tmp_path: Path)
     latin1 = model("  backbone { s: conv(4) }  # café").encode("latin-1")
     path = write(tmp_path, latin1)
     err = rejected(path)
-    located(err, path, 4, "main.dlspec is not UTF-8 text: byte 0xe9")
+    assert_located(err, path, 4, "main.dlspec is not UTF-8 text: byte 0xe9")
     assert err.span is not None and err.span.col == len("  backbone { s: conv(4) }  # caf") + 1
     assert "\ufffd" in str(err)  # the line is shown, the bad byte replaced
     write(tmp_path, "# caf\xe9\n".encode("latin-1"), "lib.dlspec")
     importer = write(tmp_path, 'import "lib.dlspec"\n', "importer.dlspec")
-    located(rejected(importer), tmp_path / "lib.dlspec", 1, "lib.dlspec is not UTF-8 text")
+    assert_located(rejected(importer), tmp_path / "lib.dlspec", 1, "lib.dlspec is not UTF-8 text")
 
 
 def test_a_byte_order_mark_is_not_text(tmp_path: Path) -> None:
@@ -307,7 +307,7 @@ CONSTANTS = {
 @pytest.mark.parametrize("expr, message", CONSTANTS.values(), ids=CONSTANTS.keys())
 def test_constant_feature_expressions_are_folded_and_judged(expr: str, message: str, tmp_path: Path) -> None:
     path = write(tmp_path, feature(expr))
-    located(rejected(path), path, 4, message)
+    assert_located(rejected(path), path, 4, message)
 
 
 def test_folded_constants_compile_and_pass_the_onnx_checker(tmp_path: Path) -> None:
@@ -333,7 +333,7 @@ TRAIN = {
 @pytest.mark.parametrize("setting, message", TRAIN.values(), ids=TRAIN.keys())
 def test_train_settings_are_judged_at_their_place(setting: str, message: str, tmp_path: Path) -> None:
     path = write(tmp_path, backbone("conv(4)") + f"train {{\n  {setting}\n}}\n")
-    located(rejected(path), path, 9, message)
+    assert_located(rejected(path), path, 9, message)
     assert main(["check", str(path)]) == 2
 
 
