@@ -11,7 +11,9 @@ examples/resnet18_cifar.dlspec (3x32x32, batch 128, sgd nesterov) and examples/v
 Augmentation is left out of both sides, so each step does the same work. dlspec compiles the step
 for --threads, as `dlspec
 train` does for the cores it may use (compiler/threads.py). Prints steps/s and the ratio dlspec /
-PyTorch: the median over rounds of each round's ratio, with its quartiles.
+PyTorch: the median over rounds of each round's ratio, with its quartiles. On the CPU in float32
+it also prints each side's FLOP rate against its runtime's own matrix-product rate, and the
+ratio's ceiling at onnxruntime's (bench/flop_rate.py).
 
 --digits-widths scales the digits model's channels (16: the example as written; 8: half the
 channels everywhere), to show how the ratio moves with the size of the convolutions against the
@@ -42,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
+from flop_rate import GEMM, gemm_rates, report, step_flops  # noqa: E402
 from paired import paired  # noqa: E402
 
 
@@ -67,18 +70,21 @@ def digits_at_width(text: str, w: int) -> str:
     return text
 
 
+def spec_text(example: str, width: int) -> str:
+    """The example as both sides train it: without augmentation, the digits at `width`."""
+    text = re.sub(r"^\s*augment\b.*\n", "", (REPO / "examples" / f"{example}.dlspec").read_text(), flags=re.M)
+    return digits_at_width(text, width) if example == "digits" and width != DIGITS_WIDTH else text
+
+
 def dlspec_steps(example: str, size: int, shape: tuple[int, ...], threads: int,
                  device: str, width: int = DIGITS_WIDTH, precision: str = "fp32") -> Callable[[int], None]:
     from dlspec.compiler import Target, compile_training
     from dlspec.session import StepRunner
     from dlspec.spec.loader import load
 
-    text = re.sub(r"^\s*augment\b.*\n", "", (REPO / "examples" / f"{example}.dlspec").read_text(), flags=re.M)
-    if example == "digits" and width != DIGITS_WIDTH:
-        text = digits_at_width(text, width)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{example}.dlspec"
-        path.write_text(text)
+        path.write_text(spec_text(example, width))
         tg = compile_training(load(path), target=Target(device, threads, precision=precision))  # type: ignore[arg-type]
     runner = StepRunner(tg.train_step, tg.init, device, threads, size)
     batch = batch_of(size, shape)
@@ -149,6 +155,11 @@ def main() -> None:
     # resnet18 ignores the width, which only the digits model has
     cases.append(("resnet18_cifar", "resnet18_cifar", 128, (3, 32, 32), resnet_steps, DIGITS_WIDTH))
     cases.append(("vit_digits", "vit_digits", 64, (1, 8, 8), args.steps, DIGITS_WIDTH))
+    # on the CPU in float32: each side's FLOP rate against its runtime's matrix-product rate
+    rates = gemm_rates(args.threads) if args.device == "cpu" and args.precision == "fp32" else None
+    if rates:
+        print(f"matrix product {GEMM}^3 at {args.threads} threads: onnxruntime {rates.ort / 1e9:.0f} "
+              f"GFLOP/s, PyTorch {rates.torch / 1e9:.0f} GFLOP/s")
     for example, label, bs, shape, steps, width in cases:
         if args.only and not example.startswith(args.only):
             continue
@@ -158,6 +169,8 @@ def main() -> None:
         print(f"{label:16} batch {bs:3}  dlspec {1 / pair.a:8.2f} steps/s  {torch_side} {1 / pair.b:8.2f} "
               f"steps/s  ratio {pair.ratio:.2f}  ({pair.spread()}, {steps} steps each, "
               f"{args.threads} threads, {args.device}, {args.precision})")
+        if rates:
+            print(report(step_flops(spec_text(example, width), bs), pair.a, pair.b, rates))
 
 
 if __name__ == "__main__":
