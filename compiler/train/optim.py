@@ -79,7 +79,7 @@ def single(g: Graph, s: Slot) -> Group:
 
 def _clip(grads: list[Value], spec: m.Clip | None) -> list[Value]:
     """Clip gradients before weight decay, as torch.nn.utils.clip_grad_* then optimizer.step."""
-    if spec is None:
+    if spec is None or not grads:  # nothing to clip where every parameter is frozen
         return grads
     if isinstance(spec, m.GradValue):
         return [op.Clip(gr, -spec.limit, spec.limit) for gr in grads]

@@ -315,6 +315,16 @@ def test_lr_mult_scales_the_sgd_step(tmp_path: Path) -> None:
     assert not [k for k in moved[id(mult)] if k.startswith("head.")]
 
 
+def test_a_step_with_every_parameter_frozen_and_clipping_runs_and_carries_nothing(tmp_path: Path) -> None:
+    """Clipping had no gradients to sum (an internal error); the step now runs and updates
+    nothing (frozen batch norm is in eval mode, so not even its running statistics)."""
+    text = TINY_CNN.replace("clip grad_norm(0.5)", "clip grad_norm(0.5)\n  freeze backbone, head")
+    tg = compile_training_text(tmp_path, text, name="all_frozen")
+    assert tg.trainable == [] and "backbone.s1.bn1.weight" in tg.frozen
+    out = run(session(tg.train_step), feeds_for(tg.train_step, batch_for(tg, 6, 3), scalars(0.5), tg.init))
+    assert carried(out) == {} and np.isfinite(out["loss"]) and out["loss"] > 0
+
+
 # ---------------------------------------------------------------- dlspec compile --train
 
 def test_cli_compile_train_writes_the_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
