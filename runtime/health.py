@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 VANISHED = 1e-6  # of the largest stage's norm in the same epoch
 EXPLODED = 1e3  # times the stage's norm in the first epoch
+GLOBAL_NORM = "grad_norm"  # the train step's output: the norm of all gradients together
 PREFIX = "train_grad_norm:"
 
 

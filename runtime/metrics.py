@@ -18,8 +18,9 @@ def head_metrics(pred: np.ndarray, truth: np.ndarray, kind: str) -> dict[str, fl
         return {"accuracy": float((pred.argmax(1) == truth.reshape(len(truth))).mean())}
     if kind == "binary":
         return {"accuracy": float(((pred.reshape(truth.shape) > 0) == (truth > 0.5)).mean())}
-    err = pred.reshape(truth.shape) - truth
-    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
+    with np.errstate(over="ignore"):  # a diverged model's errors overflow to inf, which the caller refuses
+        err = pred.reshape(truth.shape) - truth
+        return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
 
 
 def dense_metrics(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:

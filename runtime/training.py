@@ -330,6 +330,7 @@ def _train_epoch(loop: _Loop, state: _State, epoch: int) -> None:
                        "keeps them bit-identical, so a rank computed something else (a different "
                        "onnxruntime, device or thread count?)")
     val = evaluate(setup.tg, weights, setup.data.val, state.eval_sess) if setup.has_val else {}
+    _check_finite(loop, epoch, weights, val)
     record = _epoch_record(loop, state, epoch, sums, count, val, t0, data_wait)
     score = val_score(val, epoch)
     patience = setup.patience
@@ -369,8 +370,11 @@ def _train_steps(loop: _Loop, state: _State, epoch: int,
             step = state.step
             runs = loop.runner if loop.chooser is None else loop.chooser
             out = runs.run(batch, lr, step)
-            if not math.isfinite(out["loss"]):
-                raise _loss_error(loop, out["loss"], step, epoch)
+            # the loss is the step's before its update; a gradient norm past float32 makes the
+            # update itself inf or nan (a skipped mixed-precision step reports its norm as 0)
+            for key, what in (("loss", "loss"), (health.GLOBAL_NORM, "gradient norm")):
+                if not math.isfinite(out.get(key, 0.0)):
+                    raise _diverged(loop, f"the {what} became {out[key]} at step {step}", epoch)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
@@ -383,11 +387,23 @@ def _train_steps(loop: _Loop, state: _State, epoch: int,
     return sums, count, data_wait
 
 
-def _loss_error(loop: _Loop, loss: float, step: int, epoch: int) -> RunError:
+def _diverged(loop: _Loop, what: str, epoch: int) -> RunError:
     kept = (f"the last good checkpoint is {loop.folder.path / LAST}" if loop.opts.resume or epoch > loop.start
             else "before the first checkpoint, so nothing was written")
-    return RunError(f"the loss became {loss} at step {step} (epoch {epoch + 1}); "
-                    f"training stopped, {kept}")
+    return RunError(f"{what} (epoch {epoch + 1}); training stopped, {kept} (a lower learning rate, or "
+                    "clip grad_norm, may keep it finite)")
+
+
+def _check_finite(loop: _Loop, epoch: int, weights: dict[str, np.ndarray], val: dict[str, float]) -> None:
+    """The epoch's parameters and validation metrics are finite before anything is written of them:
+    the last step's update, or an overflow in the forward pass, can make them inf or nan where
+    every step's loss was finite."""
+    bad = next((n for n, w in weights.items() if w.dtype.kind == "f" and not np.isfinite(w).all()), None)
+    if bad is not None:
+        raise _diverged(loop, f"the parameters became inf or nan ('{bad}' first) by the epoch's last step", epoch)
+    bad = next((k for k, v in val.items() if not math.isfinite(v)), None)
+    if bad is not None:
+        raise _diverged(loop, f"the validation {bad} became {val[bad]}", epoch)
 
 
 def _epoch_record(loop: _Loop, state: _State, epoch: int, sums: dict[str, float], count: int,
@@ -450,4 +466,4 @@ __all__ = ["Dataset", "FitOptions", "FitResult", "fit"]
 
 def _records_bytes(records: list[dict]) -> bytes:
     """metrics.jsonl's bytes: one JSON record per line."""
-    return "".join(json.dumps(r) + "\n" for r in records).encode()
+    return "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode()  # strict JSON
