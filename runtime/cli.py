@@ -2,14 +2,17 @@
 
 Exit codes: 0 done; 1 a check failed (gradcheck); 2 bad input (a SpecError, CompileError or
 RunError: one message, no traceback), as argparse's usage errors; 3 an internal error, a bug in
-dlspec (one line; --debug shows the traceback); 130 interrupted; 141 output to a closed pipe.
+dlspec (one line; --debug shows the traceback); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM):
+both stop as a failure does, leaving no half-written file; 141 output to a closed pipe.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +32,16 @@ if TYPE_CHECKING:
 
 CHECK_FAILED, INTERNAL_ERROR, INTERRUPTED = 1, 3, 130  # bad input: DlspecError.exit_code, 2
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
+TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is, as Ctrl-C raises KeyboardInterrupt: the writes under
+    way remove their temporary files and a run's first epoch leaves no folder behind."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _compile(args: argparse.Namespace) -> Compiled:
@@ -280,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
     out = Console(highlight=False, soft_wrap=True)  # messages stay whole lines; tables fit the width
+    # a handler can only be set from the main thread (main() called from another one keeps the default)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         return COMMANDS[args.command](args, out)
     except DlspecError as err:
@@ -288,10 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{_rank_prefix()}{err}", file=sys.stderr)
         _abort_job(err.exit_code)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        _abort_job(INTERRUPTED)
-        return INTERRUPTED
+    except (KeyboardInterrupt, Terminated) as stop:
+        code = INTERRUPTED if isinstance(stop, KeyboardInterrupt) else TERMINATED
+        print("interrupted" if code == INTERRUPTED else "terminated", file=sys.stderr)
+        _abort_job(code)
+        return code
     except BrokenPipeError:  # `dlspec check x | head`: the reader has gone, nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return BROKEN_PIPE
@@ -303,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "traceback)", file=sys.stderr)
         _abort_job(INTERNAL_ERROR)
         return INTERNAL_ERROR
+    finally:
+        if on_main:  # None: a handler set outside Python, which the default stands for
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _abort_job(code: int) -> None:

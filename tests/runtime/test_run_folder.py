@@ -10,8 +10,11 @@ import errno
 import io
 import json
 import os
+import shutil
+import signal
 from pathlib import Path
 
+import onnx
 import pytest
 
 from dlspec import checkpoint, files
@@ -169,6 +172,32 @@ def test_an_interrupted_first_epoch_leaves_nothing(tmp_path: Path, monkeypatch: 
     assert code == 130 and not (tmp_path / "run").exists()
 
 
+def test_sigterm_during_a_checkpoint_write_stops_as_ctrl_c_does_and_the_run_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM ended the process where it was (exit -15, no message), leaving `.last.npz.*.tmp`."""
+    real, saves = checkpoint.save, []
+
+    def terminated_in_the_second_save(path: Path, *args: object) -> None:
+        saves.append(path.name)
+        if saves.count("last.npz") < 2:
+            return real(path, *args)  # type: ignore[arg-type]
+        with files.atomic_file(path) as f:
+            f.write(b"half a checkpoint")
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("the SIGTERM handler did not stop the write")
+
+    monkeypatch.setattr(checkpoint, "save", terminated_in_the_second_save)
+    run = tmp_path / "run"
+    code, _, err = _run("train", _spec(tmp_path, epochs=3), "--out", run)
+    assert code == 143 and err.splitlines()[-1] == "terminated", err
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")], _listing(run)
+    assert checkpoint.load(run / "last.npz")[2] == 0  # epoch 1's, whole
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() put the handler back
+    monkeypatch.setattr(checkpoint, "save", real)
+    code, _, err = _run("train", _spec(tmp_path, epochs=3), "--out", run, "--resume")
+    assert code == 0 and checkpoint.load(run / "last.npz")[2] == 2, err
+
+
 def test_a_damaged_checkpoint_is_named_on_resume(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert _run("train", _spec(tmp_path, epochs=1), "--out", run)[0] == 0
@@ -203,6 +232,23 @@ def test_resume_with_force_goes_on_and_says_so(tmp_path: Path) -> None:
     assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     code, _, err = _run("train", _spec(tmp_path), "--out", tmp_path / "other", "--force")
     assert code == 2 and "--force goes with --resume" in err
+
+
+def test_resume_with_force_over_new_shapes_writes_the_new_models_weights(tmp_path: Path) -> None:
+    """model.onnx was built from best.npz, which held the old shapes: an internal error, after
+    the resumed epochs or (a finished run) at once."""
+    run = tmp_path / "run"
+    assert _run("train", _spec(tmp_path, epochs=2), "--out", run)[0] == 0
+    finished = tmp_path / "finished"
+    shutil.copytree(run, finished)
+    code, _, err = _run("train", _spec(tmp_path, epochs=3, hidden=6), "--out", run, "--resume", "--force")
+    assert code == 0, err
+    best = checkpoint.load(run / "best.npz")
+    assert best[0]["head.linear1.weight"].shape == (6, 4) and best[2] == 2  # the new model's epoch
+    weights = {t.name: t for t in onnx.load(run / "model.onnx").graph.initializer}
+    assert list(weights["head.linear1.weight"].dims) == [6, 4]
+    code, _, err = _run("train", _spec(tmp_path, epochs=2, hidden=6), "--out", finished, "--resume", "--force")
+    assert code == 2 and "no checkpoint in" in err and "train at least one more epoch" in err, err
 
 
 def test_resume_with_another_seed_is_a_changed_spec_too(tmp_path: Path) -> None:
