@@ -260,8 +260,10 @@ def _resume(run_dir: Path, spec_path: Path, tg: TrainingGraphs, runner: StepRunn
     go on from."""
     state, step, done, best = checkpoint.load(run_dir / LAST)
     expected = {n: tg.init[n] for n in (*runner.carried, *runner.fixed)}
-    runner.load(resume.resumable(run_dir, spec_path, tg.inference.spec_hash, state, expected,
-                                 force, note))
+    values = resume.resumable(run_dir, spec_path, tg.inference.spec_hash, state, expected, force, note)
+    runner.load(values)
+    if values.keys() != expected.keys():  # --force gave some tensors their initial values: the best
+        best = math.inf  # score so far was another model's, and the next epoch is this one's best
     start = done + 1
     records = run_dir / RECORDS
     history = _forget_after(records, start) if world.writes else read_records(records)[:start]
@@ -400,7 +402,8 @@ def _check_finite(loop: _Loop, epoch: int, weights: dict[str, np.ndarray], val: 
     every step's loss was finite."""
     bad = next((n for n, w in weights.items() if w.dtype.kind == "f" and not np.isfinite(w).all()), None)
     if bad is not None:
-        raise _diverged(loop, f"the parameters became inf or nan ('{bad}' first) by the epoch's last step", epoch)
+        raise _diverged(loop, f"the parameters became inf or nan ('{bad}' first) by the epoch's last step",
+                        epoch)
     bad = next((k for k, v in val.items() if not math.isfinite(v)), None)
     if bad is not None:
         raise _diverged(loop, f"the validation {bad} became {val[bad]}", epoch)
@@ -433,12 +436,26 @@ def _write_epoch(loop: _Loop, state: _State, epoch: int, weights: dict[str, np.n
 
 def _save_model(setup: _SetUp, run_dir: Path, eval_sess: ort.InferenceSession) -> dict[str, float]:
     """Write model.onnx with the best checkpoint's weights; its metrics on the test split."""
-    final, _, _, _ = checkpoint.load(run_dir / (BEST if (run_dir / BEST).exists() else LAST))
+    final = _model_weights(setup, run_dir)
     names = labels.output_class_names(setup.data.class_names, setup.tg.inference.heads)
     trained = labels.with_class_names(with_weights(setup.tg.inference.onnx, final), names)
     trained = images.with_policy(trained, setup.train.data)  # predict fits image files the same way
     atomic_write(run_dir / "model.onnx", trained.SerializeToString())
     return evaluate(setup.tg, final, setup.data.test, eval_sess)
+
+
+def _model_weights(setup: _SetUp, run_dir: Path) -> dict[str, np.ndarray]:
+    """The best checkpoint's values, else the last's: the first that holds every parameter of this
+    model at its shape (a run resumed with --force over a changed spec may not have trained an
+    epoch of the new model yet)."""
+    params = [p.name for p in setup.tg.inference.params]
+    for name in (BEST, LAST):
+        if (run_dir / name).exists():
+            values = checkpoint.load(run_dir / name)[0]
+            if all(p in values and values[p].shape == setup.tg.init[p].shape for p in params):
+                return values
+    raise RunError(f"no checkpoint in {run_dir} holds this spec's parameters (the spec changed since "
+                   "they were written): train at least one more epoch (--epochs N) to write model.onnx")
 
 
 def _eval_session(tg: TrainingGraphs, device: str, threads: int | None) -> ort.InferenceSession:

@@ -60,7 +60,8 @@ def test_a_gradient_norm_past_float32_stops_the_run_and_every_record_stays_finit
                                        r"last good checkpoint is .*last\.npz"):
         _fit(tmp_path, "0.5", 5)
     run = tmp_path / "run"
-    records = [json.loads(line, parse_constant=_strict) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=_strict) for line in lines]
     assert [r["epoch"] for r in records] == [1]
     for name in ("last.npz", "best.npz"):
         with np.load(run / name) as saved:

@@ -247,7 +247,8 @@ def test_resume_with_force_over_new_shapes_writes_the_new_models_weights(tmp_pat
     assert best[0]["head.linear1.weight"].shape == (6, 4) and best[2] == 2  # the new model's epoch
     weights = {t.name: t for t in onnx.load(run / "model.onnx").graph.initializer}
     assert list(weights["head.linear1.weight"].dims) == [6, 4]
-    code, _, err = _run("train", _spec(tmp_path, epochs=2, hidden=6), "--out", finished, "--resume", "--force")
+    code, _, err = _run("train", _spec(tmp_path, epochs=2, hidden=6), "--out", finished,
+                        "--resume", "--force")
     assert code == 2 and "no checkpoint in" in err and "train at least one more epoch" in err, err
 
 
