@@ -3,6 +3,7 @@ a command fills), and ONNX models and .npz arrays read with one plain error what
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -20,6 +21,11 @@ from google.protobuf.message import Message
 from onnx import numpy_helper
 
 from dlspec.spec.errors import RunError
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: folders go unlocked there
+    fcntl = None  # type: ignore[assignment]
 
 
 def _umask() -> int:
@@ -78,16 +84,20 @@ class OutputFolder:
     """A folder that a command fills with several files, checked writable before any work (its
     missing parents made, a file written, both removed again) and made at the first write. Until
     `keep()`, a failure (the `with` block raising, or `discard()`) removes the files written
-    through it and the folders it made: a command that fails to start leaves nothing behind."""
+    through it and the folders it made: a command that fails to start leaves nothing behind.
 
-    def __init__(self, path: Path, what: str, probe: bool = True):
+    `exclusive`: the folder is locked (flock) from when it exists until `release()`, and a folder
+    that another process holds is refused: two runs into one folder would mix their files."""
+
+    def __init__(self, path: Path, what: str, probe: bool = True, exclusive: bool = False):
         """`probe=False`: a process that reads the folder and never writes it (the ranks of a
         data-parallel job but rank 0): nothing is checked or made."""
-        self.path, self.what = path, what
+        self.path, self.what, self.exclusive = path, what, exclusive
         self.made: list[Path] = []
         self.written: list[Path] = []
         self.kept = False
         self.missing: list[Path] = []
+        self.lock_fd: int | None = None
         if not probe:
             return
         try:
@@ -100,6 +110,28 @@ class OutputFolder:
         finally:
             self._remove_made()
         self.missing = missing  # made again at the first write
+        if not missing:
+            self._lock()
+
+    def _lock(self) -> None:
+        if not self.exclusive or fcntl is None or self.lock_fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise RunError(f"cannot write {self.what} into {self.path}: another dlspec process is "
+                               "writing there (one run to a folder: give another --out)") from None
+            return  # a file system without locks: the folder goes unlocked
+        self.lock_fd = fd  # held, with the lock, until release() or the process's end
+
+    def release(self) -> None:
+        """Unlock the folder: the command is done with it."""
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def _fail(self, err: OSError) -> RunError:
         return RunError(f"cannot write {self.what} into {self.path}: {_reason(err)}")
@@ -137,6 +169,7 @@ class OutputFolder:
         if self.missing:
             self._make(self.missing)
             self.missing = []
+            self._lock()
         if not self.kept and path not in self.written:
             self.written.append(path)
         return path

@@ -104,7 +104,7 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
     if not world.writes:
         console = Console(quiet=True)  # rank 0 speaks and writes for the job
     # checked writable now, made at the first write; rank 0 alone writes
-    folder = OutputFolder(run_dir, "the run", probe=world.writes)
+    folder = OutputFolder(run_dir, "the run", probe=world.writes, exclusive=True)
     if opts.resume:
         folder.keep()  # its checkpoints are the run's, whatever happens now
     try:
@@ -112,6 +112,8 @@ def fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions
     except BaseException:
         folder.discard()  # a run stopped before its first checkpoint leaves nothing behind
         raise
+    finally:
+        folder.release()
 
 
 @dataclass

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -196,6 +198,34 @@ def test_sigterm_during_a_checkpoint_write_stops_as_ctrl_c_does_and_the_run_resu
     monkeypatch.setattr(checkpoint, "save", real)
     code, _, err = _run("train", _spec(tmp_path, epochs=3), "--out", run, "--resume")
     assert code == 0 and checkpoint.load(run / "last.npz")[2] == 2, err
+
+
+def test_a_folder_that_another_process_writes_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """Two runs into one folder mixed their files, and the one that lost ended in an internal error."""
+    import fcntl
+
+    run = tmp_path / "run"
+    assert _run("train", _spec(tmp_path, epochs=1), "--out", run)[0] == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               "fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_EX); "
+                               "print(flush=True); time.sleep(60)", str(run)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"\n"  # it holds the lock
+        for extra in ((), ("--resume", "--epochs", "2")):
+            code, _, err = _run("train", _spec(tmp_path, epochs=1), "--out", run, *extra)
+            assert code == 2 and "another dlspec process is writing" in err, err
+            assert err.startswith(f"cannot write the run into {run}"), err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    fd = os.open(run, os.O_RDONLY)  # the runs above let go of the folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    assert _run("train", _spec(tmp_path, epochs=1), "--out", run, "--resume", "--epochs", "2")[0] == 0
 
 
 def test_a_damaged_checkpoint_is_named_on_resume(tmp_path: Path) -> None:
