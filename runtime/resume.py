@@ -15,9 +15,36 @@ SOURCE = "run.json"  # the spec the run came from: its imports and data paths ar
 COPY = "spec.dlspec"  # a copy of that spec's file, for the record
 
 
-def record(spec_path: Path, model: str, spec_hash: str) -> bytes:
-    return json.dumps({"spec": str(spec_path.resolve()), "model": model, "spec_hash": spec_hash},
-                      indent=1).encode()
+def record(spec_path: Path, model: str, spec_hash: str, given: dict[str, int]) -> bytes:
+    """run.json: the spec, and the `given` options (batch, epochs) that the command line set in
+    place of the spec's."""
+    return json.dumps({"spec": str(spec_path.resolve()), "model": model, "spec_hash": spec_hash,
+                       **given}, indent=1).encode()
+
+
+def given_options(run_dir: Path, batch: int | None, epochs: int | None, force: bool,
+                  note: Callable[[str], None]) -> dict[str, int]:
+    """The batch and epochs that a resumed run takes in place of its spec's: the command line's,
+    else those the run began with (run.json). Another batch than the run's is refused without
+    `force`: the steps, the schedule and the order of samples would no longer be the run's."""
+    try:
+        recorded = json.loads((run_dir / SOURCE).read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    kept = {k: v for k, v in (recorded.items() if isinstance(recorded, dict) else ())
+            if k in ("batch", "epochs") and type(v) is int and v > 0}
+    old = kept.get("batch")
+    if batch is not None and old is not None and batch != old:
+        if not force:
+            raise RunError(f"--resume: {run_dir} was trained with --batch {old}; --batch {batch} would "
+                           "change its steps and schedule: leave --batch out, or pass --force to go on "
+                           "with it")
+        note(f"--force: resuming {run_dir}, trained with --batch {old}, with --batch {batch}")
+    asked = {"batch": batch, "epochs": epochs}
+    taken = [f"--{k} {v}" for k, v in kept.items() if asked[k] is None]
+    if taken:
+        note(f"resuming with {' '.join(taken)}, as the run began")
+    return {**kept, **{k: v for k, v in asked.items() if v is not None}}
 
 
 def recorded_hash(run_dir: Path) -> str | None:

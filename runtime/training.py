@@ -131,6 +131,7 @@ class _SetUp:
     stats: standardize.RunStats
     threads: int | None
     tg: TrainingGraphs
+    given: dict[str, int]  # batch and epochs the command line set in place of the spec's (run.json)
 
 
 @dataclass
@@ -221,8 +222,11 @@ def _set_up(prog: Program, spec_path: Path, model_name: str | None, opts: FitOpt
     elif asked != "fp32" and world.size > 1:
         note(f"precision {asked}: data-parallel steps compute in float32")
     data = vocab.encoded(data, columns.fitted)  # the training graphs take the categories' indices
-    return _SetUp(model, train, opts.epochs or train.epochs, opts.batch or train.batch, seed, data,
-                  has_val, patience, columns, stats, threads, tg)
+    given = {k: v for k, v in (("batch", opts.batch), ("epochs", opts.epochs)) if v is not None}
+    if opts.resume:
+        given = resume.given_options(run_dir, opts.batch, opts.epochs, opts.force, note)
+    return _SetUp(model, train, given.get("epochs", train.epochs), given.get("batch", train.batch), seed,
+                  data, has_val, patience, columns, stats, threads, tg, given)
 
 
 def _init_from(train: m.Train, tg: TrainingGraphs, spec_path: Path, console: Console) -> None:
@@ -283,7 +287,8 @@ def _start_files(spec_path: Path, setup: _SetUp) -> dict[str, bytes]:
     # spec.dlspec, run.json and standardize.json are written with this run's first checkpoint: a
     # run that stops before it leaves the folder as it found it
     start_files = {resume.COPY: spec_path.read_bytes(),  # what was trained, as a record
-                   resume.SOURCE: resume.record(spec_path, setup.model.name, setup.tg.inference.spec_hash)}
+                   resume.SOURCE: resume.record(spec_path, setup.model.name, setup.tg.inference.spec_hash,
+                                                  setup.given)}
     if setup.stats.fitted:
         start_files[standardize.FILE] = standardize.encode(setup.stats.moments)
     if setup.columns.fitted_now:

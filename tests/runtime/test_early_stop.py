@@ -150,7 +150,7 @@ def test_a_record_left_by_an_unfinished_epoch_does_not_count(tmp_path: Path) -> 
     with (tmp_path / "run" / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"epoch": 3, "val_accuracy": 0.0}) + "\n")
         f.write(json.dumps({"epoch": 4, "val_accuracy": 0.0}) + "\n")
-    result, _ = _fit(spec, tmp_path / "run", resume=True)
+    result, _ = _fit(spec, tmp_path / "run", resume=True, epochs=20)  # the spec's, not the run's 2
     assert result.epochs == 4  # epochs 3 and 4 redone; still stops after 4
     by_epoch = {int(r["epoch"]): r for r in _records(tmp_path / "run")}  # type: ignore[call-overload]
     assert [by_epoch[e]["stale_epochs"] for e in (3, 4)] == [2, 3]

@@ -282,6 +282,24 @@ def test_resume_with_force_over_new_shapes_writes_the_new_models_weights(tmp_pat
     assert code == 2 and "no checkpoint in" in err and "train at least one more epoch" in err, err
 
 
+def test_resume_keeps_the_batch_and_epochs_the_command_line_gave_the_run(tmp_path: Path) -> None:
+    """run.json did not record --batch and --epochs: a resume took the spec's, silently (another
+    batch size: other steps, not the run's)."""
+    spec = _spec(tmp_path, epochs=4)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert _run("train", spec, "--out", whole, "--batch", "8", "--epochs", "3")[0] == 0
+    assert _run("train", spec, "--out", cut, "--batch", "8", "--epochs", "2")[0] == 0
+    code, out, err = _run("train", spec, "--out", cut, "--resume", "--epochs", "3")
+    assert code == 0 and "resuming with --batch 8, as the run began" in out, out + err
+    steps = [[json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()]
+             for run in (whole, cut)]
+    assert steps[0] == steps[1] and len(steps[0]) == 3
+    code, out, _ = _run("train", spec, "--out", cut, "--resume")  # the 3 epochs of the resume above
+    assert code == 0 and "--epochs 3" in out and len((cut / "metrics.jsonl").read_text().splitlines()) == 3
+    code, _, err = _run("train", spec, "--out", cut, "--resume", "--batch", "16", "--epochs", "4")
+    assert code == 2 and "was trained with --batch 8; --batch 16 would change its steps" in err, err
+
+
 def test_resume_with_another_seed_is_a_changed_spec_too(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert _run("train", _spec(tmp_path, epochs=2), "--out", run, "--epochs", "1", "--seed", "5")[0] == 0
