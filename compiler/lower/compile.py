@@ -101,7 +101,7 @@ def compile_model(prog: Program, name: str | None = None, seed: int | None = Non
     weights = [p.name for p in f.comp.params if not p.state]
     frozen: list[str] = []
     if f.train is not None:  # the train block's targets are checked wherever the spec is
-        check_targets(f.train, weights)
+        check_targets(f.train, weights, [p.name for p in f.comp.params])
         frozen = [p for p in weights if is_frozen(f.train, p) or lr_mult(f.train, p) == 0]
 
     def build() -> onnx.ModelProto:

@@ -24,9 +24,15 @@ def lr_mult(train: m.Train, param: str) -> float:
     return best[1]
 
 
-def check_targets(train: m.Train, params: list[str]) -> None:
-    """A freeze or lr_mult target that matches no parameter is a typo: say so."""
+def check_targets(train: m.Train, params: list[str], loaded: list[str]) -> None:
+    """A freeze or lr_mult target that matches no parameter is a typo: say so; as is a `from ...
+    except` target that matches none of the tensors `from` loads (`loaded`: batch norm's
+    statistics too), which would load what it meant to start fresh."""
     prefixes = sorted({p.rsplit(".", i)[0] for p in params for i in range(1, p.count(".") + 1)})
+    for target in train.from_except:
+        if not any(matches(p, target) for p in loaded):
+            raise SpecError(f"except target '{target}' matches no parameter{did_you_mean(target, prefixes)}",
+                            train.arg_spans.get("from_except"))
     for target in train.freeze:
         if not any(matches(p, target) for p in params):
             raise SpecError(f"freeze target '{target}' matches no parameter{did_you_mean(target, prefixes)}",

@@ -446,7 +446,8 @@ def test_paths_are_printed_literally(tmp_path: Path, capsys: Capture) -> None:
 def test_check_counts_what_the_train_block_freezes_and_catches_its_typos(tmp_path: Path,
                                                                         capsys: Capture) -> None:
     """`freeze backbone` and `lr_mult x: 0` leave those weights out of the trainable count, as
-    train does; a freeze or lr_mult target that names no parameter fails at check, not at train."""
+    train does; a freeze, lr_mult or `from ... except` target that names no parameter fails at
+    check, not at train (an except typo loaded what it meant to start fresh)."""
     path = tmp_path / "m.dlspec"
     spec = ("model m {\n  input x: float32[N, 4]\n  target y: float32[N]\n"
             "  backbone { a: linear(8) -> relu }\n  head { linear(1) }\n  loss mse\n}\n"
@@ -457,7 +458,7 @@ def test_check_counts_what_the_train_block_freezes_and_catches_its_typos(tmp_pat
     path.write_text(spec.replace("FREEZE", "lr_mult head: 0"))
     code, out, _ = run(["check", str(path)], capsys)
     assert code == 0 and "49 parameters, 40 trainable (9 of them frozen)" in out
-    for typo, column in (("freeze backbone.b", 3), ("lr_mult hed: 0.1", 11)):
+    for typo, column in (("freeze backbone.b", 3), ("lr_mult hed: 0.1", 11), ('from "r" except hed', 3)):
         path.write_text(spec.replace("FREEZE", typo))
         code, _, err = run(["check", str(path)], capsys)
         assert code == 2 and "matches no parameter" in err and f"m.dlspec:9:{column}:" in err, err
