@@ -151,7 +151,7 @@ def norms(records: list[Record]) -> list[str]:
 def best_epoch(run: Path, records: list[Record]) -> int | None:
     """The epoch best.npz holds (it stores the 0-based epoch); without best.npz, fit.py's choice."""
     from dlspec.files import Npz
-    from dlspec.selection import val_score
+    from dlspec.selection import kept, val_score
 
     path = run / "best.npz"
     if path.exists():
@@ -166,7 +166,7 @@ def best_epoch(run: Path, records: list[Record]) -> int | None:
     for r in records:
         val = {k.removeprefix("val_"): v for k, v in r.items() if k.startswith("val_")}
         score = val_score(val, int(r["epoch"]))
-        if score <= best:
+        if kept(score, best):
             best, chosen = score, int(r["epoch"])
     return chosen
 

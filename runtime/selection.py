@@ -23,6 +23,12 @@ def val_score(val: dict[str, float], epoch: int) -> float:
     return val.get("mae", val.get("loss", -epoch))
 
 
+def kept(score: float, best: float) -> bool:
+    """Whether an epoch of this score replaces best.npz, which holds the best so far: on a tie, the
+    later epoch."""
+    return score <= best
+
+
 def watched(val: dict[str, float]) -> str:
     """The name of what val_score reads."""
     if "mean_iou" in val:
@@ -55,19 +61,22 @@ class Patience:
     """early_stop's counter: epochs since the score last improved by more than min_delta."""
 
     rule: m.EarlyStop
-    best: float = math.inf
-    best_epoch: int = 0  # 1-based
+    best: float = math.inf  # the score the next epoch must beat by more than min_delta
     stale: int = 0
     watched: str = "MAE"
+    saved: float = math.inf  # the score of the epoch in best.npz, which min_delta does not gate
+    saved_epoch: int = 0  # 1-based
 
     def update(self, val: dict[str, float], epoch: int) -> bool:
         """Count one finished epoch (1-based) by its validation metrics; True when training should stop."""
         score = val_score(val, epoch - 1)
         self.watched = watched(val)
         if score < self.best - self.rule.min_delta:
-            self.best, self.best_epoch, self.stale = score, epoch, 0
+            self.best, self.stale = score, 0
         else:
             self.stale += 1
+        if kept(score, self.saved):
+            self.saved, self.saved_epoch = score, epoch
         return self.stale >= self.rule.patience
 
     def replay(self, records: Path, done: int) -> bool:
@@ -82,7 +91,7 @@ class Patience:
         return stop
 
     def reason(self, epoch: int) -> str:
-        best = -self.best if self.watched in ("accuracy", "mean IoU") else self.best
+        best = -self.saved if self.watched in ("accuracy", "mean IoU") else self.saved
         return (f"early stop after epoch {epoch}: validation {self.watched} has not improved by more than "
                 f"{self.rule.min_delta:g} for {self.stale} epochs (patience {self.rule.patience}); "
-                f"the best, {best:.4f} at epoch {self.best_epoch}, is in best.npz and model.onnx")
+                f"the best, {best:.4f} at epoch {self.saved_epoch}, is in best.npz and model.onnx")

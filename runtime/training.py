@@ -23,7 +23,7 @@ from dlspec.files import OutputFolder, atomic_write
 from dlspec.metrics import head_metrics
 from dlspec.prefetch import Prefetch
 from dlspec.schedule import base_rate, learning_rate
-from dlspec.selection import Patience, read_records, val_score
+from dlspec.selection import Patience, kept, read_records, val_score
 from dlspec.session import StepRunner, options, providers, threads_in_use
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError
@@ -350,7 +350,7 @@ def _train_epoch(loop: _Loop, state: _State, epoch: int) -> None:
         if state.stopped is not None:
             record["early_stop"] = True
     state.history.append(record)
-    improved = score <= state.best
+    improved = kept(score, state.best)
     state.best = min(state.best, score)
     if loop.world.writes:
         _write_epoch(loop, state, epoch, weights, improved)

@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 import dlspec.training as fit_module
+from dlspec import checkpoint
 from dlspec.spec import load
 from dlspec.spec.errors import RunError
 from dlspec.training import FitOptions, FitResult, fit
@@ -59,7 +60,9 @@ def test_a_stalled_run_stops_after_patience_epochs(tmp_path: Path) -> None:
     assert result.stopped_early is not None
     line = ("early stop after epoch 4: validation accuracy has not improved by more than 0 for 3 epochs "
             "(patience 3); the best, ")
-    assert line in printed and "at epoch 1, is in best.npz and model.onnx" in printed
+    # every epoch scores the same: best.npz holds the last of them, as the message says
+    assert line in printed and "at epoch 4, is in best.npz and model.onnx" in printed
+    assert checkpoint.load(tmp_path / "run" / "best.npz")[2] + 1 == 4
     assert result.stopped_early in printed
     records = _records(tmp_path / "run")
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
@@ -90,13 +93,19 @@ def test_min_delta_decides_what_counts_as_an_improvement(tmp_path: Path) -> None
     for min_delta in (0.0, 1.0):
         text = learning.replace("early_stop(patience=3)", f"early_stop(patience=2, min_delta={min_delta})")
         run = tmp_path / f"run{min_delta}"
-        result, _ = _fit(_spec(tmp_path, text), run)
+        result, printed = _fit(_spec(tmp_path, text), run)
         records = _records(run)
         accuracies = [float(r["val_accuracy"]) for r in records]  # type: ignore[arg-type]
         assert [r["stale_epochs"] for r in records] == _reference_stop(accuracies, 2, min_delta)
         assert result.epochs == len(records) < 20
         if min_delta == 1.0:
             assert result.epochs == 3
+        # the message names the epoch best.npz holds, which min_delta does not gate (it named the
+        # last epoch that beat min_delta)
+        saved = checkpoint.load(run / "best.npz")[2] + 1
+        assert accuracies[saved - 1] == max(accuracies) and saved == max(
+            e for e, a in enumerate(accuracies, 1) if a == max(accuracies))
+        assert f"the best, {accuracies[saved - 1]:.4f} at epoch {saved}, is in best.npz" in printed, printed
 
 
 def test_running_out_of_patience_at_the_last_epoch_is_no_early_stop(tmp_path: Path) -> None:
