@@ -12,6 +12,7 @@ dlspec.spec.errors (SpecError, CompileError, RunError), with the message the CLI
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,12 +72,27 @@ def fit(spec: Spec, model: str | None = None, *, epochs: int | None = None, batc
     gets metrics.jsonl, last.npz, best.npz and model.onnx. `resume` refuses a spec that changed
     since the run began, unless `force`. Progress goes to `console` (default: none shown).
     `threads`: CPU threads; None, all cores; "auto", the fastest of a few counts on the first steps."""
+    epochs, batch, seed = _count("epochs", epochs, 1), _count("batch", batch, 1), _count("seed", seed, 0)
+    threads = threads if threads == "auto" else _count("threads", threads, 1)
+    if device not in ("cpu", "cuda"):
+        raise RunError(f"fit: device must be 'cpu' or 'cuda', got {device!r}")
+    if force and not resume:
+        raise RunError("fit: force goes with resume=True: it continues a run whose spec changed")
     prog = _program(spec)
     opts = FitOptions(epochs=epochs, batch=batch, seed=seed, device=device,
                       out=Path(out) if out is not None else None, resume=resume,
                       threads=None if threads == "auto" else threads, force=force,
                       pick_threads=threads == "auto")
     return _fit(prog, Path(prog.root), model, opts, console or Console(quiet=True))
+
+
+def _count(name: str, value: object, least: int) -> int | None:
+    """None, or a whole number >= least (as the command line's options are), as an int."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < least:
+        raise RunError(f"fit: {name} must be a whole number >= {least}, got {value!r}")
+    return int(value)
 
 
 def grad(model: onnx.ModelProto | str | Path, loss: str, wrt: Sequence[str] | None = None, *,

@@ -322,7 +322,7 @@ def _train_epochs(loop: _Loop, state: _State) -> int:
         if state.stopped is not None:
             loop.note(state.stopped)
             return epoch + 1
-    return loop.setup.epochs
+    return max(loop.start, loop.setup.epochs)  # a resume with fewer --epochs than done trains none
 
 
 def _train_epoch(loop: _Loop, state: _State, epoch: int) -> None:

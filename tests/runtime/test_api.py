@@ -3,6 +3,7 @@ grad return values (and the same errors the CLI prints), without the command lin
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,37 @@ def test_errors_are_the_clis(tmp_path: Path, run: tuple[Path, FitResult]) -> Non
     with pytest.raises(SpecError, match="conv has no argument 'kk'") as err:
         dlspec.compile(bad)
     assert err.value.span is not None and err.value.span.line == 6
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"epochs": 0}, "epochs must be a whole number >= 1, got 0"),  # was the spec's epochs, silently
+    ({"batch": 0}, "batch must be a whole number >= 1, got 0"),
+    ({"threads": 0}, "threads must be a whole number >= 1, got 0"),  # was every core
+    ({"epochs": -1}, "epochs must be a whole number >= 1, got -1"),  # was 'no such file: last.npz'
+    ({"threads": -2}, "threads must be a whole number >= 1, got -2"),  # a ValueError
+    ({"epochs": 2.5}, "epochs must be a whole number >= 1, got 2.5"),  # a TypeError
+    ({"threads": "x"}, "threads must be a whole number >= 1, got 'x'"),
+    ({"seed": True}, "seed must be a whole number >= 0, got True"),
+    ({"device": "gpu"}, "device must be 'cpu' or 'cuda', got 'gpu'"),
+    ({"force": True}, "force goes with resume=True"),  # was ignored
+])
+def test_fit_refuses_what_the_command_line_refuses(tmp_path: Path, kwargs: dict, message: str) -> None:
+    spec = tmp_path / "small.dlspec"
+    spec.write_text(SMALL)
+    with pytest.raises(RunError, match=re.escape(f"fit: {message}")):
+        dlspec.fit(spec, out=tmp_path / "run", **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_takes_numpy_integers(tmp_path: Path) -> None:
+    spec = tmp_path / "small.dlspec"
+    spec.write_text(SMALL)
+    result = dlspec.fit(spec, out=tmp_path / "run", epochs=np.int64(1), batch=np.int32(64), threads=1)
+    assert result.epochs == 1 and result.steps == 20  # 70% of 1,797 samples in batches of 64
+    again = dlspec.fit(spec, out=tmp_path / "run", epochs=np.int64(3), threads=1, resume=True)
+    assert again.epochs == 3 and again.steps == 60
+    fewer = dlspec.fit(spec, out=tmp_path / "run", epochs=1, threads=1, resume=True)
+    assert fewer.epochs == 3 and fewer.steps == 60  # what the run holds: it said 1
 
 
 def test_importing_the_language_loads_no_onnx() -> None:
