@@ -39,7 +39,13 @@ def watched(val: dict[str, float]) -> str:
 def read_records(path: Path) -> list[dict]:
     """The epoch records of metrics.jsonl, skipping a line that a kill cut short; where an epoch
     was trained again after an interruption, its later record."""
+    return records_and_skipped(path)[0]
+
+
+def records_and_skipped(path: Path) -> tuple[list[dict], int]:
+    """read_records, and the number of non-blank lines it skipped."""
     by_epoch: dict[int, dict] = {}
+    skipped = 0
     try:
         text = path.read_bytes().decode(errors="replace")  # a damaged line is skipped like a torn one
     except FileNotFoundError:
@@ -50,10 +56,13 @@ def read_records(path: Path) -> list[dict]:
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
+            skipped += bool(line.strip())
             continue
         if isinstance(r, dict) and isinstance(r.get("epoch"), int):
             by_epoch[r["epoch"]] = r
-    return [by_epoch[e] for e in sorted(by_epoch)]
+        else:
+            skipped += 1
+    return [by_epoch[e] for e in sorted(by_epoch)], skipped
 
 
 @dataclass

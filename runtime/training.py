@@ -23,7 +23,7 @@ from dlspec.files import OutputFolder, atomic_write
 from dlspec.metrics import head_metrics
 from dlspec.prefetch import Prefetch
 from dlspec.schedule import base_rate, learning_rate
-from dlspec.selection import Patience, kept, read_records, val_score
+from dlspec.selection import Patience, kept, read_records, records_and_skipped, val_score
 from dlspec.session import StepRunner, options, providers, threads_in_use
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError
@@ -272,7 +272,7 @@ def _resume(run_dir: Path, spec_path: Path, tg: TrainingGraphs, runner: StepRunn
         best = math.inf  # score so far was another model's, and the next epoch is this one's best
     start = done + 1
     records = run_dir / RECORDS
-    history = _forget_after(records, start) if world.writes else read_records(records)[:start]
+    history = _forget_after(records, start, note) if world.writes else read_records(records)[:start]
     ranks = history[-1].get("ranks", 1) if history else world.size
     if ranks != world.size:
         note(f"resuming with {world.size} rank(s) a run trained on {ranks}: the same parameters, "
@@ -470,10 +470,15 @@ def _eval_session(tg: TrainingGraphs, device: str, threads: int | None) -> ort.I
                                 providers=providers(device))
 
 
-def _forget_after(records: Path, epochs: int) -> list[dict]:
+def _forget_after(records: Path, epochs: int, note: Callable[[str], None]) -> list[dict]:
     """Drop the records of epochs after the checkpoint's (1-based `epochs`): a kill between an
-    epoch's record and its checkpoint means the resumed run trains that epoch again."""
-    kept = [r for r in read_records(records) if r["epoch"] <= epochs]
+    epoch's record and its checkpoint means the resumed run trains that epoch again. Lines that
+    cannot be read go too, and a note says so."""
+    found, skipped = records_and_skipped(records)
+    if skipped:
+        note(f"{records}: {skipped} line(s) that are not an epoch's record (cut short, or damaged) "
+             "are left out; early_stop's patience and the plot have only the records kept")
+    kept = [r for r in found if r["epoch"] <= epochs]
     atomic_write(records, _records_bytes(kept))
     return kept
 

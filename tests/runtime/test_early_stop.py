@@ -165,6 +165,19 @@ def test_a_record_left_by_an_unfinished_epoch_does_not_count(tmp_path: Path) -> 
     assert [by_epoch[e]["stale_epochs"] for e in (3, 4)] == [2, 3]
 
 
+def test_a_damaged_record_that_resume_leaves_out_is_named(tmp_path: Path) -> None:
+    """Resume rewrote metrics.jsonl without the lines it could not read, silently: early_stop's
+    patience lost those epochs without a word."""
+    spec = _spec(tmp_path)
+    _fit(spec, tmp_path / "run", epochs=2)
+    path = tmp_path / "run" / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0][:20] + "\n" + lines[1] + "\n")
+    _, printed = _fit(spec, tmp_path / "run", resume=True, epochs=3)
+    assert f"{path}: 1 line(s) that are not an epoch's record (cut short, or damaged) are left out" in printed
+    assert [r["epoch"] for r in _records(tmp_path / "run")] == [2, 3]
+
+
 def test_an_empty_validation_split_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     # a spec without val fails at load (spec/loader.py); a share too small for the data, here
     spec = _spec(tmp_path, STALLED.replace("iris(test=0.2, val=0.2)", "iris(test=0.2, val=0.001)"))
