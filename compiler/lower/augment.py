@@ -159,6 +159,9 @@ def _shift(a: _Aug) -> Value:
     if k == 0:
         return a.x
     c, h, w = a.dims()
+    if k >= min(h, w):  # a shift that can leave nothing of the image, and a padded copy of any size
+        raise SpecError(f"{a.aug.kind}({k}): the shift must be smaller than the {h}x{w} image",
+                        a.aug.arg_spans.get("amount", a.aug.span))
     g = a.x.graph
     out = op.Pad(a.x, [0, 0, k, k, 0, 0, k, k])
     uy, ux = a.per_sample(2)

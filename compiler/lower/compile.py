@@ -191,6 +191,8 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
             else:
                 named, ms = _augment_images(named, masks, train.augment, policy.seed, comp.step)
             moved = {t.name: v for t, v in zip(masks, ms, strict=True)}
+        else:  # check and compile judge them too, lowered into a graph of their own and dropped
+            _check_augments(xs, named, train.augment, policy.seed)
     w = Walker(prog.blocks, comp, named, why)
     if model.backbone is None and model.head is None and not model.heads:
         raise SpecError(f"model '{model.name}' has no backbone and no head: nothing to compile",
@@ -265,6 +267,18 @@ def _network_input(g: Graph, model: m.Model,
         x = op.Concat(cols, axis=1)
         width = sum(1 if t.rank == 1 else int(t.dims[1] or 0) for t in used)
         return [x.with_shape((None, width))], dict(values), ""
+
+
+def _check_augments(xs: list[Value], named: dict[str, Value], augs: list[m.Augment], seed: int) -> None:
+    """The train block's augmentations lowered as a training graph lowers them, on inputs of the
+    same shapes in a scratch graph: a setting the images cannot take is a SpecError at check."""
+    scratch = Graph()
+    step = scratch.value("step", "int64", ())
+    if xs:
+        augment_with(scratch.value("x", xs[0].dtype, xs[0].dims), [], augs, seed, step)
+    else:
+        images = {k: scratch.value(k, v.dtype, v.dims) for k, v in named.items()}
+        _augment_images(images, [], augs, seed, step)
 
 
 def _augment_images(values: dict[str, Value], masks: list[Value], augs: list[m.Augment], seed: int,

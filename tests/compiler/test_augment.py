@@ -25,7 +25,7 @@ from train_helpers import (  # noqa: E402
     session,
 )
 
-from dlspec.compiler import compile_training  # noqa: E402
+from dlspec.compiler import compile_model, compile_training  # noqa: E402
 from dlspec.compiler.graph import Graph  # noqa: E402
 from dlspec.compiler.graph.proto import model_proto, value_info  # noqa: E402
 from dlspec.compiler.lower.augment import augment  # noqa: E402
@@ -218,14 +218,20 @@ def test_image_augmentation_on_tabular_input_points_at_the_setting(tmp_path: Pat
 
 @pytest.mark.parametrize("setting,message", [
     ("translate(1.5)", "whole number"), ("cutout(9)", "larger than"), ("noise(0.1, p=0.3)", "no p="),
+    # a shift past the 8x8 image asked onnxruntime for a padded copy of 1 PB at train time
+    ("translate(1000000)", r"translate\(1000000\): the shift must be smaller than the 8x8 image"),
+    ("crop(8)", "smaller than the 8x8 image"),
 ])
-def test_bad_settings_are_spec_errors(tmp_path: Path, setting: str, message: str) -> None:
+def test_bad_settings_are_spec_errors_at_check_too(tmp_path: Path, setting: str, message: str) -> None:
+    """compile_training and compile_model (what `dlspec check` and `compile` run) both refuse them."""
     text = (EXAMPLES / "digits.dlspec").read_text().replace("translate(1) -> noise(0.02)", setting)
     path = write(tmp_path, text)
-    with pytest.raises(SpecError, match=message) as err:
-        compile_training(load(path))
-    span = err.value.span
-    assert span is not None and path.read_text().splitlines()[span.line - 1].lstrip().startswith("augment")
+    for build in (compile_training, compile_model):
+        with pytest.raises(SpecError, match=message) as err:
+            build(load(path))
+        span = err.value.span
+        assert span is not None
+        assert path.read_text().splitlines()[span.line - 1].lstrip().startswith("augment")
 
 
 def test_digits_train_step_augments_and_inference_does_not(tmp_path: Path) -> None:
