@@ -66,12 +66,32 @@ class OnnxGraph(Layer):
         copy.params(nodes, {t.name for t in model.graph.initializer})
         for node in nodes:
             copy.node(node)
+        if out not in copy.values:
+            raise ctx.error(f"'{out}' of {self.path} is a constant, not computed from the graph's input")
         y = copy.values[out]
-        shape = types[out].shape if out in types else None
-        if shape is None:
+        kind = types[out] if out in types else None
+        if kind is None or kind.shape is None:
             raise ctx.error(f"ONNX shape inference cannot tell the shape of '{out}' in {self.path}")
+        if kind.dtype not in FLOATS:
+            raise ctx.error(f"'{out}' of {self.path} is {kind.dtype}: the layers after it take float tensors")
         group_records(ctx, nodes, copy.param_of, types)
-        return [y.with_shape(tuple(None if isinstance(d, str) or d is None else d for d in shape))]
+        dims = self._output_dims(ctx, out, kind.shape, dynamic=any(d is None for x in xs for d in x.dims[1:]))
+        return [y.with_shape(dims) if kind.dtype == "float32" else y.cast("float32").with_shape(dims)]
+
+    def _output_dims(self, ctx: LayerCtx, out: str, shape: tuple, dynamic: bool) -> tuple[int | None, ...]:
+        """The output's dims for the layers after it: the batch first (a size left symbolic), every
+        other size known and >= 1 (unknown sizes only where the chain's had some)."""
+        shown = "[" + ", ".join(str(d if d is not None else "?") for d in shape) + "]"
+        if not shape or isinstance(shape[0], int):  # the batch's symbol, or one the graph declares
+            raise ctx.error(f"'{out}' of {self.path} is {shown}: the layers after it need the batch as its "
+                            "first axis, as the graph's input has it")
+        for d in shape[1:]:
+            if isinstance(d, int) and d < 1:
+                raise ctx.error(f"'{out}' of {self.path} is {shown}: a size of {d} leaves nothing to compute")
+            if not isinstance(d, int) and not dynamic:
+                raise ctx.error(f"'{out}' of {self.path} is {shown}: ONNX shape inference cannot tell its "
+                                "sizes after the batch, which the layers after it need")
+        return tuple(d if isinstance(d, int) else None for d in shape)
 
     def _file(self, ctx: LayerCtx) -> Path:
         base = Path(ctx.span.file).parent if ctx.span is not None else Path.cwd()
@@ -204,6 +224,9 @@ class _Copy:
         if not name:
             return None
         if name not in self.values:  # a constant that stays one (ints, a Constant the walk met late)
+            if name not in self.consts:
+                raise self.ctx.error(f"the ONNX graph reads '{name}' before any node computes it (its nodes "
+                                     "are out of order, or form a cycle)")
             self.values[name] = self.ctx.g.const(self.consts[name], self.consts[name].dtype.name)
         return self.values[name]
 

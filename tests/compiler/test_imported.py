@@ -220,6 +220,51 @@ def test_control_flow_and_other_domains_are_refused_by_name(tmp_path: Path) -> N
         dlspec.compile(prog)
 
 
+def _shape_of(name: str, out: str) -> onnx.NodeProto:
+    return helper.make_node("Shape", ["in"], [out], name=name)
+
+
+BAD_OUTPUTS = {  # what each graph's output is, and the located error it gets (internal errors before)
+    "a constant": ([], [numpy_helper.from_array(np.ones((1, 2), np.float32), "out")],
+                   "'out' of m.onnx is a constant, not computed from the graph's input"),
+    "a cycle": ([helper.make_node("Add", ["in", "z"], ["out"]), helper.make_node("Relu", ["out"], ["z"])],
+                [], "reads 'z' before any node computes it"),
+    "int64": ([helper.make_node("Cast", ["in"], ["out"], to=TP.INT64)], [],
+              "'out' of m.onnx is int64: the layers after it take float tensors"),
+    "the batch moved": ([helper.make_node("Transpose", ["in"], ["out"], perm=[1, 0, 2, 3])], [],
+                        r"is \[2, N, 5, 5\]: the layers after it need the batch as its first axis"),
+    "sizes unknown": ([_shape_of("s", "s"), helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+                       helper.make_node("Concat", ["n", "one", "minus1"], ["to"], axis=0),
+                       helper.make_node("Reshape", ["in", "to"], ["out"])],
+                      [numpy_helper.from_array(np.array(v, np.int64), n)
+                       for n, v in (("zero", [0]), ("one", [1]), ("minus1", [-1]))],
+                      "ONNX shape inference cannot tell its sizes after the batch"),
+    "zero size": ([helper.make_node("Slice", ["in", "five", "five", "two"], ["out"])],
+                  [numpy_helper.from_array(np.array(v, np.int64), n)
+                   for n, v in (("five", [5]), ("two", [2]))],
+                  r"is \[N, 2, 0, 5\]: a size of 0 leaves nothing to compute"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OUTPUTS))
+def test_an_output_the_layers_after_it_cannot_take_is_a_located_error(tmp_path: Path, case: str) -> None:
+    nodes, inits, message = BAD_OUTPUTS[case]
+    model = _model(nodes, inits, "out", ["batch", 2, 5, 5])
+    model.graph.output[0].CopyFrom(helper.make_empty_tensor_value_info("out"))  # what inference tells
+    prog = _spec(tmp_path, model, 'onnx("m.onnx")')
+    with pytest.raises(CompileError, match=message) as err:
+        dlspec.compile(prog)
+    assert err.value.span is not None and err.value.span.line == 5
+
+
+def test_a_float64_output_is_cast_for_the_layers_after_it(tmp_path: Path) -> None:
+    graph = _model([helper.make_node("Cast", ["in"], ["out"], to=TP.DOUBLE)], [], "out", ["batch", 2, 5, 5])
+    graph.graph.output[0].type.tensor_type.elem_type = TP.DOUBLE
+    model = dlspec.compile(_spec(tmp_path, graph, 'onnx("m.onnx")'))
+    x = np.random.default_rng(0).random((3, 2, 5, 5), np.float32)
+    assert session(model.onnx).run(None, {"x": x})[0].shape == (3,)  # linear(1) with the mse target [N]
+
+
 def test_an_input_of_another_shape_is_refused(tmp_path: Path) -> None:
     graph = helper.make_graph([helper.make_node("Relu", ["in"], ["out"])], "g",
                               [helper.make_tensor_value_info("in", TP.FLOAT, ["batch", 3, 5, 5])],
