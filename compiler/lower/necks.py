@@ -33,6 +33,8 @@ def fpn(w: Walker, call: m.Call) -> list[Value]:
         raise SpecError(f"fpn channels must be a whole number from 1 to {MAX_SIZE:,}, got {channels!r}",
                         call.arg_spans["channels"])
     levels = w._from(call, {})
+    if not levels:
+        raise SpecError("fpn needs at least one stage to fuse: from=[stage, ...]", call.arg_spans["from"])
     for t in levels:
         if t.rank != 4:
             raise CompileError(f"fpn needs image-like stages [N, C, H, W], got {show(t.dims)}",

@@ -311,6 +311,9 @@ class Walker:
         if not xs:
             raise SpecError(self._no_input(cls.kind), call.span)
         args = self._layer_args(cls, call, env)
+        stacked = getattr(args, "layers", 1)  # a recurrent layer of n stacked layers counts n
+        if isinstance(stacked, int) and stacked > 1:
+            self._expand(stacked - 1, call)
         override = self._init_override(call, env) if "init" in call.kwargs else None
         path = scope.path if sole and cls.names_scope else scope.child(cls.kind)
         ctx = LayerCtx(self.comp, path, cls.kind, call.span, next_kind, override)

@@ -249,6 +249,9 @@ CASES = {
     "reshape-of-another-size": Case(
         model("  backbone {", "    s: conv(8) -> reshape(shape=[5, 7])", "  }"), "main.dlspec:5:19",
         "reshape cannot make [5, 7] of [N, 8, 16, 16]", CompileError),
+    "fpn-without-stages": Case(  # an IndexError before
+        model("  backbone {", "    stage1: conv(8)", "  }", "  neck fpn(from=[], channels=8)"),
+        "main.dlspec:7:12", "fpn needs at least one stage to fuse: from=[stage, ...]"),
     "fpn-stages-not-whole-multiples": Case(
         lines("model m {", "  input image: float32[N, 3, 15, 15]", "  backbone {", "    a: conv(8)",
               "    b: conv(8, stride=2)", "  }", "  neck fpn(from=[a, b], channels=8)", "}"),

@@ -205,6 +205,10 @@ WORK = {
                              "expands to more than 10,000"),
     "nested-loops": (backbone("for a in [" + ", ".join(["1"] * 200) + "] { for b in ["
                               + ", ".join(["1"] * 200) + "] { relu } }"), 4, "this alone expands to 40,200"),
+    # each of a recurrent layer's stacked layers counts: 9,000 LSTM layers passed as 9 elements
+    "stacked-recurrent-layers": ("model m {\n  input x: float32[N, 12, 16]\n"
+                                 "  backbone { a: lstm(8, layers=1000) * 11 }\n}\n", 3,
+                                 "expands to more than 10,000"),
     "long-list": (backbone("for h in [" + ", ".join(["4"] * (MAX_LIST_ITEMS + 1)) + "] { conv(h) }"), 4,
                   f"this list has {MAX_LIST_ITEMS + 1:,} items"),
 }
