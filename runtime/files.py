@@ -47,9 +47,14 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
 
     On any failure the previous file (if any) is left as it was and the temporary file is removed.
     The new file gets the mode of the file it replaces, or the usual 0666 & ~umask for a new one
-    (mkstemp would otherwise leave it private to its owner).
+    (mkstemp would otherwise leave it private to its owner). A symlink is followed (the file it
+    names is replaced, the link stays); a device or a pipe (/dev/null, /dev/stdout) is written
+    straight into, never replaced.
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    if target.exists() and not target.is_file() and not target.is_dir():
+        yield from _written_through(target)
+        return
     folder = target.parent
     if not folder.exists():
         raise RunError(f"cannot write {path}: folder {folder} does not exist")
@@ -78,6 +83,14 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
         if isinstance(err, OSError):
             raise RunError(f"cannot write {path}: {err.strerror or err}") from None
         raise
+
+
+def _written_through(target: Path) -> Iterator[BinaryIO]:
+    try:
+        with open(target, "wb") as f:
+            yield f
+    except OSError as err:
+        raise RunError(f"cannot write {target}: {err.strerror or err}") from None
 
 
 class OutputFolder:

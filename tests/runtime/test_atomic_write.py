@@ -153,3 +153,30 @@ def test_a_block_that_fails_through_atomic_file_keeps_the_old_file(tmp_path: Pat
         f.seek(0)  # a header rewritten once the count is known
         f.write(b"HEAD")
     assert target.read_bytes() == b"HEADer"
+
+
+def test_a_symlink_is_followed_and_stays_a_link(tmp_path: Path) -> None:
+    """The link was replaced by a regular file, and the file it named never written."""
+    (tmp_path / "real.bin").write_bytes(b"old")
+    (tmp_path / "link.bin").symlink_to("real.bin")
+    atomic_write(tmp_path / "link.bin", b"new")
+    assert (tmp_path / "link.bin").is_symlink() and (tmp_path / "real.bin").read_bytes() == b"new"
+    assert listing(tmp_path) == ["link.bin", "real.bin"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_is_written_into_not_replaced(tmp_path: Path) -> None:
+    """-o /dev/null or a pipe became a regular file (as root, the machine's /dev/null)."""
+    import threading
+
+    fifo = tmp_path / "out.pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    atomic_write(fifo, b"through the pipe")
+    reader.join(timeout=10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert listing(tmp_path) == ["out.pipe"]
+    atomic_write("/dev/null", b"gone")  # a character device: written into, still a device
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
