@@ -127,11 +127,19 @@ def predict(model_path: str | Path, npz_path: str | Path) -> dict[str, np.ndarra
 
 
 def run_model(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], model_path: str | Path,
-              inputs: str | Path) -> dict[str, np.ndarray]:
-    """Every output by name."""
+              inputs: str | Path, first: int = 0) -> dict[str, np.ndarray]:
+    """Every output by name; a NaN or infinity in one is an error naming its sample (the feeds
+    are finite, checked before: the model made it). `first`: the index of the feeds' first sample."""
     names = [o.name for o in sess.get_outputs()]
     try:
         results = sess.run(names, feeds)
     except Exception as err:  # onnxruntime's own exception types
         raise RunError(f"running {model_path} on {inputs} failed: {_first_line(err)}") from None
+    for name, out in zip(names, results, strict=True):
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            at = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
+            sample = f" for sample {first + at[0]}" if at else ""
+            raise RunError(f"{model_path} gives {out[at]} in output '{name}'{sample} of {inputs}, whose "
+                           "inputs are finite: its features (a log of a negative number? a division by "
+                           "0?) or its weights make it")
     return dict(zip(names, results, strict=True))

@@ -187,7 +187,7 @@ def _run(sess: Any, rows: Rows, model: Path, where: str) -> dict[str, np.ndarray
     parts: list[dict[str, np.ndarray]] = []
     for lo in range(0, max(n, 1), _BATCH):
         feeds = {k: v[lo:lo + _BATCH] for k, v in rows.feeds.items()}
-        parts.append(run_model(sess, feeds, model, where))
+        parts.append(run_model(sess, feeds, model, where, first=lo))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

@@ -448,7 +448,13 @@ def _save_model(setup: _SetUp, run_dir: Path, eval_sess: ort.InferenceSession) -
     trained = labels.with_class_names(with_weights(setup.tg.inference.onnx, final), names)
     trained = images.with_policy(trained, setup.train.data)  # predict fits image files the same way
     atomic_write(run_dir / "model.onnx", trained.SerializeToString())
-    return evaluate(setup.tg, final, setup.data.test, eval_sess)
+    metrics = evaluate(setup.tg, final, setup.data.test, eval_sess)
+    bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
+    if bad is not None:  # the weights are finite (checked each epoch), and so are the test inputs
+        raise RunError(f"the test split's {bad} is {metrics[bad]} with the trained weights, whose inputs are "
+                       "finite: the model's features (a log of a negative number? a division by 0?) make it "
+                       f"for some samples; the run's files are written in {run_dir}")
+    return metrics
 
 
 def _model_weights(setup: _SetUp, run_dir: Path) -> dict[str, np.ndarray]:
