@@ -287,6 +287,13 @@ def _npz(path: Path, fields: dict[str, str], model: m.Model, rules: dict[str, La
         # arrays over MAP_BYTES (in an .npz: those stored uncompressed) are read through memory maps
         mapped = data.mapped(shards.MAP_BYTES) if isinstance(data, shards.NpyFolder) else \
             shards.mappable_members(path, shards.MAP_BYTES)
+        if isinstance(data, Npz):  # the sample counts the headers declare agree, before any inflates
+            keys = {f"'{d.name}'": fields.get(d.name, d.name) for d in _decls(model)}
+            heads = {k: data.declared(v) for k, v in keys.items() if v in data.files}
+            counts = {k: h[0][0] for k, h in heads.items() if h is not None and h[0]}
+            if len(set(counts.values())) > 1:
+                listed = ", ".join(f"{k} has {n:,}" for k, n in counts.items())
+                raise RunError(f"{path}: the arrays have different sample counts: {listed}")
         for decl in _decls(model):
             key = fields.get(decl.name, decl.name)
             where = f"{path}: {decl.role} '{decl.name}'" + (f" (array '{key}')" if key != decl.name else "")
@@ -297,6 +304,10 @@ def _npz(path: Path, fields: dict[str, str], model: m.Model, rules: dict[str, La
                 rows = typing.cast(np.ndarray, _conform_rows(mapped[key], decl, where))  # read as indexed
                 found[decl.name] = (where, rows)
             else:
+                header = data.declared(key) if isinstance(data, Npz) else None
+                if header is not None and (not header[0] or not _fits(header[0], decl)):  # before inflating
+                    raise RunError(f"{where}: shape {header[0]} does not match the declared "
+                                   f"{decl.dtype}{_shape_text(decl)}")
                 found[decl.name] = (where, _conform(data[key], decl, where))
             if decl.name in rules:
                 check_labels(np.asarray(found[decl.name][1]), rules[decl.name], where)

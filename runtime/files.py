@@ -4,6 +4,7 @@ a command fills), and ONNX models and .npz arrays read with one plain error what
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 import tempfile
@@ -254,7 +255,32 @@ class Npz(Mapping[str, np.ndarray]):
     def __len__(self) -> int:
         return len(self.files)
 
+    def declared(self, name: str) -> tuple[tuple[int, ...], np.dtype] | None:
+        """The shape and dtype that array `name`'s .npy header declares, read without the array
+        (a zip member of a few KB can inflate to gigabytes); None where the header is unreadable,
+        which reading the array then reports."""
+        if self.data.zip is None:
+            return None
+        try:
+            with self.data.zip.open(f"{name}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read is None:
+                    return None
+                shape, _, dtype = read(f)
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+            return None
+        return tuple(shape), dtype
+
     def __getitem__(self, name: str) -> np.ndarray:
+        header = self.declared(name)
+        if header is not None:
+            size = math.prod(header[0]) * header[1].itemsize
+            if size > _memory_bytes():
+                raise RunError(f"cannot read {self.what} {self.path}: array '{name}' declares "
+                               f"{header[1]}{list(header[0])}, {size / 2**30:,.1f} GiB, more than this "
+                               "machine's memory")
         try:
             return np.asarray(self.data[name])
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as err:
@@ -270,6 +296,14 @@ class Npz(Mapping[str, np.ndarray]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _memory_bytes() -> int:
+    """The machine's physical memory (unbounded where it cannot be told)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**63
 
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf's own limit on one message
