@@ -31,7 +31,7 @@ from dlspec.files import atomic_file, atomic_write
 from dlspec.image_kinds import EXTENSIONS, POLICIES
 from dlspec.shards import Mapped, map_npy, write_npy_header
 from dlspec.spec import model as m
-from dlspec.spec.errors import RunError, did_you_mean
+from dlspec.spec.errors import RunError, did_you_mean, listed
 
 KINDS = "PNG/JPEG/BMP/WebP"
 POLICY = "image_policy"  # model metadata: how the trained model's images were fitted to its input size
@@ -241,7 +241,7 @@ def list_manifest(path: Path) -> Listing:
         for col in ("file", "label"):
             if col not in header:
                 raise RunError(f"{path}: no column '{col}'{did_you_mean(col, header)} (the header has: "
-                               f"{', '.join(header)}); a manifest has columns file and label")
+                               f"{listed(header)}); a manifest has columns file and label")
         fi, li = header.index("file"), header.index("label")
         for line, r in rows[1:]:
             if len(r) != len(header):

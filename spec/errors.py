@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dlspec.spec.limits import MAX_SOURCE_BYTES
@@ -89,3 +89,9 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest known name, or ''."""
     close = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def listed(names: Sequence[str], most: int = 20) -> str:
+    """'a, b, c' for a message; past `most` names, the first `most` and how many more."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most:,} more" if len(names) > most else "")
