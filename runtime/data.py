@@ -286,7 +286,8 @@ def _npz(path: Path, fields: dict[str, str], model: m.Model, rules: dict[str, La
     folder = path.is_dir()  # a folder of .npy files, one per array
     with (shards.NpyFolder(path) if folder else Npz(path, "data file")) as data:
         # arrays over MAP_BYTES (in an .npz: those stored uncompressed) are read through memory maps
-        mapped = data.mapped(shards.MAP_BYTES) if isinstance(data, shards.NpyFolder) else \
+        read = {fields.get(d.name, d.name) for d in _decls(model)}
+        mapped = data.mapped(shards.MAP_BYTES, read) if isinstance(data, shards.NpyFolder) else \
             shards.mappable_members(path, shards.MAP_BYTES)
         if isinstance(data, Npz):  # the sample counts the headers declare agree, before any inflates
             keys = {f"'{d.name}'": fields.get(d.name, d.name) for d in _decls(model)}

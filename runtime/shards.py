@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mmap
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -175,14 +176,25 @@ class NpyFolder:
         self.paths = {p.stem: p for p in sorted(path.glob("*.npy")) if not p.name.startswith(".")}
         self.files = list(self.paths)
 
-    def mapped(self, least: int) -> dict[str, Mapped]:
-        return {k: map_npy(p) for k, p in self.paths.items() if npy_nbytes(p) > least}
+    def mapped(self, least: int, names: Iterable[str]) -> dict[str, Mapped]:
+        """The files of `names` (those a model reads) of more than `least` bytes, mapped; what is
+        not a regular file (a folder, a pipe, a broken link) is left to __getitem__, which says so."""
+        out = {}
+        for k in names:
+            p = self.paths.get(k)
+            if p is not None and p.is_file() and npy_nbytes(p) > least:
+                out[k] = map_npy(p)
+        return out
 
     def __getitem__(self, name: str) -> np.ndarray:
         path = self.paths[name]
         try:
+            if not path.is_file():  # a folder, a pipe (which would never end), a broken link
+                raise RunError(f"cannot read data file {path}: not a regular file")
             return np.asarray(np.load(path, allow_pickle=False))
-        except (OSError, ValueError, EOFError) as err:
+        except OSError as err:
+            raise RunError(f"cannot read data file {path}: {err.strerror or err}") from None
+        except (ValueError, EOFError) as err:
             problem = ("holds Python objects, not numbers" if "allow_pickle" in str(err)
                        else f"is not a .npy array, or a truncated one ({err})")
             raise RunError(f"cannot read data file {path}: it {problem}") from None

@@ -4,6 +4,7 @@ checked like in-memory arrays, and a data set larger than a process's memory bud
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -163,3 +164,30 @@ def test_a_set_larger_than_the_memory_budget_is_read_in_bounded_memory(tmp_path:
     assert got["grew_kib"] < file_kib // 5, got  # 563 MiB read; the process grew by far less
     test_idx = d.split_indices(n, 0.1, 0.0, 0, np.arange(n) % 3)[0][2]
     assert got["test_sum"] == pytest.approx(float((test_idx % 7).sum()) * row)
+
+
+@pytest.mark.parametrize("odd", ["folder", "pipe", "link loop", "dangling link"])
+def test_an_npy_entry_that_is_not_a_file_is_named_and_one_the_model_leaves_is_ignored(
+        tmp_path: Path, odd: str) -> None:
+    """A folder or a link loop named x.npy was an internal error and a pipe hung the run; such an
+    entry beside the arrays the model reads was opened (and refused, or hung) too."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    arrays = _arrays()
+    np.save(folder / "y.npy", arrays["y"])
+    for name in ("x.npy", "unused.npy"):
+        entry = folder / name
+        if odd == "folder":
+            entry.mkdir()
+        elif odd == "pipe":
+            os.mkfifo(entry)
+        elif odd == "link loop":
+            entry.symlink_to(name)
+        else:
+            entry.symlink_to("nowhere.npy")
+    with pytest.raises(RunError, match=rf"cannot read data file {folder / 'x.npy'}: not a regular file"):
+        d.load_dataset(_train("set"), NET, tmp_path)
+    (folder / "x.npy").unlink() if odd != "folder" else (folder / "x.npy").rmdir()
+    np.save(folder / "x.npy", arrays["x"])
+    got = d.load_dataset(_train("set"), NET, tmp_path)  # unused.npy is not read
+    assert d.size(got.train) + d.size(got.val) + d.size(got.test) == 100
