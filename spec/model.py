@@ -27,6 +27,8 @@ Count = Annotated[int, Field(gt=0, le=MAX_INT)]
 def _no_nul(path: str) -> str:
     if "\0" in path:
         raise ValueError("a path cannot contain a NUL character")
+    if not path.strip():  # `from ""` was read as no `from` at all
+        raise ValueError("a path cannot be empty")
     return path
 
 
@@ -391,12 +393,16 @@ class Sgd(Node):
     weight_decay: float = Field(0.0, ge=0.0)
 
 
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class Adam(Node):
     """`adam(lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=0)`; adamw decouples the decay."""
 
     kind: Literal["adam", "adamw"]
     lr: PositiveFloat = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
+    # each in [0, 1): at 1 the moment never moves from its start and the bias correction divides by 0
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     weight_decay: float = Field(0.0, ge=0.0)
 

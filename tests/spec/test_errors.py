@@ -155,6 +155,12 @@ CASES = {
     "optimizer-betas-too-short": Case(
         model("  backbone { s: conv(8) }") + lines("train {", "  optimizer adam(betas=[0.9])", "}"),
         "main.dlspec:7:18", "invalid value for 'betas' in adam: it has too few items (item 2 is missing)"),
+    "optimizer-beta-of-one": Case(  # trained to NaN at step 2, blamed on the learning rate
+        model("  backbone { s: conv(8) }") + lines("train {", "  optimizer adam(betas=[1.0, 0.999])", "}"),
+        "main.dlspec:7:18", "invalid value 1.0 for item 1 of 'betas' in adam: input should be less than 1"),
+    "from-an-empty-path": Case(  # read as no `from`: the run trained from scratch
+        model("  backbone { s: conv(8) }") + lines("train {", '  from ""', "}"),
+        "main.dlspec:7:3", "invalid value for 'from': a path cannot be empty"),
     "unknown-schedule": Case(
         model("  backbone { s: conv(8) }") + lines("train {", "  schedule cosin(warmup=1)", "}"),
         "main.dlspec:7:12", "unknown schedule 'cosin' (did you mean 'cosine'?)"),
