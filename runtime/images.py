@@ -32,6 +32,7 @@ from dlspec.image_kinds import EXTENSIONS, POLICIES
 from dlspec.shards import Mapped, map_npy, write_npy_header
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError, did_you_mean, listed
+from dlspec.spec.limits import MAX_SIZE
 
 KINDS = "PNG/JPEG/BMP/WebP"
 POLICY = "image_policy"  # model metadata: how the trained model's images were fitted to its input size
@@ -218,6 +219,8 @@ def list_manifest(path: Path) -> Listing:
             raw = json.loads(text)
         except ValueError as err:
             raise RunError(f"{path}: not valid JSON ({err})") from None
+        except RecursionError:
+            raise RunError(f"{path}: not valid JSON for a manifest (nested too deeply)") from None
         items = list(raw.items()) if isinstance(raw, dict) else raw
         if not isinstance(items, list):
             raise RunError(f"{path}: a manifest is a list of {{\"file\": ..., \"label\": ...}} or an object "
@@ -258,6 +261,10 @@ def list_manifest(path: Path) -> Listing:
         bad = next((where for (_, _, where), v in zip(pairs, labels) if v < 0), None)
         if bad is not None:
             raise RunError(f"{path}: {bad} has a negative label; class indices start at 0")
+        bad = next((where for (_, _, where), v in zip(pairs, labels) if v >= MAX_SIZE), None)
+        if bad is not None:  # a class index past any head's width (and int64's range)
+            raise RunError(f"{path}: {bad} has a label of {MAX_SIZE:,} or more: no model has that many "
+                           "classes")
     else:
         names = sorted({label for _, label, _ in pairs})
         labels = [names.index(label) for _, label, _ in pairs]
@@ -336,13 +343,15 @@ def _read_cache(npy: Path, record: Path, layout: Layout) -> Decoded | None:
     try:
         info = json.loads(record.read_text())
         pixels = map_npy(npy)
-    except (OSError, ValueError, RunError):
-        return None  # unreadable: decoded again and rewritten
-    labels = np.asarray(info.get("labels", []), np.int64)
+        labels = np.asarray(info.get("labels", []), np.int64)
+        names, bad = info.get("class_names"), [tuple(b) for b in info.get("bad", [])]
+    except (OSError, ValueError, TypeError, AttributeError, OverflowError, RecursionError, RunError):
+        return None  # unreadable or damaged: decoded again and rewritten
     if pixels.array.shape != (len(labels), *layout.shape) or pixels.array.dtype != np.uint8:
         return None
-    return Decoded(pixels, labels, info.get("class_names"), [tuple(b) for b in info.get("bad", [])],
-                   decoded=False)
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return None
+    return Decoded(pixels, labels, names, bad, decoded=False)
 
 
 def _decode_into(npy: Path, listing: Listing, layout: Layout,

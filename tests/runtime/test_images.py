@@ -219,6 +219,7 @@ def test_json_manifest_with_class_indices_and_a_missing_file(tmp_path: Path) -> 
     ("file,label\na.png,\n", "line 2 has an empty label"),
     ("file,label\na.png,-1\n", "line 2 has a negative label"),
     ("file,label\n", "lists no files"),
+    ("file,label\na.png,99999999999999999999999\n", "line 2 has a label of 1,048,576 or more"),  # overflowed
 ])
 def test_bad_manifests(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "m.csv").write_text(text)
@@ -298,11 +299,25 @@ def test_an_interrupted_decode_leaves_nothing(tmp_path: Path, monkeypatch: pytes
     assert len(x) == 12
 
 
-def test_a_damaged_cache_is_decoded_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_deeply_nested_json_manifest_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m.json").write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError before
+    with pytest.raises(RunError, match="not valid JSON for a manifest"):
+        d.load_dataset(source(tmp_path / "m.json", tmp_path / "cache"), RGB, tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["pixels", "record a list", "record labels", "record names"])
+def test_a_damaged_cache_is_decoded_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          damage: str) -> None:
+    """A record of another JSON shape was an internal error (AttributeError)."""
     root = folder(tmp_path / "set")
     d.load_dataset(source(root, tmp_path / "cache"), RGB, tmp_path)
     (npy,) = (tmp_path / "cache").glob("*.npy")
-    npy.write_bytes(npy.read_bytes()[:200])
+    (record,) = (tmp_path / "cache").glob("*.json")
+    if damage == "pixels":
+        npy.write_bytes(npy.read_bytes()[:200])
+    else:
+        record.write_text({"record a list": "[]", "record labels": '{"labels": [[1], "x"]}',
+                           "record names": '{"labels": [0], "class_names": 7}'}[damage])
     opens = _Opens(monkeypatch)
     x, _ = everything(d.load_dataset(source(root, tmp_path / "cache"), RGB, tmp_path))
     assert opens.count == 12 and len(x) == 12
