@@ -90,5 +90,19 @@ def load_into(init: dict[str, np.ndarray], params: list[str], source: dict[str, 
         raise RunError(f"from {origin}: the weights do not match this model ({'; '.join(problems)}); "
                        "write `from \"...\" except head` to start those parameters fresh")
     for p in wanted:
-        init[p] = source[p].astype(init[p].dtype)
+        init[p] = _weight(source[p], init[p].dtype, p, origin)
     return wanted
+
+
+def _weight(value: np.ndarray, dtype: np.dtype, name: str, origin: Path) -> np.ndarray:
+    """A source tensor as the parameter's dtype: numbers only, and finite once cast (a NaN, or a
+    float64 past float32's range, would stop training at its first step, blamed on the rate)."""
+    if value.dtype.kind not in "fiub":
+        raise RunError(f"from {origin}: '{name}' is {value.dtype}, not real numbers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = value.astype(dtype)
+    if cast.dtype.kind == "f" and not np.isfinite(cast).all():
+        at = tuple(int(i) for i in np.argwhere(~np.isfinite(cast))[0])
+        raise RunError(f"from {origin}: '{name}' holds {value[at]} at {list(at)}, which is not a finite "
+                       f"{dtype}")
+    return cast

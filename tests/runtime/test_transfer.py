@@ -76,6 +76,26 @@ def test_missing_and_unexpected_parameters_are_named(source: Path, tmp_path: Pat
     assert "model.onnx" in message
 
 
+@pytest.mark.parametrize("bad,message", [
+    (np.full((10, 8), "abc"), r"is <U3, not real numbers"),  # an internal error
+    (np.full((10, 8), 1 + 2j, np.complex64), r"is complex64, not real numbers"),  # imaginary part dropped
+    (np.full((10, 8), np.nan, np.float32), r"holds nan at \[0, 0\], which is not a finite float32"),
+    (np.full((10, 8), 1e300), r"holds 1e\+300 at \[0, 0\], which is not a finite float32"),
+])
+def test_weights_that_are_not_finite_real_numbers_are_named(source: Path, tmp_path: Path, bad: np.ndarray,
+                                                            message: str) -> None:
+    """A NaN or a float64 past float32 stopped training at step 1, blamed on the learning rate."""
+    with np.load(source / "last.npz") as last:
+        weights = {k: last[k] for k in last.files if not k.startswith("__") and "." in k}
+    weights["head.linear1.weight"] = bad
+    np.savez(tmp_path / "w.npz", **weights)
+    train = f'train {{\n  data digits\n  epochs 1\n  from "{tmp_path / "w.npz"}"\n}}\n'
+    spec = _write(tmp_path, "t", 10, train)
+    with pytest.raises(RunError, match=f"from {tmp_path / 'w.npz'}: 'head.linear1.weight' {message}"):
+        _fit(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     spec = _write(tmp_path, "t", 10, 'train {\n  data digits\n  epochs 1\n  from "no/such/run"\n}\n')
     with pytest.raises(RunError, match="no such file or run folder"):
