@@ -130,7 +130,7 @@ def _record(line: str, where: str) -> Record:
         raise RunError(f"{where}: not a JSON record ({err.msg} at column {err.colno})") from None
     if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
         raise RunError(f"{where}: expected a JSON object with an integer 'epoch'")
-    for key in curves([record]):
+    for key in [*curves([record]), *norms([record])]:  # what is drawn: numbers only
         if isinstance(record[key], bool) or not isinstance(record[key], (int, float)):
             raise RunError(f"{where}: '{key}' is {json.dumps(record[key])}, expected a number")
     return record

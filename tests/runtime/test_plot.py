@@ -135,10 +135,12 @@ GOOD = lines(json.dumps(CLASSIFIER[2]))
     ("dir", lines('{"train_loss": 1.0}'), [], "{run}/metrics.jsonl:3: expected a JSON object"),
     ("dir", lines('{"epoch": 3, "val_accuracy": "high"}'), [],
      "{run}/metrics.jsonl:3: 'val_accuracy' is \"high\", expected a number"),
+    ("dir", lines('{"epoch": 3, "train_grad_norm:backbone.x": null}'), [],  # an internal error before
+     "{run}/metrics.jsonl:3: 'train_grad_norm:backbone.x' is null, expected a number"),
     ("dir", GOOD, ["-o", "{tmp}/curves.svg"], "cannot write {tmp}/curves.svg: plot writes PNG"),
     ("dir", GOOD, ["-o", "{tmp}/missing/c.png"], "cannot write {tmp}/missing/c.png: folder"),
 ], ids=["no-run", "run-is-a-file", "no-metrics", "empty", "blank-lines", "truncated-line", "not-an-object",
-        "no-epoch", "not-a-number", "not-png", "no-such-folder"])
+        "no-epoch", "not-a-number", "a-norm-not-a-number", "not-png", "no-such-folder"])
 def test_errors_are_one_line_and_write_nothing(tmp_path: Path, capsys: Capture, run_is: str | None,
                                                metrics: str | None, args: list[str], message: str) -> None:
     src = tmp_path / "run"
