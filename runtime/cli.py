@@ -288,11 +288,15 @@ COMMANDS = {"check": cmd_check, "compile": cmd_compile, "predict": predict_cli.r
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    from rich.console import Console
+    try:  # Ctrl-C while the parser or rich loads: one line too
+        args = parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        from rich.console import Console
 
-    out = Console(highlight=False, soft_wrap=True)  # messages stay whole lines; tables fit the width
+        out = Console(highlight=False, soft_wrap=True)  # messages stay whole lines; tables fit the width
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
     # a handler can only be set from the main thread (main() called from another one keeps the default)
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None

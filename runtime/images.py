@@ -96,20 +96,36 @@ def read_image(path: str | Path, layout: Layout, policy: str = "resize") -> np.n
     of more pixels than Pillow decodes without warning (MAX_IMAGE_PIXELS: a decompression bomb)."""
     from PIL import Image, ImageOps
 
+    # Pillow warns past MAX_IMAGE_PIXELS (and refuses past twice that): the size is checked here
+    # instead, as a filter toggled per call is not safe across the decoding threads
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()  # decodes now: a truncated or corrupt file fails here
-                upright = ImageOps.exif_transpose(img)
-                pixels = upright.convert("L" if layout.channels == 1 else "RGB")
-    except (SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        with Image.open(path) as img:
+            most = Image.MAX_IMAGE_PIXELS
+            if most and img.width * img.height > most:
+                raise ValueError(f"{img.width}x{img.height} pixels is more than the {most:,} decoded "
+                                 "without a decompression-bomb warning")
+            img.load()  # decodes now: a truncated or corrupt file fails here
+            upright = _eight_bits(ImageOps.exif_transpose(img))
+            pixels = upright.convert("L" if layout.channels == 1 else "RGB")
+    except (SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(str(err) or type(err).__name__) from None
     fitted = _fit(pixels, layout.width, layout.height, policy)
     a = np.asarray(fitted, np.uint8)
     if layout.order == "chw":
         return np.ascontiguousarray(a.reshape(layout.height, layout.width, -1).transpose(2, 0, 1))
     return a.reshape(layout.shape)
+
+
+def _eight_bits(img: Any) -> Any:
+    """A 16-bit grayscale image (Pillow's modes I;16* and I, 0 to 65535) scaled to 8 bits:
+    converting it as it is clips every value past 255 to white."""
+    from PIL import Image
+
+    if not (img.mode.startswith("I;16") or img.mode == "I"):
+        return img
+    wide = np.asarray(img, np.float64) / 257.0  # 65535 -> 255
+    return Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
 
 
 def _fit(img: Any, w: int, h: int, policy: str) -> Any:

@@ -452,6 +452,8 @@ def _at_least(items: list[m.Element]) -> int:
             n += passes * _at_least(el.body.items)
         elif isinstance(el, (m.Group, m.Residual)):
             n += _at_least(el.body.items)
+        elif isinstance(el, m.Call) and isinstance(stacked := el.kwargs.get("layers"), m.Num):
+            n += max(int(stacked.value) - 1, 0) if isinstance(stacked.value, int) else 0  # lstm/gru layers
         if n > MAX_EXPANDED:
             return MAX_EXPANDED + 1
     return n

@@ -402,3 +402,39 @@ def test_the_digits_images_example_writes_its_folder_and_trains(tmp_path: Path,
     monkeypatch.setenv("DLSPEC_CACHE", str(tmp_path / "cache"))  # not the user's cache
     result = fit(load(spec), spec, None, FitOptions(epochs=4, out=tmp_path / "run"), Console(quiet=True))
     assert result.metrics["accuracy"] >= 0.8
+
+
+def test_a_16_bit_grayscale_image_is_scaled_to_8_bits(tmp_path: Path) -> None:
+    """Converted as it was, every value past 255 became white: a ramp of 0 to 65535 read as 255."""
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    assert Image.open(tmp_path / "ramp16.png").mode.startswith("I")
+    gray = images.layout_of(decl("input", "image", "float32", 1, 8, 8), None, "test")
+    got = images.read_image(tmp_path / "ramp16.png", gray).reshape(8, 8)
+    np.testing.assert_array_equal(got, np.rint(ramp / 257.0).astype(np.uint8))
+    rgb = images.read_image(tmp_path / "ramp16.png", images.layout_of(RGB.inputs[0], None, "test"))
+    assert rgb.shape == (3, 8, 8) and (rgb == got).all()  # the same gray in each channel
+
+
+def test_decompression_bombs_are_refused_in_every_decoding_thread(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limit was a warnings filter toggled per call, which threads undo for each other: with
+    eight threads one bomb in a few hundred got through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "bomb.png")  # past the limit, under 2x
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small.png")
+    layout = images.layout_of(RGB.inputs[0], None, "test")
+
+    def read(name: str) -> bool:
+        try:
+            images.read_image(tmp_path / name, layout)
+        except ValueError:
+            return False
+        return True
+
+    names = ["bomb.png", "small.png"] * 200
+    with ThreadPoolExecutor(8) as pool:
+        read_ok = list(pool.map(read, names))
+    assert read_ok == [name == "small.png" for name in names]
