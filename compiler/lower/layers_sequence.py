@@ -32,9 +32,11 @@ def sequence_and_lengths(ctx: LayerCtx, xs: list[Value], what: str) -> tuple[Val
     if len(xs) == 1:
         return x, None
     lens = xs[1]
+    if lens.rank == 2 and lens.dims[1] == 1:  # a declared int64[N] input reaches the layers as a column
+        lens = op.Reshape(lens, [-1]).with_shape((None,))
     if lens.rank != 1:
         raise ctx.error(f"{what}: the lengths (the second tensor of from=) must be one whole number per "
-                        f"sample, [N], got {show(lens.dims)}")
+                        f"sample, [N] or [N, 1], got {show(lens.dims)}")
     t = x.dims[1]
     assert isinstance(t, int)
     return x, op.Clip(lens.cast("int64"), 1, t).with_shape((None,))

@@ -73,6 +73,36 @@ def test_embedding_takes_token_ids(tmp_path: Path) -> None:
     assert records(c)["backbone.s.embedding1"] == ([None, 7, 6], 300, 0)
 
 
+LENGTHS = """
+model m {
+  input  x: float32[N, 5, 4]
+  input  lens: int64[N]
+  target y: int64[N]
+  backbone { a: LAYER }
+  head { linear(3) }
+  loss cross_entropy
+}
+"""
+
+
+@pytest.mark.parametrize("layer", ["pool(mean, from=[x, lens])", "gru(6, from=[x, lens]) -> pool(mean)",
+                                   "lstm(6, from=[x, lens]) -> pool(max)"])
+def test_a_declared_lengths_input_masks_the_steps_past_each_length(tmp_path: Path, layer: str) -> None:
+    """An int64[N] input reaches the layers as a column [N, 1], which from=[seq, lengths] refused:
+    the documented lengths input could not be written in a spec."""
+    c = compile_text(tmp_path, LENGTHS.replace("LAYER", layer))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    lens = np.array([2, 5], np.int64)
+    base = run_ort(c.onnx, {"x": x, "lens": lens})
+    past = x.copy()
+    past[0, 2:] += 10.0  # steps past sample 0's length
+    np.testing.assert_array_equal(run_ort(c.onnx, {"x": past, "lens": lens}), base)
+    within = x.copy()
+    within[0, 1] += 10.0
+    assert not np.allclose(run_ort(c.onnx, {"x": within, "lens": lens})[0], base[0])
+
+
 # ---------------------------------------------------------------- located errors
 
 @pytest.mark.parametrize("body,shape,message", [
