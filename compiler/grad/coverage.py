@@ -42,7 +42,21 @@ def with_untrainable_notes(c: Compiled) -> Compiled:
     no rule (what `dlspec check` and `dlspec.compile` report)."""
     trainable = [p.name for p in c.params if not p.state and p.name not in c.frozen]
     c.notes.extend(untrainable_notes(c.nodes, trainable, c.output.name))
+    dead = unreached(c.nodes, trainable, list(c.outputs) or [c.output.name])
+    if dead:
+        more = f" and {len(dead) - 3} more" if len(dead) > 3 else ""
+        c.notes.append(f"no output depends on {', '.join(dead[:3])}{more}: compile --train refuses "
+                       "parameters the loss cannot reach; freeze them or remove their layers")
     return c
+
+
+def unreached(nodes: Sequence[onnx.NodeProto], params: Sequence[str], outputs: Sequence[str]) -> list[str]:
+    """The parameters that no output depends on."""
+    needed = set(outputs)
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            needed.update(node.input)
+    return [p for p in params if p not in needed]
 
 
 def untrainable_notes(nodes: Sequence[onnx.NodeProto], trainable: Sequence[str], output: str) -> list[str]:

@@ -173,9 +173,11 @@ def _backward(f: Forward, loss: Value, trainable: list[str], inputs: list[onnx.V
         seed = seed or g.const(1.0)
     grads = backward(g, list(g.nodes), loss.name, trainable, seed, value_types(fwd), constants(fwd))
     missing = [p for p in trainable if p not in grads]
-    if missing:
+    if missing:  # located at the layer of the first
+        layer = next((r for r in f.comp.records if missing[0].startswith(r.path + ".")), None)
         raise CompileError(f"the loss does not depend on {', '.join(missing[:3])}"
-                           f"{' ...' if len(missing) > 3 else ''}; freeze them or remove the layers")
+                           f"{' ...' if len(missing) > 3 else ''}; freeze them or remove the layers",
+                           layer.span if layer is not None else None)
     return grads
 
 

@@ -443,6 +443,22 @@ def test_paths_are_printed_literally(tmp_path: Path, capsys: Capture) -> None:
     assert code == 0 and f"wrote {folder / 'm.onnx'}" in out
 
 
+def test_a_stage_no_output_reads_is_a_note_at_check_and_a_located_error_at_compile_train(
+        tmp_path: Path, capsys: Capture) -> None:
+    """check said valid without a word, and compile --train failed with no file:line:col."""
+    path = tmp_path / "m.dlspec"
+    path.write_text("model m {\n  input image: float32[N, 1, 8, 8]\n  target label: int64[N]\n"
+                    "  backbone {\n    a: conv(8) -> relu\n    b: conv(8) -> relu\n  }\n"
+                    "  head { gap(from=a) -> flatten -> linear(10) }\n  loss cross_entropy\n}\n")
+    code, out, _ = run(["check", str(path)], capsys)
+    assert code == 0 and "no output depends on backbone.b.conv1.weight, backbone.b.conv1.bias" in out, out
+    code, _, err = run(["compile", str(path), "--train", "-o", str(tmp_path / "graphs")], capsys)
+    assert code == 2 and f"{path}:6:8: error: the loss does not depend on backbone.b.conv1.weight" in err, err
+    path.write_text(path.read_text() + "train {\n  freeze backbone.b\n}\n")
+    code, out, _ = run(["check", str(path)], capsys)
+    assert code == 0 and "no output depends on" not in out
+
+
 def test_check_counts_what_the_train_block_freezes_and_catches_its_typos(tmp_path: Path,
                                                                         capsys: Capture) -> None:
     """`freeze backbone` and `lr_mult x: 0` leave those weights out of the trainable count, as
