@@ -177,6 +177,13 @@ class _ToDicts(Transformer_NonRecursive[Token, list[Node]]):
 
     def block_def(self, meta: Meta, c: list[Any]) -> Node:
         params = [p for p in c[1:-1] if p is not None]
+        seen: set[str] = set()
+        for p in params:
+            if p["name"] == "in":
+                raise SpecError("'in' names the block's input; give the parameter another name", p["span"])
+            if p["name"] in seen:
+                raise SpecError(f"parameter '{p['name']}' is listed twice", p["span"])
+            seen.add(p["name"])
         return {"item": "block", "name": str(c[0]), "params": params, "body": c[-1],
                 "span": self.sp(meta), "name_span": self.sp(c[0])}
 

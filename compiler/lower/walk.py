@@ -66,6 +66,10 @@ class Walker:
                  inputs: dict[str, Value] | None = None, no_input: str = ""):
         """`inputs`: the model's inputs (features applied) that `from=` can name; `no_input`: why a
         section's first layer gets no tensor (several inputs of different kinds are not stacked)."""
+        for name, block in blocks.items():  # a call names the built-in first: the block would never run
+            if name in LAYERS:
+                raise SpecError(f"block '{name}' has the name of a built-in layer, which a call would run "
+                                "instead; pick another name", block.name_span or block.span)
         self.blocks = blocks
         self.comp = comp
         self.model_names = self.names = Names("the model")

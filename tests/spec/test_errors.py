@@ -199,6 +199,15 @@ CASES = {
     "block-shadows-the-standard-library": Case(
         lines("block basic(out, stride=1) { conv(out, stride=stride) }"), "main.dlspec:1:7",
         "block 'basic' is already defined (in the standard library); pick another name"),
+    "block-named-like-a-layer": Case(  # the built-in ran in its place, without a word
+        lines("block linear(n) { conv(n, k=1) -> relu }") + model("  backbone { a: linear(4) }"),
+        "main.dlspec:1:7", "block 'linear' has the name of a built-in layer, which a call would run instead"),
+    "block-parameter-twice": Case(  # the last one won
+        lines("block b(c, c) { conv(c) }") + model("  backbone { a: b(4, 6) }"),
+        "main.dlspec:1:12", "parameter 'c' is listed twice"),
+    "block-parameter-named-in": Case(  # it hid the block's input, with a self-contradicting error
+        lines("block d(in) { x: conv(8)", "  y: add(from=[in, x]) }") + model("  backbone { a: d(8) }"),
+        "main.dlspec:1:9", "'in' names the block's input; give the parameter another name"),
     "duplicate-model-across-an-import": Case(
         {"main.dlspec": lines('import "other.dlspec"', "model n {", "}"),
          "other.dlspec": lines("model n {", "}")},
