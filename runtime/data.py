@@ -27,6 +27,7 @@ from dlspec.images import open_set
 from dlspec.labels import Classes, Labels, check_all_labels, check_labels, label_rules
 from dlspec.spec import model as m
 from dlspec.spec.errors import RunError, did_you_mean, listed
+from dlspec.strings import as_strings
 
 BUNDLED: tuple[str, ...] = typing.get_args(m.Bundled.model_fields["kind"].annotation)  # sklearn.datasets
 
@@ -170,6 +171,8 @@ def _cast(values: np.ndarray, dtype: str, where: str, missing_ok: bool = False) 
     """values as `dtype` when each survives the cast exactly (floats: finite, or NaN where
     `missing_ok`: a missing value that the spec fills; ints: whole, in range)."""
     kind = values.dtype.kind
+    if dtype == "string":  # a category, as a csv cell is
+        return as_strings(values, where)
     if kind not in "biuf":
         raise RunError(f"{where}: values are not numeric (dtype {values.dtype}); {dtype} expected")
     if kind == "f":

@@ -13,6 +13,7 @@ import onnxruntime as ort
 from dlspec.files import Npz, load_model
 from dlspec.session import options
 from dlspec.spec.errors import RunError
+from dlspec.strings import as_strings
 
 _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
        "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_,
@@ -99,6 +100,8 @@ def check_inputs(sess: ort.InferenceSession, data: Mapping[str, Any],
         except ValueError:
             raise RunError(f"{where}: input '{inp.name}' holds Python objects; save a numeric "
                            "array") from None
+        if inp.type == "tensor(string)":  # text, as training read it; bytes decoded as UTF-8
+            arr = as_strings(arr, f"{where}: input '{inp.name}'")
         want = _NP.get(inp.type)
         if want is not None and arr.dtype != want:
             if np.can_cast(arr.dtype, want, casting="same_kind"):

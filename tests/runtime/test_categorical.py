@@ -305,3 +305,27 @@ def test_an_unseen_category_reads_the_unknown_row_of_the_embedding(tmp_path: Pat
     out = sess.run(None, {"district": np.array(names, object)})[0]
     assert out[0] == out[1] == out[2]
     assert len(np.unique(out[2:])) == len(DISTRICTS) + 1  # every known district has a row of its own
+
+
+def test_a_string_input_reads_text_arrays_from_an_npz_alike_and_refuses_numbers(tmp_path: Path) -> None:
+    """Training and eval refused a str array ('not numeric; string expected'), crashed on an
+    int64 one, and predict read a bytes array as one unknown category."""
+    table = _table(tmp_path)
+    full, income = [d or "north" for d in table["district"]], np.nan_to_num(table["income"], nan=5.0)
+    np.savez(tmp_path / "shop.npz", district=np.array(full), income=income, price=table["price"])
+    spec = tmp_path / "shop.dlspec"
+    spec.write_text(SHOP.replace('csv("shop.csv", target=price, test=0.25)', 'npz("shop.npz", test=0.25)')
+                    .replace("FEATURES", "district = one_hot(district)").replace("EPOCHS", "2"))
+    _train(spec, tmp_path / "run")
+    model = tmp_path / "run" / "model.onnx"
+    rows = {"district": np.array(full[:6]), "income": income[:6]}
+    as_text = api.predict(model, rows)["prediction"]
+    encoded = np.array([d.encode() for d in full[:6]])
+    as_bytes = api.predict(model, {**rows, "district": encoded})["prediction"]
+    np.testing.assert_array_equal(as_text, as_bytes)
+    assert len(set(np.round(as_text, 4))) > 1  # the districts are told apart, not all unknown
+    np.savez(tmp_path / "shop.npz", district=np.arange(N), income=income, price=table["price"])
+    with pytest.raises(RunError, match="input 'district': is a string input, and the array holds int64"):
+        _train(spec, tmp_path / "again")
+    with pytest.raises(RunError, match="input 'district': is a string input, and the array holds int64"):
+        api.predict(model, {**rows, "district": np.arange(6)})
