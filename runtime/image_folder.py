@@ -31,7 +31,11 @@ def labelled_images(root: Path, model: m.Model, classes: Classes, class_names: M
                        f"{model.name} declares {len(model.inputs)} input(s) and "
                        f"{len(model.targets)} target(s)")
     image, target = model.inputs[0], model.targets[0]
-    if not any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+    try:
+        entries = list(root.iterdir())
+    except OSError as err:  # an internal error before
+        raise RunError(f"cannot read folder {root}: {err.strerror or err}") from None
+    if not any(p.is_dir() and not p.name.startswith(".") for p in entries):
         raise RunError(f"{root}: no class folders; eval reads one subfolder per class of {KINDS} files "
                        "(`dlspec predict MODEL FILES...` classifies unlabelled images)")
     listing = list_folder(root, lambda _: None)  # files that are not images are passed over

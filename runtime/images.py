@@ -198,16 +198,20 @@ def _is_image(p: Path) -> bool:
 def list_folder(root: Path, note: Callable[[str], None]) -> Listing:
     """One subfolder per class (classes numbered in sorted order, as torchvision's ImageFolder);
     images anywhere below a class folder belong to it."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        entries = list(root.iterdir())
+    except OSError as err:
+        raise RunError(f"cannot read folder {root}: {err.strerror or err}") from None
+    classes = sorted(p.name for p in entries if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise RunError(f"{root}: no class folders; images(...) expects one subfolder per class of "
                        f"{KINDS} files (or a .csv/.json manifest)")
     files: list[Path] = []
     labels: list[int] = []
-    ignored: list[Path] = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    ignored: list[Path] = [p for p in entries if p.is_file() and not p.name.startswith(".")]
     for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        found = sorted(p for p in _files_below(root / name)
+                       if not any(part.startswith(".") for part in p.relative_to(root).parts))
         images = [p for p in found if _is_image(p)]
         ignored += [p for p in found if not _is_image(p)]
         if not images:
@@ -219,6 +223,19 @@ def list_folder(root: Path, note: Callable[[str], None]) -> Listing:
         note(f"{root}: ignored {len(ignored)} file(s) that are not {KINDS} images "
              f"(first: {ignored[0].relative_to(root)})")
     return Listing(files, labels, classes)
+
+
+def _files_below(folder: Path) -> list[Path]:
+    """Every file below `folder` (linked files too; linked folders are not entered, so a link loop
+    ends); a folder that cannot be read is an error, not a class with fewer samples."""
+    files: list[Path] = []
+
+    def refuse(err: OSError) -> None:
+        raise RunError(f"cannot read folder {err.filename}: {err.strerror or err}")
+
+    for here, _, names in os.walk(folder, onerror=refuse):
+        files += [Path(here) / n for n in names if (Path(here) / n).is_file()]
+    return files
 
 
 def list_manifest(path: Path) -> Listing:

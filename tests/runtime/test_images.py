@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -438,3 +439,26 @@ def test_decompression_bombs_are_refused_in_every_decoding_thread(tmp_path: Path
     with ThreadPoolExecutor(8) as pool:
         read_ok = list(pool.map(read, names))
     assert read_ok == [name == "small.png" for name in names]
+
+
+def test_an_unreadable_folder_is_an_error_and_a_link_loop_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subfolder that could not be read was skipped (its images silently left out of the
+    class), and an unreadable root was an internal error."""
+    root = folder(tmp_path / "set")
+    (root / "cat" / "more").mkdir()
+    solid(root / "cat" / "more" / "x.png", COLOURS["cat"])
+    (root / "cat" / "loop").symlink_to("..", target_is_directory=True)  # linked folders are not entered
+    listing = images.list_folder(root, print)
+    counts = {name: listing.labels.count(i) for i, name in enumerate(listing.class_names or [])}
+    assert counts == {"cat": 5, "dog": 4, "owl": 4}
+    real = os.scandir
+
+    def denied(path: Any) -> Any:
+        if Path(path).name == "more":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(RunError, match=rf"cannot read folder {root / 'cat' / 'more'}: Permission denied"):
+        images.list_folder(root, print)
