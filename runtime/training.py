@@ -161,6 +161,7 @@ class _State:
     history: list[dict]
     start_files: dict[str, bytes]  # written with the first checkpoint, then emptied
     stopped: str | None  # why early_stop ended the run
+    stale: list[Path]  # an earlier run's files in the folder: removed at the first checkpoint
 
 
 def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOptions, console: Console,
@@ -181,7 +182,8 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
     history: list[dict] = []
     if opts.resume:
         step, start, best, history = _resume(run_dir, spec_path, tg, runner, opts.force, world, note, console)
-    state = _State(step, best, lr0, setup.threads, eval_sess, history, _start_files(spec_path, setup), None)
+    state = _State(step, best, lr0, setup.threads, eval_sess, history, _start_files(spec_path, setup), None,
+                   [] if opts.resume or not world.writes else _earlier_run(run_dir, note))
     if setup.patience is not None and opts.resume and setup.patience.replay(run_dir / RECORDS, start):
         state.stopped = setup.patience.reason(start)
         note(f"{state.stopped} (before this resume: nothing more to train)")
@@ -281,6 +283,22 @@ def _resume(run_dir: Path, spec_path: Path, tg: TrainingGraphs, runner: StepRunn
         leftover.unlink()
     console.print(f"resuming {run_dir} after epoch {done + 1} (step {step})", markup=False)
     return step, start, best, history
+
+
+RUN_FILES = (RECORDS, LAST, BEST, "model.onnx", resume.SOURCE, resume.COPY, standardize.FILE, vocab.FILE,
+             labels.CLASSES_FILE)
+
+
+def _earlier_run(run_dir: Path, note: Callable[[str], None]) -> list[Path]:
+    """The files of an earlier run (a folder with run.json) that a fresh run into the same folder
+    replaces, said in a note; other files of the folder stay."""
+    if not (run_dir / resume.SOURCE).is_file():
+        return []
+    found = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]
+    names = ", ".join(p.name for p in found)
+    note(f"{run_dir} holds an earlier run: this one replaces its files ({names}) at its first checkpoint "
+         "(--resume continues it instead)")
+    return found
 
 
 def _start_files(spec_path: Path, setup: _SetUp) -> dict[str, bytes]:
@@ -432,6 +450,9 @@ def _write_epoch(loop: _Loop, state: _State, epoch: int, weights: dict[str, np.n
                  improved: bool) -> None:
     """Rank 0's writes after an epoch: the start files (the first time), the records, the checkpoints."""
     folder, run_dir = loop.folder, loop.folder.path
+    for path in state.stale:  # not to be mixed with this run's (say, another model's classes.json)
+        path.unlink(missing_ok=True)
+    state.stale = []
     for name, blob in state.start_files.items():
         folder.write(name, blob)
     folder.write(RECORDS, _records_bytes(state.history))

@@ -228,6 +228,21 @@ def test_a_folder_that_another_process_writes_is_refused_and_left_alone(tmp_path
     assert _run("train", _spec(tmp_path, epochs=1), "--out", run, "--resume", "--epochs", "2")[0] == 0
 
 
+def test_a_fresh_run_into_an_earlier_runs_folder_replaces_its_files_and_says_so(tmp_path: Path) -> None:
+    """The earlier run's files that the new one does not write (another model's classes.json,
+    vocab.json) stayed beside the new model, silently."""
+    run = tmp_path / "run"
+    assert _run("train", _spec(tmp_path, epochs=1), "--out", run)[0] == 0
+    (run / "vocab.json").write_text("{}")  # as a run with categories leaves it
+    (run / "notes.txt").write_text("mine")
+    code, out, err = _run("train", _spec(tmp_path, epochs=1, hidden=6), "--out", run)
+    assert code == 0, err
+    assert f"{run} holds an earlier run: this one replaces its files (" in out and "vocab.json" in out
+    assert _listing(run) == ["best.npz", "classes.json", "last.npz", "metrics.jsonl", "model.onnx",
+                             "notes.txt", "run.json", "spec.dlspec"]
+    assert checkpoint.load(run / "best.npz")[0]["head.linear1.weight"].shape == (6, 4)
+
+
 def test_a_damaged_checkpoint_is_named_on_resume(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert _run("train", _spec(tmp_path, epochs=1), "--out", run)[0] == 0
