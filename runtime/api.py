@@ -109,6 +109,8 @@ def export(run: str | Path) -> onnx.ModelProto:
     beside each classifying head cls of a model with named heads)."""
     src = Path(run)
     source = src / "model.onnx" if src.is_dir() else src
+    if source.exists() and not source.is_file():  # a device or a pipe: not a model
+        raise RunError(f"cannot read {source}: not a regular file")
     if not source.is_file():
         raise RunError(f"no trained model at {source}: train first with `dlspec train`")
     return _export(load_model(source), {"exported_from": str(source)})[0]

@@ -96,11 +96,11 @@ def load_all(source: str, model: m.Model, classes: Classes = None,
     `class_names`: the trained model's, by target: a csv's label names are read as their indices."""
     path = Path(source)
     rules = label_rules(model, classes)
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         if not path.is_file():
             raise RunError(f"no data file {source}")
         return _npz(path, {}, model, rules)
-    if path.suffix == ".csv":
+    if path.suffix.lower() == ".csv":
         if not path.is_file():
             raise RunError(f"no data file {source}")
         if len(model.targets) != 1:

@@ -25,7 +25,7 @@ def source_weights(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise RunError(f"from: no such file or run folder {path}")
     try:
-        if path.suffix == ".npz":
+        if path.suffix.lower() == ".npz":
             with Npz(path, "weights") as data:
                 weights = {k: data[k] for k in data.files if not k.startswith("__")}
             return {k: v for k, v in weights.items() if not _opt_state(k, weights)}

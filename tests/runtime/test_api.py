@@ -72,6 +72,18 @@ def test_fit_trains_and_predict_evaluate_export_use_the_run(run: tuple[Path, Fit
     assert [o.name for o in exported.graph.output] == ["logits", "probabilities"]
 
 
+def test_evaluate_reads_data_files_whatever_the_case_of_their_suffix(run: tuple[Path, FitResult],
+                                                                     tmp_path: Path) -> None:
+    """eval refused DATA.NPZ and DATA.CSV, which predict reads."""
+    spec, result = run
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    np.savez(tmp_path / "DIGITS.NPZ", image=x[:40].reshape(-1, 1, 8, 8), label=y[:40])
+    scores = dlspec.evaluate(result.run_dir / "model.onnx", spec, tmp_path / "DIGITS.NPZ")
+    assert scores["samples"] == 40 and scores["accuracy"] > 0.8
+
+
 def test_grad_differentiates_a_model_or_a_file(tmp_path: Path) -> None:
     spec = tmp_path / "small.dlspec"
     spec.write_text(SMALL)
