@@ -79,7 +79,8 @@ def test_evaluate_reads_data_files_whatever_the_case_of_their_suffix(run: tuple[
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    np.savez(tmp_path / "DIGITS.NPZ", image=x[:40].reshape(-1, 1, 8, 8), label=y[:40])
+    with open(tmp_path / "DIGITS.NPZ", "wb") as f:  # savez would append .npz to the name
+        np.savez(f, image=x[:40].reshape(-1, 1, 8, 8), label=y[:40])
     scores = dlspec.evaluate(result.run_dir / "model.onnx", spec, tmp_path / "DIGITS.NPZ")
     assert scores["samples"] == 40 and scores["accuracy"] > 0.8
 
