@@ -427,6 +427,19 @@ def _check_train(t: m.Train) -> m.Train:
     if t.early_stop is not None and t.data is not None and t.data.val == 0:
         raise SpecError(f"early_stop watches the validation split, but data {t.data.kind}(...) has none: "
                         "give it a share of the samples, e.g. val=0.1", t.early_stop.span)
+    opt = t.optimizer
+    if isinstance(opt, m.Sgd) and opt.nesterov and (opt.momentum == 0 or opt.dampening != 0):
+        raise SpecError("nesterov needs a momentum above 0 and no dampening (as torch.optim.SGD)",
+                        opt.arg_spans.get("nesterov", opt.span))
+    lr = opt.lr if opt is not None else 1e-3
+    if t.schedule is not None and t.schedule.min_lr > lr:  # the rate would climb to it
+        raise SpecError(f"min_lr={t.schedule.min_lr:g} is above the optimizer's lr={lr:g}: a schedule "
+                        "lowers the rate towards min_lr", t.schedule.arg_spans.get("min_lr", t.schedule.span))
+    seen: set[str] = set()
+    for rule in t.lr_mult:
+        if rule.target in seen:  # the later one won, silently
+            raise SpecError(f"lr_mult names '{rule.target}' twice", rule.span or t.arg_spans.get("lr_mult"))
+        seen.add(rule.target)
     return t
 
 

@@ -161,6 +161,16 @@ CASES = {
     "from-an-empty-path": Case(  # read as no `from`: the run trained from scratch
         model("  backbone { s: conv(8) }") + lines("train {", '  from ""', "}"),
         "main.dlspec:7:3", "invalid value for 'from': a path cannot be empty"),
+    "nesterov-without-momentum": Case(  # torch.optim.SGD refuses it; dlspec trained plain sgd
+        model("  backbone { s: conv(8) }") + lines("train {", "  optimizer sgd(lr=0.1, nesterov=true)", "}"),
+        "main.dlspec:7:25", "nesterov needs a momentum above 0 and no dampening"),
+    "min-lr-above-the-rate": Case(  # the rate climbed to it
+        model("  backbone { s: conv(8) }") + lines("train {", "  optimizer adam(lr=1e-3)",
+                                                   "  schedule linear(min_lr=10)", "}"),
+        "main.dlspec:8:19", "min_lr=10 is above the optimizer's lr=0.001"),
+    "lr-mult-target-twice": Case(  # the later rule won, silently
+        model("  backbone { s: conv(8) }") + lines("train {", "  lr_mult backbone: 0.1, backbone: 0.5", "}"),
+        "main.dlspec:7:26", "lr_mult names 'backbone' twice"),
     "unknown-schedule": Case(
         model("  backbone { s: conv(8) }") + lines("train {", "  schedule cosin(warmup=1)", "}"),
         "main.dlspec:7:12", "unknown schedule 'cosin' (did you mean 'cosine'?)"),
