@@ -401,7 +401,8 @@ def _train_steps(loop: _Loop, state: _State, epoch: int,
             # update itself inf or nan (a skipped mixed-precision step reports its norm as 0)
             for key, what in (("loss", "loss"), (health.GLOBAL_NORM, "gradient norm")):
                 if not math.isfinite(out.get(key, 0.0)):
-                    raise _diverged(loop, f"the {what} became {out[key]} at step {step}", epoch)
+                    raise _diverged(loop, f"the {what} became {out[key]} at step {step}", epoch,
+                                    before_any_update=step == 1)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
@@ -414,11 +415,14 @@ def _train_steps(loop: _Loop, state: _State, epoch: int,
     return sums, count, data_wait
 
 
-def _diverged(loop: _Loop, what: str, epoch: int) -> RunError:
+def _diverged(loop: _Loop, what: str, epoch: int, before_any_update: bool = False) -> RunError:
     kept = (f"the last good checkpoint is {loop.folder.path / LAST}" if loop.opts.resume or epoch > loop.start
             else "before the first checkpoint, so nothing was written")
-    return RunError(f"{what} (epoch {epoch + 1}); training stopped, {kept} (a lower learning rate, or "
-                    "clip grad_norm, may keep it finite)")
+    # the first step's loss comes before any update: the learning rate has had no say yet
+    hint = ("the data, the model's features (a log of a negative number? a division by 0?) or its "
+            "initial weights make it, before any update" if before_any_update else
+            "a lower learning rate, or clip grad_norm, may keep it finite")
+    return RunError(f"{what} (epoch {epoch + 1}); training stopped, {kept} ({hint})")
 
 
 def _check_finite(loop: _Loop, epoch: int, weights: dict[str, np.ndarray], val: dict[str, float]) -> None:

@@ -66,3 +66,13 @@ def test_a_gradient_norm_past_float32_stops_the_run_and_every_record_stays_finit
     for name in ("last.npz", "best.npz"):
         with np.load(run / name) as saved:
             assert all(np.isfinite(saved[k]).all() for k in saved.files if saved[k].dtype.kind == "f"), name
+
+
+def test_a_nan_at_the_first_step_points_at_the_data_not_the_learning_rate(tmp_path: Path) -> None:
+    """The first loss comes before any update; the hint named the learning rate."""
+    spec = tmp_path / "reg.dlspec"
+    spec.write_text(REGRESSION.replace("LR", "0.01").replace("EPOCHS", "1")
+                    .replace("  backbone {", "  features { x = log(x - 1000) }\n  backbone {"))
+    with pytest.raises(RunError, match=r"the loss became nan at step 1 .*the model's features \(a log of a "
+                                       r"negative number\? .*before any update\)"):
+        dlspec.fit(spec, out=tmp_path / "run", threads=1)
