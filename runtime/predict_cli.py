@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlspec.arg_types import positive
 from dlspec.image_kinds import EXTENSIONS, POLICIES
-from dlspec.spec.errors import RunError
+from dlspec.spec.errors import RunError, listed
 
 if TYPE_CHECKING:  # numpy, onnxruntime and the readers load in the functions that run a prediction
     import numpy as np
@@ -130,7 +130,9 @@ def _csv_inputs(sess: Any, path: Path) -> Rows:
     for inp in sess.get_inputs():
         if inp.name not in header:
             raise RunError(f"{path}: no column '{inp.name}' for the model's input '{inp.name}' (the header "
-                           f"has: {', '.join(header)})")
+                           f"has: {listed(header)})")
+        if header.count(inp.name) > 1:  # which one is the input? train and eval refuse it too
+            raise RunError(f"{path}: the header names column '{inp.name}' more than once")
         if len(inp.shape) != 1:
             raise RunError(f"{path}: the model's input '{inp.name}' takes {list(inp.shape)} per batch; a csv "
                            "column gives one value per sample")

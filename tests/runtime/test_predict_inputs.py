@@ -105,6 +105,14 @@ def test_a_csv_number_beyond_float32_is_refused_by_line(tmp_path: Path,
     assert "rows.csv: input 'b': infinite value inf (or a number beyond float32's range) in line 3" in err
 
 
+def test_a_csv_column_named_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """predict read the first of the two silently, where train and eval refuse the file."""
+    model = _compiled(tmp_path, FILLED, "filled")
+    (tmp_path / "rows.csv").write_text("a,b,a\n1,2,3\n")
+    err = _refused(capsys, ["predict", model, tmp_path / "rows.csv"])
+    assert "rows.csv: the header names column 'a' more than once" in err
+
+
 # ---- image files fitted as in training ----
 SPEC = """
 model tiny {
