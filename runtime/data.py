@@ -348,11 +348,15 @@ def _images(data: m.ImagesData, model: m.Model, spec_dir: Path, rules: dict[str,
     decoded, _ = open_set(data, image, spec_dir, note)
     where = f"{call}: target '{target.name}'"
     labels = _conform(decoded.labels, target, where)
-    if target.name in rules:
-        check_labels(labels, rules[target.name], where)
-    names = {target.name: decoded.class_names} if decoded.class_names is not None else {}
+    rule = rules.get(target.name)
+    names = decoded.class_names
+    if rule is not None and names is not None and rule.classes is not None and len(names) > rule.classes:
+        raise RunError(f"{call} has {len(names)} classes ({listed(names)}); the model's head has "
+                       f"{rule.classes}")
+    if rule is not None:
+        check_labels(labels, rule, where)
     pixels = typing.cast(np.ndarray, shards.whole(decoded.pixels, image.dtype))  # read as it is indexed
-    return {image.name: pixels, target.name: labels}, names
+    return {image.name: pixels, target.name: labels}, ({target.name: names} if names is not None else {})
 
 
 # ---- csv files ----

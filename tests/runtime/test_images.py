@@ -182,7 +182,8 @@ def test_a_size_the_model_does_not_take_is_an_error(tmp_path: Path) -> None:
 
 def test_more_classes_than_the_model_has_outputs_is_an_error(tmp_path: Path) -> None:
     root = folder(tmp_path / "set")
-    with pytest.raises(RunError, match=r"label 2 at sample 8 is not a class of the model \(0 to 1\)"):
+    # named by class, not as 'label 2 at sample 8 is not a class of the model'
+    with pytest.raises(RunError, match=r"has 3 classes \(cat, dog, owl\); the model's head has 2"):
         loss = m.Loss(terms=[m.LossTerm(loss=m.CrossEntropy(kind="cross_entropy"))])
         d.load_dataset(source(root, tmp_path / "cache"), RGB.model_copy(update={"loss": loss}), tmp_path,
                        classes=2)
@@ -462,3 +463,4 @@ def test_an_unreadable_folder_is_an_error_and_a_link_loop_ends(
     monkeypatch.setattr(os, "scandir", denied)
     with pytest.raises(RunError, match=rf"cannot read folder {root / 'cat' / 'more'}: Permission denied"):
         images.list_folder(root, print)
+
