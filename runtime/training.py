@@ -227,6 +227,10 @@ def _set_up(prog: Program, spec_path: Path, model_name: str | None, opts: FitOpt
     given = {k: v for k, v in (("batch", opts.batch), ("epochs", opts.epochs)) if v is not None}
     if opts.resume:
         given = resume.given_options(run_dir, opts.batch, opts.epochs, opts.force, note)
+    epochs = given.get("epochs", train.epochs)
+    if train.schedule is not None and train.schedule.warmup >= epochs:
+        note(f"warmup={train.schedule.warmup:g} epochs is as long as the run's {epochs}: the learning rate "
+             "never reaches the optimizer's lr")
     return _SetUp(model, train, given.get("epochs", train.epochs), given.get("batch", train.batch), seed,
                   data, has_val, patience, columns, stats, threads, tg, given)
 
@@ -373,10 +377,17 @@ def _train_epoch(loop: _Loop, state: _State, epoch: int) -> None:
     if loop.world.writes:
         _write_epoch(loop, state, epoch, weights, improved)
     state.start_files = {}
-    loop.console.print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                for k, v in record.items() if not k.startswith(health.PREFIX)),
+    loop.console.print(" ".join(_shown(k, v) for k, v in record.items() if not k.startswith(health.PREFIX)),
                        markup=False, highlight=False)
     loop.watch.epoch(record)
+
+
+def _shown(key: str, value: object) -> str:
+    """`key value` for an epoch's line: the rate in 3 significant digits (2e-05 read as 0.0000 in
+    the fixed 4 decimals of the metrics)."""
+    if key == "lr" and isinstance(value, float):
+        return f"lr {value:.3g}"
+    return f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
 
 
 def _train_steps(loop: _Loop, state: _State, epoch: int,

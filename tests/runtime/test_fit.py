@@ -136,3 +136,18 @@ def test_many_threads_train_with_their_own_lowering_to_the_same_losses(tmp_path:
     few, many = records[0][0], records[1][0]
     for key in ("train_loss", "val_loss", "val_accuracy"):
         assert many[key] == pytest.approx(few[key], rel=1e-4), key
+
+
+
+def test_an_epochs_line_shows_a_small_rate_and_a_warmup_past_the_run_is_noted(tmp_path: Path) -> None:
+    """A rate of 2e-5 printed as 'lr 0.0000'; a warmup as long as the run was accepted silently."""
+    import io
+
+    spec = _spec(tmp_path, "adam(lr=2e-5)")
+    out = io.StringIO()
+    fit(load(spec), spec, None, FitOptions(out=tmp_path / "run", epochs=1), Console(file=out, width=300))
+    printed = out.getvalue()
+    assert ("warmup=1 epochs is as long as the run's 1: the learning rate never reaches the optimizer's "
+            "lr") in printed
+    line = next(ln for ln in printed.splitlines() if ln.startswith("epoch 1 "))
+    assert " lr 1.95e-05 " in line, line  # the epoch's last step: 38/39 of the way up the warmup
