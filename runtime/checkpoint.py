@@ -32,4 +32,9 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], int, int, float]:
         step, epoch, best = (data[k] for k in META)
         if any(v.shape != () or v.dtype.kind not in "iuf" for v in (step, epoch, best)):
             raise RunError(f"cannot read checkpoint {path}: its step, epoch or best score is not a number")
+        # a checkpoint is written after an epoch (0-based) of at least one step: a damaged or edited
+        # one trained on from a negative step (a negative learning rate)
+        if not (step >= 1 and epoch >= 0 and step == int(step) and epoch == int(epoch)) or np.isnan(best):
+            raise RunError(f"cannot read checkpoint {path}: step {step.item()}, epoch {epoch.item()} and "
+                           f"best score {best.item()} are not those of a finished epoch")
         return state, int(step), int(epoch), float(best)

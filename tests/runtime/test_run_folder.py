@@ -252,6 +252,20 @@ def test_a_damaged_checkpoint_is_named_on_resume(tmp_path: Path) -> None:
     assert code == 2 and f"cannot read checkpoint {run / 'last.npz'}: not an .npz file" in err, err
 
 
+def test_a_checkpoint_of_no_finished_epoch_is_refused_on_resume(tmp_path: Path) -> None:
+    """An edited __epoch__ of -5 resumed and trained with negative learning rates, exit 0."""
+    import numpy as np
+
+    run = tmp_path / "run"
+    assert _run("train", _spec(tmp_path, epochs=1), "--out", run)[0] == 0
+    with np.load(run / "last.npz") as last:
+        edited = {k: last[k] for k in last.files}
+    edited["__epoch__"] = np.array(-5)
+    np.savez(run / "last.npz", **edited)
+    code, _, err = _run("train", _spec(tmp_path, epochs=1), "--out", run, "--resume", "--epochs", "3")
+    assert code == 2 and "epoch -5 and best score" in err and "not those of a finished epoch" in err, err
+
+
 # ---- --resume after the spec changed ----
 def test_resume_refuses_a_changed_spec_and_says_what_changed(tmp_path: Path) -> None:
     run = tmp_path / "run"
