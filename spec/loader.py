@@ -435,11 +435,13 @@ def _check_train(t: m.Train) -> m.Train:
     if t.schedule is not None and t.schedule.min_lr > lr:  # the rate would climb to it
         raise SpecError(f"min_lr={t.schedule.min_lr:g} is above the optimizer's lr={lr:g}: a schedule "
                         "lowers the rate towards min_lr", t.schedule.arg_spans.get("min_lr", t.schedule.span))
-    seen: set[str] = set()
-    for rule in t.lr_mult:
-        if rule.target in seen:  # the later one won, silently
-            raise SpecError(f"lr_mult names '{rule.target}' twice", rule.span or t.arg_spans.get("lr_mult"))
-        seen.add(rule.target)
+    for setting, rules in (("lr_mult", t.lr_mult), ("init", t.init)):
+        seen: set[str | None] = set()
+        for rule in rules:
+            if rule.target in seen:  # the later one won, silently
+                named = "the default" if rule.target is None else f"'{rule.target}'"
+                raise SpecError(f"{setting} names {named} twice", rule.span or t.arg_spans.get(setting))
+            seen.add(rule.target)
     return t
 
 

@@ -171,6 +171,10 @@ CASES = {
     "lr-mult-target-twice": Case(  # the later rule won, silently
         model("  backbone { s: conv(8) }") + lines("train {", "  lr_mult backbone: 0.1, backbone: 0.5", "}"),
         "main.dlspec:7:26", "lr_mult names 'backbone' twice"),
+    "init-rule-twice": Case(  # the later rule won, silently
+        model("  backbone { s: conv(8) }")
+        + lines("train {", "  init conv: xavier_normal, conv: kaiming_normal", "}"),
+        "main.dlspec:7:29", "init names 'conv' twice"),
     "unknown-schedule": Case(
         model("  backbone { s: conv(8) }") + lines("train {", "  schedule cosin(warmup=1)", "}"),
         "main.dlspec:7:12", "unknown schedule 'cosin' (did you mean 'cosine'?)"),
