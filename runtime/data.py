@@ -153,21 +153,30 @@ def _fits(shape: Sequence[int], decl: m.TensorDecl) -> bool:
     return len(shape) == len(decl.shape) and same
 
 
-def _conform(values: np.ndarray, decl: m.TensorDecl, where: str, missing_ok: bool = False) -> np.ndarray:
+Row = Callable[[int], str]  # how a message names the sample of an index: 'sample 3', 'line 5'
+
+
+def _sample(i: int) -> str:
+    return f"sample {i}"
+
+
+def _conform(values: np.ndarray, decl: m.TensorDecl, where: str, missing_ok: bool = False,
+             row: Row = _sample) -> np.ndarray:
     """`values` checked against decl's shape and cast to its dtype, or a RunError naming `where`."""
     if values.ndim == 0 or not _fits(values.shape, decl):
         raise RunError(f"{where}: shape {tuple(values.shape)} does not match the declared "
                        f"{decl.dtype}{_shape_text(decl)}")
-    return _cast(values, decl.dtype, where, missing_ok)
+    return _cast(values, decl.dtype, where, missing_ok, row)
 
 
-def _first(values: np.ndarray, bad: np.ndarray) -> str:
-    """'value V at sample I' for the first element where `bad` holds."""
+def _first(values: np.ndarray, bad: np.ndarray, row: Row = _sample) -> str:
+    """'value V at sample I' (or the `row` naming I) for the first element where `bad` holds."""
     at = tuple(int(i) for i in np.argwhere(bad)[0])
-    return f"value {values[at]} at sample {at[0]}"
+    return f"value {values[at]} at {row(at[0])}"
 
 
-def _cast(values: np.ndarray, dtype: str, where: str, missing_ok: bool = False) -> np.ndarray:
+def _cast(values: np.ndarray, dtype: str, where: str, missing_ok: bool = False,
+          row: Row = _sample) -> np.ndarray:
     """values as `dtype` when each survives the cast exactly (floats: finite, or NaN where
     `missing_ok`: a missing value that the spec fills; ints: whole, in range)."""
     kind = values.dtype.kind
@@ -178,10 +187,10 @@ def _cast(values: np.ndarray, dtype: str, where: str, missing_ok: bool = False) 
     if kind == "f":
         bad = np.isnan(values)
         if bad.any() and not missing_ok:
-            raise RunError(f"{where}: has NaN (a missing value) at sample {int(np.argwhere(bad)[0, 0])}")
+            raise RunError(f"{where}: has NaN (a missing value) at {row(int(np.argwhere(bad)[0, 0]))}")
         bad = np.isinf(values)
         if bad.any():
-            raise RunError(f"{where}: has an infinite {_first(values, bad)}")
+            raise RunError(f"{where}: has an infinite {_first(values, bad, row)}")
     target = np.dtype(dtype)
     if target.kind == "f":
         with np.errstate(over="ignore"):
@@ -189,19 +198,19 @@ def _cast(values: np.ndarray, dtype: str, where: str, missing_ok: bool = False) 
         bad = np.isinf(out)
         if bad.any():
             raise RunError(f"{where}: cannot cast {values.dtype} to {dtype} safely: "
-                           f"{_first(values, bad)} is out of its range")
+                           f"{_first(values, bad, row)} is out of its range")
         return out
     if kind == "f":
         bad = values != np.round(values)
         if bad.any():
             raise RunError(f"{where}: cannot cast {values.dtype} to {dtype} safely: non-integer "
-                           f"{_first(values, bad)}")
+                           f"{_first(values, bad, row)}")
     lo, hi = (0, 1) if target.kind == "b" else (np.iinfo(target).min, np.iinfo(target).max)
     bad = (values < lo) | (values > hi)
     if bad.any():
         what = "not 0 or 1" if target.kind == "b" else f"outside [{lo}, {hi}]"
         raise RunError(f"{where}: cannot cast {values.dtype} to {dtype} safely: "
-                       f"{_first(values, bad)} is {what}")
+                       f"{_first(values, bad, row)} is {what}")
     return values.astype(target)
 
 
@@ -413,7 +422,7 @@ def _csv(path: Path, target: str, model: m.Model, rules: dict[str, Labels],
         else:
             missing_ok = decl.name in may_miss and decl.dtype.startswith("float")
             values = csv_numbers(cells, lines, where, decl.name, missing_ok)
-            out[decl.name] = _conform(values, decl, where, missing_ok)
+            out[decl.name] = _conform(values, decl, where, missing_ok, lambda i: f"line {lines[i]}")
         if decl.name in rules:
             check_labels(out[decl.name], rules[decl.name], where, lambda i: f"line {lines[i]}")
     return out, class_names

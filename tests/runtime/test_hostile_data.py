@@ -123,6 +123,16 @@ def test_missing_and_infinite_inputs_are_refused(tmp_path: Path, cell: str, mess
         _load(_spec(tmp_path, 'csv("lab.csv", target=y)'))
 
 
+def test_a_csv_value_that_does_not_fit_the_declared_type_names_its_line(tmp_path: Path) -> None:
+    """It said 'sample 7' for the value on line 9 (the header and a blank line before it)."""
+    path = _csv(tmp_path, GOOD)
+    _edit_line(path, 3, "")
+    _edit_line(path, 9, "1,1,3.5")
+    with pytest.raises(RunError, match=r"target 'y': cannot cast float64 to int64 safely: non-integer value "
+                                       r"3.5 at line 9$"):
+        _load(_spec(tmp_path, 'csv("lab.csv", target=y)'))
+
+
 def _edit_line(path: Path, number: int, text: str, encoding: str = "utf-8") -> None:
     lines = path.read_text().splitlines()
     lines[number - 1] = text
