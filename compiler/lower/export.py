@@ -12,9 +12,16 @@ from onnx import helper, numpy_helper
 
 def fold_batch_norm(model: onnx.ModelProto) -> int:
     """Fold every BatchNormalization that alone consumes a Conv's output into that Conv:
-    W' = W * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps). Returns how many."""
+    W' = W * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps). Returns how many.
+    A Conv whose float32 weight another node also reads keeps its BatchNormalization (the weight
+    is rescaled in place), as does every one of a model of IR version 3 (whose initializers must
+    also be graph inputs)."""
     g = model.graph
+    if model.ir_version < 4:
+        return 0
     inits = {t.name: t for t in g.initializer}
+    taken = ({t.name for t in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
+             | {o for node in g.node for o in node.output})
     users: dict[str, int] = {}
     for node in g.node:
         for name in node.input:
@@ -31,13 +38,19 @@ def fold_batch_norm(model: onnx.ModelProto) -> int:
             continue
         if not all(n in inits for n in bn.input[1:5]) or conv.input[1] not in inits:
             continue
+        if users.get(conv.input[1], 0) != 1 or inits[conv.input[1]].data_type != onnx.TensorProto.FLOAT:
+            continue
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
         scale = gamma / np.sqrt(var + eps)
         w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
         b = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
              if len(conv.input) > 2 and conv.input[2] else np.zeros_like(mean))
-        w_name, b_name = conv.input[1], f"{conv.input[1].rsplit('.', 1)[0]}.folded_bias"
+        w_name = conv.input[1]
+        b_name = f"{w_name.rsplit('.', 1)[0]}.folded_bias"
+        while b_name in taken:  # weights that differ only after their last dot
+            b_name += "_"
+        taken.add(b_name)
         inits[w_name].CopyFrom(numpy_helper.from_array((w * scale.reshape(-1, *[1] * (w.ndim - 1)))
                                                        .astype(np.float32), w_name))
         new_b = numpy_helper.from_array(((b - mean) * scale + beta).astype(np.float32), b_name)
@@ -67,8 +80,8 @@ def add_probabilities(model: onnx.ModelProto) -> None:
     if isinstance(heads, dict):
         outputs = {o.name: o for o in g.output}
         for name, kind in heads.items():
-            if name in outputs and kind in ("classify", "binary", "segment"):
-                out = "probabilities" if name == "logits" else f"probabilities:{name}"  # the unnamed head
+            out = "probabilities" if name == "logits" else f"probabilities:{name}"  # the unnamed head
+            if name in outputs and kind in ("classify", "binary", "segment") and out not in outputs:
                 if kind != "binary":  # softmax over the classes, of each pixel for segment
                     g.node.append(helper.make_node("Softmax", [name], [out], axis=1, name=f"{out}/Softmax"))
                 else:
@@ -76,7 +89,7 @@ def add_probabilities(model: onnx.ModelProto) -> None:
                 _output_like(g, outputs[name], out)
         return
     logits = next((o for o in g.output if o.name == "logits"), None)
-    if logits is None:
+    if logits is None or any(o.name == "probabilities" for o in g.output):  # none, or exported already
         return
     if len(logits.type.tensor_type.shape.dim) < 2:
         return
