@@ -41,6 +41,10 @@ def augment_with(x: Value, targets: Sequence[Value], augs: list[Augment], seed: 
     ([N, H, W] or [N, C, H, W], of x's height and width) with the same draws, so that a target's
     pixel goes where the image's pixel goes (training graphs only)."""
     g = x.graph
+    # an image [N, H, W, C] (C 1 or 3, as images(...) reads it) is augmented as [N, C, H, W]
+    channels_last = x.rank == 4 and x.dims[1] not in (1, 3) and x.dims[3] in (1, 3)
+    if channels_last:
+        x = op.Transpose(x, [0, 3, 1, 2])
     masks = [op.Unsqueeze(t, [1]).with_shape((None, 1, *t.dims[1:])) if t.rank == 3 else t for t in targets]
     for i, aug in enumerate(augs):
         hint = f"augment.{i}.{aug.kind}"
@@ -57,7 +61,7 @@ def augment_with(x: Value, targets: Sequence[Value], augs: list[Augment], seed: 
                 masks = [_apply(a, mask) for mask in masks]
     moved = [op.Squeeze(mk, [1]).with_shape(t.shape) if t.rank == 3 else mk
              for mk, t in zip(masks, targets, strict=True)]
-    return x, moved
+    return (op.Transpose(x, [0, 2, 3, 1]) if channels_last else x), moved
 
 
 def _apply(a: _Aug, x: Value) -> Value:

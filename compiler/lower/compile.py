@@ -181,6 +181,11 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
     comp.image_sizes = [(int(v.dims[2] or 0), int(v.dims[3] or 0)) for v in values.values() if v.rank == 4]
     moved: dict[str, Value] = {}  # targets that augmentation moves with the image: the loss reads these
     if train is not None and train.augment:
+        ids = next((t for t in model.inputs if t.dtype in ("int64", "int32", "int8")), None)
+        if ids is not None:  # token ids or counts: noise and shifts would change which they are
+            raise SpecError(f"augmentation changes the values of its inputs, and input '{ids.name}' is "
+                            f"{ids.dtype} (ids or counts); it applies to float or uint8 (pixel) inputs",
+                            train.augment[0].span)
         movable = moving_targets(model.targets, list(values.values()), train.augment)  # checked everywhere
         if training:
             masks = [declared_tensor(comp.g, t) for t in model.targets if t.name in movable]

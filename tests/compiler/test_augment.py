@@ -257,3 +257,32 @@ def test_no_augment_block_adds_nothing(tmp_path: Path) -> None:
     text = TABULAR.replace("  augment noise(0.1) -> %s\n", "")
     tg = compile_training_text(tmp_path, text)
     assert not [n.name for n in tg.train_step.graph.node if "augment" in n.name]
+
+
+@pytest.mark.parametrize("one", [aug("hflip", p=1.0), aug("vflip", p=1.0), aug("translate", amount=2),
+                                 aug("crop", amount=1), aug("cutout", amount=3, p=1.0),
+                                 aug("brightness", amount=0.3)], ids=lambda a: a.kind)
+def test_a_channels_last_image_is_augmented_over_its_height_and_width(one: Augment) -> None:
+    """[N, H, W, C] was augmented as [N, C, H, W]: hflip swapped red and blue, vflip flipped the width."""
+    x = images(16, (3, 6, 7))
+    last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(apply([one], last), apply([one], x).transpose(0, 2, 3, 1))
+
+
+def test_augmenting_integer_ids_is_refused(tmp_path: Path) -> None:
+    """noise on token ids turned about half of them into their neighbours' ids, silently."""
+    path = write(tmp_path, """
+model tok {
+  input  tok: int64[N, 6]
+  target label: int64[N]
+  backbone { embedding(20, 8) -> pool(mean) }
+  head linear(2)
+  loss cross_entropy
+}
+train {
+  augment noise(0.1)
+}
+""")
+    with pytest.raises(SpecError, match=r"input 'tok' is int64 \(ids or counts\)") as err:
+        compile_model(load(path))
+    assert err.value.span is not None and err.value.span.line == 10
