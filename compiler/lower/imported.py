@@ -277,12 +277,11 @@ class _Copy:
             raise self.ctx.error(f"batch norm {node.name} needs the rank of its input")
         stats = batch_norm_train(x, scale, bias, _attr(node, "epsilon", 1e-5))
         keep = _attr(node, "momentum", 0.9)
-        unbias = stats.count / (stats.count - 1.0)
         comp = self.ctx.comp
         if mean.name in comp.state_updates or var.name in comp.state_updates:
             raise self.ctx.error(f"batch norm {node.name} shares its running statistics with another one")
         comp.state_updates[mean.name] = mean * keep + stats.mean * (1.0 - keep)
-        comp.state_updates[var.name] = var * keep + (stats.var * unbias) * (1.0 - keep)
+        comp.state_updates[var.name] = var * keep + stats.unbiased_var() * (1.0 - keep)
         return stats.y
 
     def _dropout(self, node: onnx.NodeProto, x: Value) -> Value:

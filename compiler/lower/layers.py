@@ -154,14 +154,12 @@ class BatchNorm(Layer):
             return op.BatchNormalization(x, weight, bias, run_mean, run_var, epsilon=self.eps,
                                          momentum=1.0 - self.momentum)
         stats = batch_norm_train(x, weight, bias, self.eps)
-        # running statistics as PyTorch keeps them: the variance unbiased, n / (n - 1)
-        unbias = stats.count / (stats.count - 1.0)
 
         def blend(old: Value, new: Value) -> Value:  # (1 - momentum) old + momentum new
             return old * (1.0 - self.momentum) + new * self.momentum
 
         ctx.comp.state_updates[run_mean.name] = blend(run_mean, stats.mean)
-        ctx.comp.state_updates[run_var.name] = blend(run_var, stats.var * unbias)
+        ctx.comp.state_updates[run_var.name] = blend(run_var, stats.unbiased_var())
         return stats.y
 
 
@@ -174,6 +172,11 @@ class BatchStats:
     mean: Value
     var: Value
     count: Value
+
+    def unbiased_var(self) -> Value:
+        """var n / (n - 1), as PyTorch keeps the running variance; a batch of one value per
+        channel (whose var is 0) keeps 0, where n / (n - 1) would make it 0 * inf = NaN."""
+        return self.var * (self.count / op.Max([self.count - 1.0, 1.0]))
 
 
 @lowering

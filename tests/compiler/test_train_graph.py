@@ -325,6 +325,32 @@ def test_a_step_with_every_parameter_frozen_and_clipping_runs_and_carries_nothin
     assert carried(out) == {} and np.isfinite(out["loss"]) and out["loss"] > 0
 
 
+BN_MLP = """
+model m {
+  input  x: float32[N, 4]
+  target y: int64[N]
+  backbone { a: linear(3) -> bn }
+  head linear(2)
+  loss cross_entropy
+}
+train { optimizer sgd(lr=0.1) }
+"""
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_batch_norm_running_variance_is_unbiased_and_finite_on_one_sample(tmp_path: Path, n: int) -> None:
+    """n / (n - 1) made the running variance NaN (0 * inf) on a batch of one sample, which a last
+    short batch can be; PyTorch's unbiased variance otherwise, blended with momentum 0.1."""
+    tg = compile_training_text(tmp_path, BN_MLP, name=f"bn{n}")
+    x = np.random.default_rng(n).normal(size=(n, 4)).astype(np.float32)
+    batch = {"x": x, "y": np.zeros(n, np.int64)}
+    got = carried(run(session(tg.train_step), feeds_for(tg.train_step, batch, scalars(0.1), tg.init)))
+    h = x.astype(np.float64) @ tg.init["backbone.a.linear1.weight"].T.astype(np.float64)
+    h += tg.init["backbone.a.linear1.bias"]
+    var = h.var(0, ddof=1) if n > 1 else np.zeros(3)
+    np.testing.assert_allclose(got["backbone.a.bn1.running_var"], 0.9 + 0.1 * var, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- dlspec compile --train
 
 def test_cli_compile_train_writes_the_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
