@@ -209,8 +209,15 @@ class CrossEntropy(Node):
 
     kind: Literal["cross_entropy"]
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    weight: list[float] | None = None
+    weight: list[Annotated[float, Field(ge=0.0)]] | None = None  # per class; at least one above 0
     ignore_index: int | None = None
+
+    @field_validator("weight")
+    @classmethod
+    def _some_weight(cls, weight: list[float] | None) -> list[float] | None:
+        if weight is not None and not any(w > 0 for w in weight):
+            raise ValueError("at least one class needs a weight above 0")
+        return weight
 
 
 class BceWithLogits(Node):

@@ -77,7 +77,10 @@ def cross_entropy(logits: Value, target: Value, spec: m.CrossEntropy) -> Value:
         weight = fvalid if weight is None else weight * fvalid
     if weight is None:
         return _mean(per_row)
-    return op.ReduceSum(per_row, keepdims=0) / op.ReduceSum(weight, keepdims=0)
+    # a batch whose rows all weigh 0 (every label ignored, or of classes weighted 0) has loss 0:
+    # its weighted sum is 0 too, and 0 / 0 would stop the run
+    total = op.ReduceSum(weight, keepdims=0)
+    return op.ReduceSum(per_row, keepdims=0) / op.Where(op.Equal(total, 0.0), 1.0, total)
 
 
 def dice(logits: Value, target: Value, spec: m.Dice) -> Value:

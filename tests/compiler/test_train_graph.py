@@ -351,6 +351,23 @@ def test_batch_norm_running_variance_is_unbiased_and_finite_on_one_sample(tmp_pa
     np.testing.assert_allclose(got["backbone.a.bn1.running_var"], 0.9 + 0.1 * var, rtol=1e-5)
 
 
+
+@pytest.mark.parametrize("loss", ["cross_entropy(ignore_index=0)", "cross_entropy(weight=[0, 1, 1])"])
+def test_a_batch_whose_rows_all_weigh_nothing_has_loss_and_gradients_zero(tmp_path: Path,
+                                                                           loss: str) -> None:
+    """The weighted mean divided 0 by 0: NaN, which stopped the run (an all-ignored batch is common
+    in segmentation); a batch with weight keeps the weighted mean."""
+    text = BN_MLP.replace("head linear(2)", "head linear(3)").replace("loss cross_entropy", f"loss {loss}")
+    tg = compile_training_text(tmp_path, text, name="weights")
+    x = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
+    grads = session(tg.gradients)
+    out = run(grads, feeds_for(tg.gradients, {"x": x, "y": np.zeros(4, np.int64)}, scalars(), tg.init))
+    assert out["loss"] == 0.0
+    assert all(not v.any() for k, v in out.items() if k.startswith("grad."))
+    mixed = run(grads, feeds_for(tg.gradients, {"x": x, "y": np.array([0, 1, 2, 1])}, scalars(), tg.init))
+    assert np.isfinite(mixed["loss"]) and mixed["loss"] > 0
+
+
 # ---------------------------------------------------------------- dlspec compile --train
 
 def test_cli_compile_train_writes_the_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

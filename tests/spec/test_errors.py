@@ -175,6 +175,10 @@ CASES = {
         model("  backbone { s: conv(8) }")
         + lines("train {", "  init conv: xavier_normal, conv: kaiming_normal", "}"),
         "main.dlspec:7:29", "init names 'conv' twice"),
+    "class-weights-all-zero": Case(  # every batch's loss was 0 / 0
+        lines("model m {", "  input image: float32[N, 3, 16, 16]", "  target y: int64[N]",
+              "  head classify(classes=2)", "  loss cross_entropy(weight=[0, 0])", "}"),
+        "main.dlspec:5:22", "at least one class needs a weight above 0"),
     "unknown-schedule": Case(
         model("  backbone { s: conv(8) }") + lines("train {", "  schedule cosin(warmup=1)", "}"),
         "main.dlspec:7:12", "unknown schedule 'cosin' (did you mean 'cosine'?)"),
