@@ -148,6 +148,10 @@ def evaluation(model: str | Path, spec: Spec, data: str | Path | None = None, *,
                         {h.target: _width(shapes[h.output]) for h in scored
                          if h.kind in ("classify", "segment") and h.target})
     split, where = _samples(prog, decl, data, classes, sess)
+    if size(split) == 0:  # metrics of nothing: nan, with numpy's warnings
+        raise RunError(f"{where} has no samples to evaluate" + (
+            ": give the spec's data a test share (test=0.2), or name the data to evaluate on"
+            if where == "the test split" else ""))
     feeds = check_inputs(sess, {t.name: split[t.name] for t in decl.inputs}, where)
     outputs = run_model(sess, feeds, model, where)
     metrics: dict[str, float] = {}

@@ -143,3 +143,12 @@ def test_importing_the_language_loads_no_onnx() -> None:
     code = "import sys, dlspec.spec; print('onnx' in sys.modules, 'onnxruntime' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_evaluate_refuses_an_empty_test_split(tmp_path: Path) -> None:
+    """It printed accuracy nan, numpy's warnings and tables of zeros, and exited 0."""
+    spec = tmp_path / "small.dlspec"
+    spec.write_text(SMALL.replace("digits(test=0.2, val=0.1)", "digits(test=0.0, val=0.1)"))
+    result = dlspec.fit(spec, out=tmp_path / "run", threads=1, epochs=1)
+    with pytest.raises(RunError, match="the test split has no samples to evaluate: give the spec"):
+        dlspec.evaluate(result.run_dir / "model.onnx", spec)
