@@ -71,18 +71,25 @@ def run(args: argparse.Namespace, out: Console) -> int:
     if args.json:
         print(json.dumps(_document(rows.names, outputs, ranked), ensure_ascii=False))
         return 0
-    if not ranked:
-        with np.printoptions(precision=4, suppress=True, threshold=200):
-            for name, value in outputs.items():
-                out.print(f"{name} {list(value.shape)} {value.dtype}:", markup=False, highlight=False)
-                out.print(str(value), markup=False, highlight=False)
-        return 0
+    rest = _unranked(outputs, ranked)
     for output, per_row in ranked.items():
-        head = f" ({output})" if len(ranked) > 1 else ""
+        head = f" ({output})" if len(ranked) + len(rest) > 1 else ""
         for name, top in zip(rows.names, per_row):
             shown = ", ".join(f"{c} {p:.4f}" for c, _, p in top)
             out.print(f"{name}{head}: {shown}", markup=False, highlight=False)
+    with np.printoptions(precision=4, suppress=True, threshold=200):
+        for name in rest:  # all of a regression model's outputs, or a regression head beside a classifier
+            value = outputs[name]
+            out.print(f"{name} {list(value.shape)} {value.dtype}:", markup=False, highlight=False)
+            out.print(str(value), markup=False, highlight=False)
     return 0
+
+
+def _unranked(outputs: dict[str, np.ndarray], ranked: dict[str, list[Ranked]]) -> list[str]:
+    """The outputs shown as values: those not ranked, less the probabilities of a ranked one (an
+    exported classifier's), which the ranking shows."""
+    theirs = {"probabilities" if o == "logits" else f"probabilities:{o}" for o in ranked}
+    return [o for o in outputs if o not in ranked and o not in theirs]
 
 
 def read_rows(sess: Any, paths: list[Path], fit: str | None = None) -> Rows:
@@ -230,8 +237,7 @@ def _document(names: list[str], outputs: dict[str, np.ndarray],
         doc += [{"input": n, "output": output,
                  "top": [{"class": c, "index": i, "probability": p} for c, i, p in top]}
                 for n, top in zip(names, per_row)]
-    if not ranked:
-        for output, value in outputs.items():
-            doc += [{"input": n, "output": output, "value": np.asarray(v).tolist()}
-                    for n, v in zip(names, value)]
+    for output in _unranked(outputs, ranked):  # a regression head beside a classifier too
+        doc += [{"input": n, "output": output, "value": np.asarray(v).tolist()}
+                for n, v in zip(names, outputs[output])]
     return doc

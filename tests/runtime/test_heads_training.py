@@ -118,6 +118,23 @@ def test_two_heads_train_and_log_each_term_and_each_head(tmp_path: Path,
     probs = sess.run(["probabilities:cls"], {"image": digits["image"][:5]})[0]
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
 
+    # with class names for cls, predict shows the regression head beside the classifier's ranking
+    # (it was left out), and --json has an object for each sample of each head; the exported
+    # probabilities are the ranking's, not shown again
+    from dlspec.labels import with_class_names
+
+    for path in (tmp_path / "named.onnx", tmp_path / "named_deploy.onnx"):
+        source = tmp_path / "run" / "model.onnx" if path.name == "named.onnx" else tmp_path / "deploy.onnx"
+        onnx.save(with_class_names(onnx.load(source), {"cls": [str(d) for d in range(10)]}), path)
+    np.savez(tmp_path / "three.npz", image=digits["image"][:3])
+    for model_file in (tmp_path / "named.onnx", tmp_path / "named_deploy.onnx"):
+        code, out, _ = _cli("predict", model_file, tmp_path / "three.npz")
+        assert code == 0 and out.count(" (cls): ") == 3 and "mass [3] float32:" in out, out
+        assert "probabilities" not in out
+        code, out, _ = _cli("predict", model_file, tmp_path / "three.npz", "--json")
+        doc = json.loads(out)
+        assert [d["output"] for d in doc] == ["cls"] * 3 + ["mass"] * 3 and isinstance(doc[3]["value"], float)
+
 
 def test_two_heads_pass_dlspec_gradcheck(tmp_path: Path) -> None:
     spec = _write(tmp_path, TWO_HEADS.replace("conv(8)", "conv(2)"), "two")
@@ -175,3 +192,13 @@ def test_a_head_with_a_regression_term_beside_its_classifier_reports_accuracy_ev
     assert result.metrics["accuracy"] > 0.5
     assert evaluate(tmp_path / "run" / "model.onnx", spec)["accuracy"] == pytest.approx(
         result.metrics["accuracy"], abs=1e-6)
+
+
+def _cli(*argv: object) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
