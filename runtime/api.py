@@ -12,6 +12,7 @@ dlspec.spec.errors (SpecError, CompileError, RunError), with the message the CLI
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -87,11 +88,13 @@ def fit(spec: Spec, model: str | None = None, *, epochs: int | None = None, batc
 
 
 def _count(name: str, value: object, least: int) -> int | None:
-    """None, or a whole number >= least (as the command line's options are), as an int."""
+    """None, or a whole number >= least (as the command line's options are), as an int. `name`:
+    the argument, after its function's name where that is not fit."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < least:
-        raise RunError(f"fit: {name} must be a whole number >= {least}, got {value!r}")
+        shown = name if ":" in name else f"fit: {name}"
+        raise RunError(f"{shown} must be a whole number >= {least}, got {value!r}")
     return int(value)
 
 
@@ -237,4 +240,9 @@ def gradcheck_spec(spec: Spec, model: str | None = None, *, seed: int | None = N
                    batch: int = 4, directions: int = 2) -> list[TensorCheck]:
     """The compiled gradients of every trainable tensor against central differences in float64:
     the worst relative error per tensor. Slow; for debugging."""
-    return gradcheck(compile_training(spec, model, seed=seed), eps=eps, batch=batch, directions=directions)
+    sizes = {name: _count(f"gradcheck_spec: {name}", value, 1) for name, value in
+             (("batch", batch), ("directions", directions))}
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < math.inf:
+        raise RunError(f"gradcheck_spec: eps must be a finite number > 0, got {eps!r}")
+    return gradcheck(compile_training(spec, model, seed=seed), eps=float(eps), batch=sizes["batch"] or 4,
+                     directions=sizes["directions"] or 2)

@@ -152,3 +152,17 @@ def test_evaluate_refuses_an_empty_test_split(tmp_path: Path) -> None:
     result = dlspec.fit(spec, out=tmp_path / "run", threads=1, epochs=1)
     with pytest.raises(RunError, match="the test split has no samples to evaluate: give the spec"):
         dlspec.evaluate(result.run_dir / "model.onnx", spec)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"directions": 0}, "directions must be a whole number >= 1, got 0"),  # checked nothing, read as a pass
+    ({"batch": 0}, "batch must be a whole number >= 1, got 0"),  # worst error inf, numpy warnings
+    ({"eps": 0}, "eps must be a finite number > 0, got 0"),  # a ZeroDivisionError
+    ({"eps": -1e-4}, "eps must be a finite number > 0"),
+    ({"batch": "4"}, "batch must be a whole number >= 1, got '4'"),  # a TypeError
+])
+def test_gradcheck_spec_refuses_what_the_cli_refuses(tmp_path: Path, kwargs: dict, message: str) -> None:
+    spec = tmp_path / "small.dlspec"
+    spec.write_text(SMALL)
+    with pytest.raises(RunError, match=re.escape(f"gradcheck_spec: {message}")):
+        dlspec.gradcheck_spec(spec, **kwargs)
