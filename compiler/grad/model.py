@@ -112,6 +112,15 @@ def _check_request(model: onnx.ModelProto, loss: str, wrt: Sequence[str], types:
                            "its shape")
     if shape not in ((), (1,)):
         raise CompileError(f"the loss '{loss}' must be a scalar, it has shape {list(shape)}")
+    floats = ("float32", "float64", "float16", "bfloat16")
+    for name, what in ((loss, "the loss"), *((w, "a value to differentiate by") for w in wrt)):
+        dtype = types[name].dtype if name in types else None
+        if dtype is not None and dtype not in floats:  # an integer has no gradient
+            raise CompileError(f"{what} '{name}' is {dtype}: gradients are of float values")
+    taken = [f"grad.{w}" for w in wrt if f"grad.{w}" in outputs | known]
+    if taken:  # the gradients graph names its outputs so
+        raise CompileError(f"the model already has a value named '{taken[0]}', the name of an output the "
+                           "gradients graph adds: rename that value")
 
 
 def _with_gradients(base: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],

@@ -43,6 +43,12 @@ def backward(graph: Graph, nodes: Sequence[onnx.NodeProto], loss: str, wrt: Sequ
         if any(o in needed for o in node.output) and any(i in reach for i in _reads(node)):
             live.append(node)
             needed.update(i for i in node.input if i in reach)
+    # control flow anywhere on the path is refused first: a rule met before it (walking back from
+    # the loss) would fail on the unknown shapes of the values the loop or branch makes
+    flow = next((n for n in reversed(live) if n.op_type in CONTROL_FLOW and n.domain in ("", "ai.onnx")),
+                None)
+    if flow is not None:
+        raise _no_rule(flow)
     grads: dict[str, list[Value]] = {loss: [seed]}
 
     def total(name: str) -> Value | None:

@@ -62,3 +62,13 @@ def test_control_flow_is_refused_by_name(make: Callable[[], onnx.ModelProto], op
     expected = f"ONNX op {op} \\(node {name}\\) is control flow, which cannot be differentiated"
     with pytest.raises(CompileError, match=expected):
         gradient_model(make(), "loss", ["w"])
+
+
+@pytest.mark.parametrize("make, op", [(_if, "If"), (_loop, "Loop"), (_scan, "Scan")])
+def test_control_flow_is_refused_before_a_rule_needs_what_it_makes(make: Callable[[], onnx.ModelProto],
+                                                                   op: str) -> None:
+    """With nothing declaring y, the ReduceSum rule after a Loop failed first, on y's unknown rank."""
+    model = make()
+    del model.graph.value_info[:]
+    with pytest.raises(CompileError, match=f"ONNX op {op} .* is control flow"):
+        gradient_model(model, "loss", ["w"])

@@ -54,3 +54,24 @@ def test_initializers_listed_as_inputs_too_stay_listed_once() -> None:
     names = [i.name for i in grads.graph.input]
     assert len(names) == len(set(names))
     ort.InferenceSession(grads.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_an_integer_loss_or_value_to_differentiate_by_is_refused() -> None:
+    """An int64 loss wrote a graph of 0 gradients, exit 0; an int64 input was 'not depended on'."""
+    model = _model()
+    cast = helper.make_node("Cast", ["loss"], ["int_loss"], to=TP.INT64)
+    model.graph.node.append(cast)  # type: ignore[attr-defined]
+    with pytest.raises(CompileError, match="the loss 'int_loss' is int64: gradients are of float values"):
+        gradient_model(model, "int_loss")  # type: ignore[arg-type]
+    model = _model()
+    model.graph.input.append(helper.make_tensor_value_info("ids", TP.INT64, ["N"]))  # type: ignore[attr-defined]
+    with pytest.raises(CompileError, match="a value to differentiate by 'ids' is int64"):
+        gradient_model(model, "loss", ["w", "ids"])  # type: ignore[arg-type]
+
+
+def test_a_value_named_like_a_gradient_output_is_refused_by_name() -> None:
+    """onnx's checker failed on two outputs named grad.w, a message that read like dlspec's bug."""
+    model = _model()
+    model.graph.node.append(helper.make_node("Identity", ["w"], ["grad.w"]))  # type: ignore[attr-defined]
+    with pytest.raises(CompileError, match="already has a value named 'grad.w'.*rename that value"):
+        gradient_model(model, "loss", ["w"])  # type: ignore[arg-type]
