@@ -124,9 +124,19 @@ def _compile_training(args: argparse.Namespace, out: Console) -> int:
     from dlspec.spec.loader import load
 
     prog = load(args.spec)
-    dest = Path(args.output or f"{prog.model(args.model).name}.train")
+    model = prog.model(args.model)
+    dest = Path(args.output or f"{model.name}.train")
     with OutputFolder(dest, "the training graphs") as folder:  # gone again if compiling fails
         tg = api.compile_training(prog, args.model, seed=args.seed, target=Target(threads=args.threads))
+        train = prog.train(model.name)
+        if train is not None and train.from_:  # init.npz starts where `dlspec train` would
+            from dlspec.training import init_from
+
+            init_from(train, tg, Path(args.spec), out)
+        asked = train.precision.kind if train is not None and train.precision else "fp32"
+        if tg.precision != asked:
+            out.print(f"note: precision {asked} is lowered for CUDA only: these graphs compute in float32",
+                      markup=False)
         for proto in (tg.inference.onnx, tg.train_step, tg.gradients, tg.apply):
             onnx.checker.check_model(proto, full_check=True)
         write_training(tg, folder)

@@ -173,7 +173,7 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
     setup = _set_up(prog, spec_path, model_name, opts, run_dir, world, note)
     tg, train = setup.tg, setup.train
     if train.from_ and not opts.resume:
-        _init_from(train, tg, spec_path, console)
+        init_from(train, tg, spec_path, console)
     runner = _step_runner(setup, opts, world, note)
     eval_sess = _eval_session(tg, opts.device, setup.threads)
     optimizer = train.optimizer
@@ -235,7 +235,7 @@ def _set_up(prog: Program, spec_path: Path, model_name: str | None, opts: FitOpt
                   data, has_val, patience, columns, stats, threads, tg, given)
 
 
-def _init_from(train: m.Train, tg: TrainingGraphs, spec_path: Path, console: Console) -> None:
+def init_from(train: m.Train, tg: TrainingGraphs, spec_path: Path, console: Console) -> None:
     """Start from the weights of the `from` file, in place of the initial ones."""
     assert train.from_ is not None
     # a run folder is usually relative to where training runs; a shipped file, to the spec

@@ -54,6 +54,25 @@ def test_frozen_backbone_keeps_the_source_weights_and_the_head_starts_fresh(sour
     assert not np.array_equal(before["head.linear1.weight"], after["head.linear1.weight"])
 
 
+def test_compile_train_writes_the_from_weights_into_init_npz(source: Path, tmp_path: Path) -> None:
+    """init.npz held fresh draws: the graphs would fine-tune a frozen random backbone."""
+    import contextlib
+    import io
+
+    from dlspec.cli import main
+
+    spec = _write(tmp_path, "target", 10, f'train {{\n  data digits\n  from "{source}" except head\n'
+                  "  freeze backbone\n}\n")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["compile", str(spec), "--train", "-o", str(tmp_path / "graphs")]) == 0
+    assert f"initialised 5 of 7 parameter tensors from {source}" in out.getvalue()
+    before, init = np.load(source / "last.npz"), np.load(tmp_path / "graphs" / "init.npz")
+    for name in ("backbone.stem.conv1.weight", "backbone.stem.bn1.running_var"):
+        assert np.array_equal(before[name], init[name]), name
+    assert not np.array_equal(before["head.linear1.weight"], init["head.linear1.weight"])
+
+
 def test_a_new_head_shape_is_an_error_unless_excepted(source: Path, tmp_path: Path) -> None:
     spec = _write(tmp_path, "five", 5, f'train {{\n  data digits(classes=[0, 1, 2, 3, 4])\n'
                   f'  epochs 1\n  from "{source}"\n}}\n')
