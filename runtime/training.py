@@ -218,6 +218,9 @@ def _set_up(prog: Program, spec_path: Path, model_name: str | None, opts: FitOpt
     threads = opts.threads or (distributed.threads_per_rank() if world.size > 1 else None)
     target = Target("cuda" if opts.device == "cuda" else "cpu", threads_in_use(threads))
     tg = compile_training(prog, model_name, opts.seed, {**columns.fitted, **stats.moments}, target)
+    if not tg.trainable:
+        note("no parameter is trainable (freeze or lr_mult 0 covers them all): the steps change nothing "
+             "but batch norm's statistics, where it is not frozen")
     asked = train.precision.kind if train.precision else "fp32"
     if tg.precision != asked:
         note(f"precision {asked} is lowered for CUDA only: on the CPU this run trains in float32")

@@ -151,3 +151,17 @@ def test_an_epochs_line_shows_a_small_rate_and_a_warmup_past_the_run_is_noted(tm
             "lr") in printed
     line = next(ln for ln in printed.splitlines() if ln.startswith("epoch 1 "))
     assert " lr 1.95e-05 " in line, line  # the epoch's last step: 38/39 of the way up the warmup
+
+
+def test_a_run_with_nothing_trainable_says_so(tmp_path: Path) -> None:
+    """It ran every epoch and ended with 'trained', the weights as they began, without a word."""
+    import io
+
+    path = tmp_path / "small.dlspec"
+    path.write_text(SMALL.replace("OPTIMIZER", "adam(lr=3e-3)").replace("  seed      3", "  seed      3\n"
+                                                                          "  freeze backbone, head"))
+    out = io.StringIO()
+    fit(load(path), path, None, FitOptions(out=tmp_path / "run", epochs=1), Console(file=out, width=300))
+    assert "no parameter is trainable (freeze or lr_mult 0 covers them all)" in out.getvalue()
+    with np.load(tmp_path / "run" / "last.npz") as last:
+        assert "backbone.stem.conv1.weight" in last.files
