@@ -23,7 +23,7 @@ def learning_rate(schedule: m.Schedule | None, base: float, epoch: float, epochs
         return base + (low - base) * t
     if schedule.kind == "step":
         every = schedule.every or max(epochs // 3, 1)
-        return base * schedule.gamma ** math.floor(epoch / every)
+        return max(base * schedule.gamma ** math.floor(epoch / every), low)  # down to min_lr, no further
     return base
 
 

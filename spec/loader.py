@@ -431,6 +431,13 @@ def _check_train(t: m.Train) -> m.Train:
     if isinstance(opt, m.Sgd) and opt.nesterov and (opt.momentum == 0 or opt.dampening != 0):
         raise SpecError("nesterov needs a momentum above 0 and no dampening (as torch.optim.SGD)",
                         opt.arg_spans.get("nesterov", opt.span))
+    uses = {"constant": (), "step": ("every", "gamma", "min_lr"), "cosine": ("min_lr",),
+            "linear": ("min_lr",)}
+    for key in ("every", "gamma", "min_lr"):  # given to a kind that does not read it: ignored, silently
+        if t.schedule is not None and key in t.schedule.arg_spans and key not in uses[t.schedule.kind]:
+            users = [k for k, v in uses.items() if key in v]
+            raise SpecError(f"{t.schedule.kind} takes no {key}= (only {', '.join(users)} "
+                            f"{'does' if len(users) == 1 else 'do'})", t.schedule.arg_spans[key])
     lr = opt.lr if opt is not None else 1e-3
     if t.schedule is not None and t.schedule.min_lr > lr:  # the rate would climb to it
         raise SpecError(f"min_lr={t.schedule.min_lr:g} is above the optimizer's lr={lr:g}: a schedule "

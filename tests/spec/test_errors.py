@@ -179,6 +179,9 @@ CASES = {
         lines("model m {", "  input image: float32[N, 3, 16, 16]", "  target y: int64[N]",
               "  head classify(classes=2)", "  loss cross_entropy(weight=[0, 0])", "}"),
         "main.dlspec:5:22", "at least one class needs a weight above 0"),
+    "schedule-argument-its-kind-ignores": Case(  # cosine read no every= or gamma=, silently
+        model("  backbone { s: conv(8) }") + lines("train {", "  schedule cosine(every=1, gamma=0.5)", "}"),
+        "main.dlspec:7:19", "cosine takes no every= (only step does)"),
     "unknown-schedule": Case(
         model("  backbone { s: conv(8) }") + lines("train {", "  schedule cosin(warmup=1)", "}"),
         "main.dlspec:7:12", "unknown schedule 'cosin' (did you mean 'cosine'?)"),
