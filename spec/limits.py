@@ -13,3 +13,5 @@ MAX_SAMPLE_VALUES = 2**28  # values per sample of a declared tensor or of a laye
 MAX_REPEAT = 1_000  # `x * n`
 MAX_EXPANDED = 10_000  # layers, block calls, loop passes and repeat copies of one model
 MAX_EPOCHS = 1_000_000
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32, and the smallest normal one: a setting the
+FLOAT32_TINY = 1.1754943508222875e-38  # graph compares in float32 stays finite and above 0 there

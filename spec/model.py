@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from dlspec.spec.errors import Span
-from dlspec.spec.limits import MAX_EPOCHS, MAX_INT, MAX_SAMPLE_VALUES, MAX_SIZE
+from dlspec.spec.limits import FLOAT32_MAX, FLOAT32_TINY, MAX_EPOCHS, MAX_INT, MAX_SAMPLE_VALUES, MAX_SIZE
 
 Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]  # a dimension, a batch size
 Count = Annotated[int, Field(gt=0, le=MAX_INT)]
@@ -444,18 +444,28 @@ class InitRule(Node):
     init: Initializer
 
 
+def _float32(value: float) -> float:
+    if not FLOAT32_TINY <= value <= FLOAT32_MAX:  # the graph computes in float32: 1e-50 would be 0
+        raise ValueError(f"{value:g} is outside float32's normal range ({FLOAT32_TINY:.3g} to "
+                         f"{FLOAT32_MAX:.3g})")
+    return value
+
+
+Float32Bound = Annotated[float, AfterValidator(_float32)]  # a positive bound the step compares with
+
+
 class GradNorm(Node):
     """`grad_norm(1.0)`: scale all gradients so their global L2 norm is at most max_norm."""
 
     kind: Literal["grad_norm"]
-    max_norm: PositiveFloat
+    max_norm: Float32Bound
 
 
 class GradValue(Node):
     """`grad_value(0.5)`: clip every gradient element to [-limit, limit]."""
 
     kind: Literal["grad_value"]
-    limit: PositiveFloat
+    limit: Float32Bound
 
 
 Clip = Annotated[Union[GradNorm, GradValue], Field(discriminator="kind")]

@@ -182,6 +182,9 @@ CASES = {
     "schedule-argument-its-kind-ignores": Case(  # cosine read no every= or gamma=, silently
         model("  backbone { s: conv(8) }") + lines("train {", "  schedule cosine(every=1, gamma=0.5)", "}"),
         "main.dlspec:7:19", "cosine takes no every= (only step does)"),
+    "clip-bound-past-float32": Case(  # 1e-50 was 0 in float32: no parameter ever moved
+        model("  backbone { s: conv(8) }") + lines("train {", "  clip grad_norm(1e-50)", "}"),
+        "main.dlspec:7:18", "1e-50 is outside float32's normal range"),
     "unknown-schedule": Case(
         model("  backbone { s: conv(8) }") + lines("train {", "  schedule cosin(warmup=1)", "}"),
         "main.dlspec:7:12", "unknown schedule 'cosin' (did you mean 'cosine'?)"),
