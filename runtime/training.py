@@ -177,7 +177,10 @@ def _fit(prog: Program, spec_path: Path, model_name: str | None, opts: FitOption
     runner = _step_runner(setup, opts, world, note)
     eval_sess = _eval_session(tg, opts.device, setup.threads)
     optimizer = train.optimizer
-    lr0 = base_rate(optimizer.lr if optimizer else 1e-3, train.schedule, setup.bs)
+    samples = size(setup.data.train)
+    if setup.bs > samples:  # each step takes the whole split: the rate scales with what it holds
+        note(f"batch {setup.bs} is larger than the {samples} training samples: each step takes them all")
+    lr0 = base_rate(optimizer.lr if optimizer else 1e-3, train.schedule, min(setup.bs, samples))
     step, start, best = 0, 0, math.inf
     history: list[dict] = []
     if opts.resume:

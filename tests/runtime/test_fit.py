@@ -165,3 +165,18 @@ def test_a_run_with_nothing_trainable_says_so(tmp_path: Path) -> None:
     assert "no parameter is trainable (freeze or lr_mult 0 covers them all)" in out.getvalue()
     with np.load(tmp_path / "run" / "last.npz") as last:
         assert "backbone.stem.conv1.weight" in last.files
+
+
+def test_a_batch_larger_than_the_training_split_scales_the_rate_by_the_split(tmp_path: Path) -> None:
+    """scale_with_batch scaled by the nominal batch: 0.1 * 1000 / 16 = 6.25 for steps of 120 samples."""
+    import io
+
+    path = tmp_path / "iris.dlspec"
+    path.write_text("model m {\n  input x: float32[N, 4]\n  target y: int64[N]\n  head linear(3)\n"
+                    "  loss cross_entropy\n}\ntrain {\n  data iris(test=0.2)\n  optimizer sgd(lr=0.1)\n"
+                    "  schedule constant(scale_with_batch=16)\n}\n")
+    out = io.StringIO()
+    fit(load(path), path, None, FitOptions(out=tmp_path / "run", epochs=1, batch=1000), Console(file=out))
+    assert "batch 1000 is larger than the 120 training samples: each step takes them all" in out.getvalue()
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["step"] == 1 and record["lr"] == pytest.approx(0.1 * 120 / 16)
