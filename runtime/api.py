@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +51,33 @@ __all__ = ["Program", "Target", "compile", "compile_training", "evaluate", "expo
 
 
 def _program(spec: Spec) -> Program:
-    return spec if isinstance(spec, Program) else load(spec)
+    if isinstance(spec, Program):
+        return spec
+    return load(_path("spec", spec))
+
+
+def _path(what: str, value: object) -> str | Path:
+    """A file or folder argument: a str or a path (os.PathLike), else a RunError naming it."""
+    if isinstance(value, (str, os.PathLike)):
+        return value  # type: ignore[return-value]
+    raise RunError(f"{what} must be a path (str or pathlib.Path), got {type(value).__name__} {value!r:.60}")
+
+
+def _name(what: str, value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise RunError(f"{what} must be a name (str), got {type(value).__name__} {value!r:.60}")
+
+
+def _target(value: object) -> Target | None:
+    if value is None or isinstance(value, Target):
+        return value
+    raise RunError(f"target must be a dlspec.Target (say Target('cpu', threads=4)), got {value!r:.60}")
 
 
 def compile(spec: Spec, model: str | None = None, *, seed: int | None = None) -> Compiled:  # noqa: A001
     """The inference graph (`.onnx`), with one record per layer (shapes, parameters, FLOPs)."""
+    model, seed = _name("model", model), _count("compile: seed", seed, 0)
     return with_untrainable_notes(compile_model(_program(spec), model, seed))
 
 
@@ -62,7 +85,8 @@ def compile_training(spec: Spec, model: str | None = None, *, seed: int | None =
                      target: Target | None = None) -> TrainingGraphs:
     """The training graphs: train_step, gradients, evaluate and inference, with initial values.
     `target` (device, CPU threads) picks lowerings that compute the same function faster there."""
-    return _compile_training(_program(spec), model, seed, target=target)
+    model, seed = _name("model", model), _count("compile_training: seed", seed, 0)
+    return _compile_training(_program(spec), model, seed, target=_target(target))
 
 
 def fit(spec: Spec, model: str | None = None, *, epochs: int | None = None, batch: int | None = None,
@@ -79,9 +103,9 @@ def fit(spec: Spec, model: str | None = None, *, epochs: int | None = None, batc
         raise RunError(f"fit: device must be 'cpu' or 'cuda', got {device!r}")
     if force and not resume:
         raise RunError("fit: force goes with resume=True: it continues a run whose spec changed")
-    prog = _program(spec)
+    prog, model = _program(spec), _name("model", model)
     opts = FitOptions(epochs=epochs, batch=batch, seed=seed, device=device,
-                      out=Path(out) if out is not None else None, resume=resume,
+                      out=Path(_path("out", out)) if out is not None else None, resume=resume,
                       threads=None if threads == "auto" else threads, force=force,
                       pick_threads=threads == "auto")
     return _fit(prog, Path(prog.root), model, opts, console or Console(quiet=True))
@@ -102,15 +126,20 @@ def grad(model: onnx.ModelProto | str | Path, loss: str, wrt: Sequence[str] | No
          target: Target | None = None) -> onnx.ModelProto:
     """The gradients graph of any ONNX model (opset 9 or newer) with a scalar value `loss`:
     outputs `loss` and `grad.<name>` for each name of `wrt` (default: every float initializer)."""
-    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    return gradient_model(proto, loss, wrt, target)
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(_path("model", model))
+    loss = _name("loss", loss) or ""
+    names = [wrt] if isinstance(wrt, str) else wrt  # one name, not its letters
+    if names is not None and (isinstance(names, Mapping) or not isinstance(names, Sequence)
+                              or not all(isinstance(n, str) for n in names)):
+        raise RunError(f"wrt must be a name or a list of names (str), got {wrt!r:.60}")
+    return gradient_model(proto, loss, names, _target(target))
 
 
 def export(run: str | Path) -> onnx.ModelProto:
     """The deployable model of a training run (its folder or model.onnx): batch norm folded into
     the convolutions, and `probabilities` beside `logits` for classifiers (`probabilities:cls`
     beside each classifying head cls of a model with named heads)."""
-    src = Path(run)
+    src = Path(_path("run", run))
     source = src / "model.onnx" if src.is_dir() else src
     if source.exists() and not source.is_file():  # a device or a pipe: not a model
         raise RunError(f"cannot read {source}: not a regular file")
@@ -141,10 +170,12 @@ def evaluation(model: str | Path, spec: Spec, data: str | Path | None = None, *,
                model_name: str | None = None) -> Evaluation:
     """evaluate's metrics, and the per-class confusion of each classifier, from one run."""
     prog = _program(spec)
-    decl = prog.model(model_name)
+    decl = prog.model(_name("model_name", model_name))
     if not decl.targets:
         raise RunError(f"model {decl.name} declares no target to evaluate against")
-    sess = session(model)
+    if data is not None:
+        _path("data", data)
+    sess = session(_path("model", model))
     scored = _scored(model, sess, decl)
     shapes = {o.name: o.shape for o in sess.get_outputs()}
     classes: Classes = (_width(shapes[scored[0].output]) if not decl.heads else
@@ -230,7 +261,9 @@ def _width(shape: Sequence[Any]) -> int | None:
 def predict(model: str | Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every output of a model file on `inputs` (one array per model input, checked by name,
     type, shape and finite values: NaN only in the inputs the model fills)."""
-    sess = session(model)
+    sess = session(_path("model", model))
+    if not isinstance(inputs, Mapping) or not all(isinstance(k, str) for k in inputs):
+        raise RunError(f"inputs must map each input's name (str) to its array, got {type(inputs).__name__}")
     with np.errstate(over="ignore"):  # a value beyond float32's range: inf, refused
         feeds = check_finite(sess, check_inputs(sess, inputs, "inputs"), "inputs")
     return run_model(sess, feeds, model, "the inputs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from dlspec.spec import model as m
 from dlspec.spec.constexpr import evaluate
-from dlspec.spec.errors import SPEC_SUFFIX, Span, SpecError, did_you_mean
+from dlspec.spec.errors import SPEC_SUFFIX, RunError, Span, SpecError, did_you_mean
 from dlspec.spec.heads import resolve_heads
 from dlspec.spec.limits import MAX_IMPORTED_FILES, MAX_NESTING, MAX_SOURCE_BYTES
 from dlspec.spec.parser import Node, parse_text
@@ -56,6 +57,8 @@ class Program:
 
 def load(path: str | Path) -> Program:
     """Parse, import, merge and validate a spec file into a Program."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise RunError(f"a spec is a path (str or pathlib.Path), got {type(path).__name__} {path!r:.60}")
     root = Path(path)
     raw: _Raw = _Raw()
     text = _read(root, raw, None, f"read spec file {path}")

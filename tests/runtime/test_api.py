@@ -166,3 +166,38 @@ def test_gradcheck_spec_refuses_what_the_cli_refuses(tmp_path: Path, kwargs: dic
     spec.write_text(SMALL)
     with pytest.raises(RunError, match=re.escape(f"gradcheck_spec: {message}")):
         dlspec.gradcheck_spec(spec, **kwargs)
+
+
+def test_arguments_of_the_wrong_type_are_refused_by_name(run: tuple[Path, FitResult], tmp_path: Path) -> None:
+    """Each was a TypeError, ValueError, AttributeError or AssertionError from deep inside."""
+    spec, result = run
+    model = result.run_dir / "model.onnx"
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    calls = [
+        (lambda: dlspec.load(None), "a spec is a path"),  # type: ignore[arg-type]
+        (lambda: dlspec.compile(spec, 3), "model must be a name"),  # type: ignore[arg-type]
+        (lambda: dlspec.compile_training(spec, target="cpu"), "target must be a dlspec.Target"),  # type: ignore
+        (lambda: dlspec.predict(model, x), "inputs must map each input's name"),  # type: ignore[arg-type]
+        (lambda: dlspec.predict(model, {0: x}), "inputs must map each input's name"),  # type: ignore[dict-item]
+        (lambda: dlspec.predict(onnx.load(model), {"image": x}), "model must be a path"),  # type: ignore
+        (lambda: dlspec.evaluate(model, spec, 3), "data must be a path"),  # type: ignore[arg-type]
+        (lambda: dlspec.export(None), "run must be a path"),  # type: ignore[arg-type]
+        (lambda: dlspec.fit(spec, out=3), "out must be a path"),  # type: ignore[arg-type]
+        (lambda: dlspec.grad(model, "loss", [1]), "wrt must be a name or a list of names"),  # type: ignore
+    ]
+    for call, message in calls:
+        with pytest.raises(RunError, match=re.escape(message)):
+            call()
+
+
+def test_grad_takes_one_name_as_wrt(tmp_path: Path) -> None:
+    """A lone str was split into its letters: 'cannot differentiate with respect to 'W''."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W1"], ["y"]),
+                               helper.make_node("ReduceSum", ["y"], ["loss"], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
+                              [numpy_helper.from_array(np.ones((3, 4), np.float32), "W1")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert [o.name for o in dlspec.grad(model, "loss", "W1").graph.output] == ["loss", "grad.W1"]
