@@ -77,7 +77,7 @@ def _target(value: object) -> Target | None:
 
 def compile(spec: Spec, model: str | None = None, *, seed: int | None = None) -> Compiled:  # noqa: A001
     """The inference graph (`.onnx`), with one record per layer (shapes, parameters, FLOPs)."""
-    model, seed = _name("model", model), _count("compile: seed", seed, 0)
+    model, seed = _name("model", model), _count("compile", "seed", seed, 0)
     return with_untrainable_notes(compile_model(_program(spec), model, seed))
 
 
@@ -85,7 +85,7 @@ def compile_training(spec: Spec, model: str | None = None, *, seed: int | None =
                      target: Target | None = None) -> TrainingGraphs:
     """The training graphs: train_step, gradients, evaluate and inference, with initial values.
     `target` (device, CPU threads) picks lowerings that compute the same function faster there."""
-    model, seed = _name("model", model), _count("compile_training: seed", seed, 0)
+    model, seed = _name("model", model), _count("compile_training", "seed", seed, 0)
     return _compile_training(_program(spec), model, seed, target=_target(target))
 
 
@@ -97,8 +97,9 @@ def fit(spec: Spec, model: str | None = None, *, epochs: int | None = None, batc
     gets metrics.jsonl, last.npz, best.npz and model.onnx. `resume` refuses a spec that changed
     since the run began, unless `force`. Progress goes to `console` (default: none shown).
     `threads`: CPU threads; None, all cores; "auto", the fastest of a few counts on the first steps."""
-    epochs, batch, seed = _count("epochs", epochs, 1), _count("batch", batch, 1), _count("seed", seed, 0)
-    threads = threads if threads == "auto" else _count("threads", threads, 1)
+    epochs, batch = _count("fit", "epochs", epochs, 1), _count("fit", "batch", batch, 1)
+    seed = _count("fit", "seed", seed, 0)
+    threads = threads if threads == "auto" else _count("fit", "threads", threads, 1)
     if device not in ("cpu", "cuda"):
         raise RunError(f"fit: device must be 'cpu' or 'cuda', got {device!r}")
     if force and not resume:
@@ -111,14 +112,13 @@ def fit(spec: Spec, model: str | None = None, *, epochs: int | None = None, batc
     return _fit(prog, Path(prog.root), model, opts, console or Console(quiet=True))
 
 
-def _count(name: str, value: object, least: int) -> int | None:
-    """None, or a whole number >= least (as the command line's options are), as an int. `name`:
-    the argument, after its function's name where that is not fit."""
+def _count(function: str, name: str, value: object, least: int) -> int | None:
+    """None, or a whole number >= least (as the command line's options are), as an int; a
+    RunError naming the function and the argument otherwise."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < least:
-        shown = name if ":" in name else f"fit: {name}"
-        raise RunError(f"{shown} must be a whole number >= {least}, got {value!r}")
+        raise RunError(f"{function}: {name} must be a whole number >= {least}, got {value!r}")
     return int(value)
 
 
@@ -273,7 +273,7 @@ def gradcheck_spec(spec: Spec, model: str | None = None, *, seed: int | None = N
                    batch: int = 4, directions: int = 2) -> list[TensorCheck]:
     """The compiled gradients of every trainable tensor against central differences in float64:
     the worst relative error per tensor. Slow; for debugging."""
-    sizes = {name: _count(f"gradcheck_spec: {name}", value, 1) for name, value in
+    sizes = {name: _count("gradcheck_spec", name, value, 1) for name, value in
              (("batch", batch), ("directions", directions))}
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < math.inf:
         raise RunError(f"gradcheck_spec: eps must be a finite number > 0, got {eps!r}")
