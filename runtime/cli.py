@@ -129,14 +129,13 @@ def _compile_training(args: argparse.Namespace, out: Console) -> int:
     with OutputFolder(dest, "the training graphs") as folder:  # gone again if compiling fails
         tg = api.compile_training(prog, args.model, seed=args.seed, target=Target(threads=args.threads))
         train = prog.train(model.name)
-        if train is not None and train.from_:  # init.npz starts where `dlspec train` would
-            from dlspec.training import init_from
+        from dlspec.training import init_from, unlowered_precision
 
+        if train is not None and train.from_:  # init.npz starts where `dlspec train` would
             init_from(train, tg, Path(args.spec), out)
         asked = train.precision.kind if train is not None and train.precision else "fp32"
         if tg.precision != asked:
-            out.print(f"note: precision {asked} is lowered for CUDA only: these graphs compute in float32",
-                      markup=False)
+            out.print(f"note: {unlowered_precision(asked, 'these graphs compute')}", markup=False)
         for proto in (tg.inference.onnx, tg.train_step, tg.gradients, tg.apply):
             onnx.checker.check_model(proto, full_check=True)
         write_training(tg, folder)

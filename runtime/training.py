@@ -226,7 +226,7 @@ def _set_up(prog: Program, spec_path: Path, model_name: str | None, opts: FitOpt
              "but batch norm's statistics, where it is not frozen")
     asked = train.precision.kind if train.precision else "fp32"
     if tg.precision != asked:
-        note(f"precision {asked} is lowered for CUDA only: on the CPU this run trains in float32")
+        note(unlowered_precision(asked, "this run trains"))
     elif asked != "fp32" and world.size > 1:
         note(f"precision {asked}: data-parallel steps compute in float32")
     data = vocab.encoded(data, columns.fitted)  # the training graphs take the categories' indices
@@ -239,6 +239,11 @@ def _set_up(prog: Program, spec_path: Path, model_name: str | None, opts: FitOpt
              "never reaches the optimizer's lr")
     return _SetUp(model, train, given.get("epochs", train.epochs), given.get("batch", train.batch), seed,
                   data, has_val, patience, columns, stats, threads, tg, given)
+
+
+def unlowered_precision(asked: str, what: str) -> str:
+    """The note for a `precision` that the graphs were compiled without (half precision on the CPU)."""
+    return f"precision {asked} is lowered for CUDA only: on the CPU {what} in float32"
 
 
 def init_from(train: m.Train, tg: TrainingGraphs, spec_path: Path, console: Console) -> None:
