@@ -245,6 +245,7 @@ class Npz(Mapping[str, np.ndarray]):
                            "arrays (write one with numpy.savez(path, name=array, ...))")
         self.data = data
         self.files: list[str] = list(data.files)
+        self.headers: dict[str, tuple[tuple[int, ...], np.dtype] | None] = {}  # declared(), read once each
 
     def __contains__(self, name: object) -> bool:  # Mapping's own would read the array
         return name in self.files
@@ -259,6 +260,11 @@ class Npz(Mapping[str, np.ndarray]):
         """The shape and dtype that array `name`'s .npy header declares, read without the array
         (a zip member of a few KB can inflate to gigabytes); None where the header is unreadable,
         which reading the array then reports."""
+        if name not in self.headers:
+            self.headers[name] = self._header(name)
+        return self.headers[name]
+
+    def _header(self, name: str) -> tuple[tuple[int, ...], np.dtype] | None:
         if self.data.zip is None:
             return None
         try:
