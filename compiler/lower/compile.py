@@ -189,12 +189,7 @@ def build_forward(prog: Program, name: str | None = None, seed: int | None = Non
         movable = moving_targets(model.targets, list(values.values()), train.augment)  # checked everywhere
         if training:
             masks = [declared_tensor(comp.g, t) for t in model.targets if t.name in movable]
-            if xs:
-                x, ms = augment_with(xs[0], masks, train.augment, policy.seed, comp.step)
-                xs = [x]
-                named = {k: x for k in named} if len(named) == 1 else named
-            else:
-                named, ms = _augment_images(named, masks, train.augment, policy.seed, comp.step)
+            xs, named, ms = _augmented(xs, named, masks, train.augment, policy.seed, comp.step)
             moved = {t.name: v for t, v in zip(masks, ms, strict=True)}
         else:  # check and compile judge them too, lowered into a graph of their own and dropped
             _check_augments(xs, named, train.augment, policy.seed)
@@ -279,11 +274,21 @@ def _check_augments(xs: list[Value], named: dict[str, Value], augs: list[m.Augme
     same shapes in a scratch graph: a setting the images cannot take is a SpecError at check."""
     scratch = Graph()
     step = scratch.value("step", "int64", ())
-    if xs:
-        augment_with(scratch.value("x", xs[0].dtype, xs[0].dims), [], augs, seed, step)
+    if xs:  # the network's one input, or each image input: as _augmented reads them
+        _augmented([scratch.value("x", xs[0].dtype, xs[0].dims)], {}, [], augs, seed, step)
     else:
-        images = {k: scratch.value(k, v.dtype, v.dims) for k, v in named.items()}
-        _augment_images(images, [], augs, seed, step)
+        _augmented([], {k: scratch.value(k, v.dtype, v.dims) for k, v in named.items()}, [], augs, seed, step)
+
+
+def _augmented(xs: list[Value], named: dict[str, Value], masks: list[Value], augs: list[m.Augment],
+               seed: int, step: Value) -> tuple[list[Value], dict[str, Value], list[Value]]:
+    """The network input augmented (and the names that read it), or else each image input; and
+    `masks` moved with the images."""
+    if xs:
+        x, moved = augment_with(xs[0], masks, augs, seed, step)
+        return [x], ({k: x for k in named} if len(named) == 1 else named), moved
+    named, moved = _augment_images(named, masks, augs, seed, step)
+    return xs, named, moved
 
 
 def _augment_images(values: dict[str, Value], masks: list[Value], augs: list[m.Augment], seed: int,
