@@ -230,15 +230,14 @@ def _set_up(prog: Program, spec_path: Path, model_name: str | None, opts: FitOpt
     elif asked != "fp32" and world.size > 1:
         note(f"precision {asked}: data-parallel steps compute in float32")
     data = vocab.encoded(data, columns.fitted)  # the training graphs take the categories' indices
-    given = {k: v for k, v in (("batch", opts.batch), ("epochs", opts.epochs)) if v is not None}
-    if opts.resume:
-        given = resume.given_options(run_dir, opts.batch, opts.epochs, opts.force, note)
+    given = (resume.given_options(run_dir, opts.batch, opts.epochs, opts.force, note) if opts.resume else
+             {k: v for k, v in (("batch", opts.batch), ("epochs", opts.epochs)) if v is not None})
     epochs = given.get("epochs", train.epochs)
     if train.schedule is not None and train.schedule.warmup >= epochs:
         note(f"warmup={train.schedule.warmup:g} epochs is as long as the run's {epochs}: the learning rate "
              "never reaches the optimizer's lr")
-    return _SetUp(model, train, given.get("epochs", train.epochs), given.get("batch", train.batch), seed,
-                  data, has_val, patience, columns, stats, threads, tg, given)
+    return _SetUp(model, train, epochs, given.get("batch", train.batch), seed, data, has_val, patience,
+                  columns, stats, threads, tg, given)
 
 
 def unlowered_precision(asked: str, what: str) -> str:
